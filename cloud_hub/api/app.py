@@ -1,0 +1,58 @@
+"""The FastAPI application. Everything is built in ``create_app`` and owned by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from cloud_hub.api.problems import install_problem_handlers, problem
+from cloud_hub.api.routes import router
+from cloud_hub.hub import Hub
+from cloud_hub.settings import HubSettings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
+    """The hub's HTTP API. Its lifespan starts the hub (registry, store, MQTT) and stops it."""
+    the_hub = hub if hub is not None else Hub(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_hub.start()
+        task = asyncio.create_task(the_hub.run(), name="hub")
+        app.state.hub = the_hub
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await the_hub.close()
+
+    app = FastAPI(
+        title="City IoT hub",
+        version="1",
+        summary="Devices, telemetry and commands of the county's smart poles, gateways and monitors.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
+    async def readyz() -> JSONResponse:
+        """Ready when connected to the broker."""
+        if not the_hub.connected.is_set():
+            return problem(503, "Not ready", "not connected to the MQTT broker")
+        return JSONResponse({"status": "ready"})
+
+    return app

@@ -1,0 +1,63 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from device_profiles import Value
+
+__all__ = ["CommandCreate", "CommandOut", "DeviceOut", "LatestTelemetry", "PointValue"]
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    device_id: str
+    agent_id: str
+    profile: str
+    status: str
+    last_seen: datetime | None
+
+
+class PointValue(BaseModel):
+    value: Value
+    ts: datetime = Field(description="When the edge read the value (UTC).")
+    unit: str
+
+
+class LatestTelemetry(BaseModel):
+    device_id: str
+    profile: str
+    points: dict[str, PointValue]
+
+
+class CommandCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "set_dimming", "params": {"level": 40}}]},
+    )
+
+    name: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    ttl_s: float | None = Field(
+        default=None, gt=0, le=7 * 86400, description="How long the command may wait to run."
+    )
+
+
+class CommandOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    command_id: str
+    device_id: str
+    agent_id: str
+    name: str
+    params: dict[str, Any]
+    status: str = Field(
+        description="queued, sent, delivered, succeeded, failed, rejected, expired or timed_out"
+    )
+    detail: str
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,51 @@
+"""``cloud-hub``: run the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cloud_hub.server import serve
+from cloud_hub.settings import HubSettings
+from iot_runtime import ConfigError, configure_logging, load_settings
+
+app = typer.Typer(
+    help="The cloud hub: registry, ingest, commands and the HTTP API.", no_args_is_help=True
+)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML settings file (HUB_* environment variables override it)."
+    ),
+]
+
+
+def _settings(config: Path | None) -> HubSettings:
+    try:
+        return load_settings(HubSettings, config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command("serve")
+def serve_command(config: ConfigOption = None) -> None:
+    """Serve the API and ingest agents' messages until interrupted."""
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the settings and print them (secrets hidden)."""
+    settings = _settings(config)
+    typer.echo(settings.model_dump_json(indent=2))

@@ -1,0 +1,184 @@
+"""Turns contract messages from agents into registry updates and stored telemetry.
+
+Every message is validated against the contract and every reading against its device's
+profile. What does not fit is counted and dead-lettered with the reason; it never stops the
+loop nor costs the valid readings beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import structlog
+
+from cloud_hub.registry import Registry
+from cloud_hub.storage import StoredReading, TelemetryStore
+from device_profiles import DeviceProfile, ProfileError, Value, resolve_profile
+from device_profiles.wire import (
+    AgentState,
+    Channel,
+    CommandResult,
+    DeviceEvent,
+    Reading,
+    WireError,
+    decode,
+    decode_telemetry,
+    parse_topic,
+)
+
+__all__ = ["DeadLetter", "Ingest", "check_reading"]
+
+log = structlog.get_logger(__name__)
+
+LAST_SEEN_RESOLUTION_S = 10.0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str
+    reason: str
+    payload: bytes
+
+
+@dataclass
+class _DeviceMeta:
+    agent_id: str
+    profile: DeviceProfile
+
+
+def check_reading(profile: DeviceProfile, reading: Reading) -> dict[str, Value]:
+    """The reading's values typed as the profile says, or ValueError naming the bad point."""
+    out: dict[str, Value] = {}
+    for name, given in reading.values.items():
+        value = given
+        point = profile.points.get(name)
+        if point is None:
+            raise ValueError(f"point '{name}' is not in profile '{profile.name}'")
+        if point.type == "bool":
+            ok = isinstance(value, bool)
+        elif point.type == "string":
+            ok = isinstance(value, str)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok and not point.is_integral:
+                value = float(value)  # a float field must stay a float in InfluxDB
+            elif ok and isinstance(value, float):
+                ok = value.is_integer()
+                value = int(value)
+        if not ok:
+            raise ValueError(f"point '{name}' expects a {point.type} value, got {given!r}")
+        out[name] = value
+    return out
+
+
+@dataclass
+class Ingest:
+    registry: Registry
+    store: TelemetryStore
+    stats: Counter[str] = field(default_factory=Counter)
+    dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=1000))
+    _devices: dict[str, _DeviceMeta] = field(default_factory=dict)
+    _touched: dict[str, float] = field(default_factory=dict)
+
+    async def load_devices(self) -> None:
+        for row in await self.registry.list_devices():
+            self._remember(row.device_id, row.agent_id, row.profile)
+
+    def _remember(self, device_id: str, agent_id: str, profile_ref: str) -> None:
+        try:
+            profile = resolve_profile(profile_ref)
+        except ProfileError as exc:
+            log.error("device has an unknown profile", device_id=device_id, error=str(exc))
+            return
+        self._devices[device_id] = _DeviceMeta(agent_id, profile)
+
+    def profile_of(self, device_id: str) -> DeviceProfile | None:
+        meta = self._devices.get(device_id)
+        return meta.profile if meta else None
+
+    def _dead_letter(self, topic: str, reason: str, payload: bytes) -> None:
+        self.stats["dead_letters"] += 1
+        self.dead_letters.append(DeadLetter(topic, reason, payload[:4096]))
+        log.warning("dead letter", topic=topic, reason=reason)
+
+    async def handle(self, topic: str, payload: bytes) -> CommandResult | None:
+        """Process one message. Returns a command result for the caller to apply, if any."""
+        self.stats["messages"] += 1
+        try:
+            agent_id, channel = parse_topic(topic)
+            if channel is Channel.TELEMETRY:
+                await self._telemetry(topic, agent_id, payload)
+            elif channel is Channel.STATE:
+                await self._state(agent_id, decode(AgentState, payload))
+            elif channel is Channel.EVENTS:
+                await self._event(agent_id, decode(DeviceEvent, payload))
+            elif channel is Channel.COMMAND_RESULTS:
+                result = decode(CommandResult, payload)
+                self.stats["command_results"] += 1
+                return result
+            else:
+                self._dead_letter(topic, f"the hub does not consume {channel.value!r}", payload)
+        except WireError as exc:
+            self._dead_letter(topic, str(exc), payload)
+        return None
+
+    async def _state(self, agent_id: str, state: AgentState) -> None:
+        if state.agent_id != agent_id:
+            raise WireError(
+                f"state of agent {state.agent_id!r} published in {agent_id!r}'s namespace"
+            )
+        await self.registry.agent_state(
+            agent_id, state.state, state.software_version, state.devices
+        )
+        for info in state.devices:
+            self._remember(info.device_id, agent_id, info.profile)
+        log.info("agent state", agent_id=agent_id, state=state.state, devices=len(state.devices))
+
+    async def _event(self, agent_id: str, event: DeviceEvent) -> None:
+        meta = self._devices.get(event.device_id)
+        if meta is None or meta.agent_id != agent_id:
+            raise WireError(f"event for device {event.device_id!r}, not registered to {agent_id!r}")
+        if event.kind in ("online", "offline"):
+            await self.registry.device_status(event.device_id, event.kind)
+
+    async def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> None:
+        batch, bad = decode_telemetry(payload)
+        if batch.agent_id != agent_id:
+            raise WireError(
+                f"batch of agent {batch.agent_id!r} published in {agent_id!r}'s namespace"
+            )
+        for index, reason in bad:
+            self._dead_letter(topic, f"seq {batch.seq} reading {index}: {reason}", payload)
+        stored: list[StoredReading] = []
+        rejected = {index for index, _ in bad}
+        # positions of the valid readings in the payload, for messages that point at them
+        positions = [i for i in range(len(batch.readings) + len(bad)) if i not in rejected]
+        for index, reading in zip(positions, batch.readings, strict=True):
+            meta = self._devices.get(reading.device_id)
+            if meta is None or meta.agent_id != agent_id:
+                reason = f"device {reading.device_id!r} is not registered to agent {agent_id!r}"
+                self._dead_letter(topic, f"seq {batch.seq} reading {index}: {reason}", payload)
+                continue
+            try:
+                values = check_reading(meta.profile, reading)
+            except ValueError as exc:
+                self._dead_letter(topic, f"seq {batch.seq} reading {index}: {exc}", payload)
+                continue
+            stored.append(
+                StoredReading(reading.device_id, agent_id, meta.profile.name, reading.ts, values)
+            )
+        if stored:
+            await self.store.write(stored)
+            self.stats["readings"] += len(stored)
+            now = time.monotonic()
+            stale = {
+                r.device_id
+                for r in stored
+                if now - self._touched.get(r.device_id, -LAST_SEEN_RESOLUTION_S)
+                >= LAST_SEEN_RESOLUTION_S
+            }
+            if stale:  # last_seen is kept to LAST_SEEN_RESOLUTION_S, not one write per batch
+                await self.registry.touch_devices(sorted(stale))
+                self._touched.update(dict.fromkeys(stale, now))

@@ -1,0 +1,156 @@
+"""Registry access: the few queries the hub makes, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from cloud_hub.registry.models import AgentRow, Base, CommandRow, DeviceRow
+from device_profiles.wire import DeviceInfo
+
+__all__ = ["TERMINAL_STATUSES", "Registry", "utcnow"]
+
+#: Command statuses after which nothing changes any more.
+TERMINAL_STATUSES = frozenset(
+    {"succeeded", "failed", "rejected", "expired", "timed_out", "cancelled"}
+)
+#: The order of the non-terminal statuses; a late report never moves a command backwards.
+_PROGRESS = {"queued": 0, "sent": 1, "delivered": 2}
+RESULT_GRACE_MS = 60_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Registry:
+    def __init__(self, url: str) -> None:
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False
+        )
+
+    async def start(self) -> None:
+        if self.engine.url.get_backend_name() == "sqlite" and self.engine.url.database:
+            from pathlib import Path  # noqa: PLC0415 - only SQLite needs the folder
+
+            Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- agents and devices ---------------------------------------------------------------
+
+    async def agent_state(
+        self, agent_id: str, state: str, software_version: str, devices: Sequence[DeviceInfo]
+    ) -> None:
+        now = utcnow()
+        async with self.session.begin() as db:
+            agent = await db.get(AgentRow, agent_id)
+            if agent is None:
+                agent = AgentRow(agent_id=agent_id, created_at=now)
+                db.add(agent)
+            agent.state = state
+            agent.state_changed_at = now
+            if state == "online":
+                agent.last_seen = now
+                agent.software_version = software_version
+            for info in devices:
+                device = await db.get(DeviceRow, info.device_id)
+                if device is None:
+                    device = DeviceRow(device_id=info.device_id, created_at=now)
+                    db.add(device)
+                device.agent_id = agent_id
+                device.profile = info.profile
+
+    async def device_status(self, device_id: str, status: str) -> None:
+        async with self.session.begin() as db:
+            device = await db.get(DeviceRow, device_id)
+            if device is not None:
+                device.status = status
+
+    async def get_device(self, device_id: str) -> DeviceRow | None:
+        async with self.session() as db:
+            return await db.get(DeviceRow, device_id)
+
+    async def list_devices(self) -> list[DeviceRow]:
+        async with self.session() as db:
+            return list((await db.scalars(select(DeviceRow).order_by(DeviceRow.device_id))).all())
+
+    async def devices_by_id(self) -> dict[str, DeviceRow]:
+        return {d.device_id: d for d in await self.list_devices()}
+
+    async def touch_devices(self, device_ids: Sequence[str]) -> None:
+        now = utcnow()
+        async with self.session.begin() as db:
+            for device in await db.scalars(
+                select(DeviceRow).where(DeviceRow.device_id.in_(device_ids))
+            ):
+                device.last_seen = now
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def add_command(self, row: CommandRow) -> None:
+        async with self.session.begin() as db:
+            db.add(row)
+
+    async def get_command(self, command_id: str) -> CommandRow | None:
+        async with self.session() as db:
+            return await db.get(CommandRow, command_id)
+
+    async def update_command(self, command_id: str, status: str, detail: str) -> CommandRow | None:
+        """Move a command forward; terminal states and backward moves are ignored."""
+        async with self.session.begin() as db:
+            row = await db.get(CommandRow, command_id, with_for_update=True)
+            if row is None or row.status in TERMINAL_STATUSES:
+                return row
+            if status in _PROGRESS and _PROGRESS[status] <= _PROGRESS.get(row.status, 0):
+                return row
+            row.status = status
+            row.detail = detail
+            row.updated_at = utcnow()
+            return row
+
+    async def pending_commands(self) -> list[CommandRow]:
+        async with self.session() as db:
+            query = select(CommandRow).where(CommandRow.status.in_(("queued",)))
+            return list((await db.scalars(query.order_by(CommandRow.created_at))).all())
+
+    async def expire_commands(self, now_ms: int) -> int:
+        """Queued commands past their expiry become ``expired`` (never sent); sent or
+        delivered ones with no final result ``RESULT_GRACE_MS`` after expiry (an agent never
+        starts an expired command, but one started just before may still report) become
+        ``timed_out``."""
+        changed = 0
+        async with self.session.begin() as db:
+            query = select(CommandRow).where(
+                or_(
+                    (CommandRow.status == "queued") & (CommandRow.expires_at_ms <= now_ms),
+                    CommandRow.status.in_(("sent", "delivered"))
+                    & (CommandRow.expires_at_ms <= now_ms - RESULT_GRACE_MS),
+                )
+            )
+            for row in await db.scalars(query.with_for_update()):
+                if row.status == "queued":
+                    row.status, row.detail = "expired", "expired before it reached the agent"
+                else:
+                    row.status, row.detail = "timed_out", "no result from the agent before expiry"
+                row.updated_at = utcnow()
+                changed += 1
+        return changed
+
+    @staticmethod
+    def command_row(**fields: Any) -> CommandRow:
+        now = utcnow()
+        return CommandRow(created_at=now, updated_at=now, detail="", **fields)

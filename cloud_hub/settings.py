@@ -1,0 +1,75 @@
+"""The hub's configuration: one YAML file and/or ``HUB_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from iot_runtime import FileAndEnvSettings
+from iot_runtime.logging import LogFormat
+from iot_runtime.mqtt import MqttSettings
+
+__all__ = [
+    "ApiSettings",
+    "HubSettings",
+    "InfluxV1Settings",
+    "SqliteStoreSettings",
+    "StorageSettings",
+]
+
+
+class InfluxV1Settings(BaseModel):
+    """InfluxDB through its 1.x HTTP API (line protocol and InfluxQL); also served by
+    InfluxDB 2.x's v1 compatibility API and by InfluxDB 3."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["influxdb1"] = "influxdb1"
+    url: str = Field(description="Base URL, e.g. http://127.0.0.1:8086")
+    database: str = "iot"
+    username: str | None = None
+    password: SecretStr | None = None
+    create_database: bool = Field(default=True, description="CREATE DATABASE at start-up.")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class SqliteStoreSettings(BaseModel):
+    """The embedded telemetry store: one SQLite file, for the demo and single sites."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path = Path("var/telemetry.db")
+
+
+StorageSettings = Annotated[InfluxV1Settings | SqliteStoreSettings, Field(discriminator="backend")]
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class HubSettings(FileAndEnvSettings):
+    """Settings of the hub process."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_nested_delimiter="__", extra="forbid")
+
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    client_id: str = Field(default="cloud-hub", description="MQTT client id of this hub process.")
+    storage: StorageSettings = Field(default_factory=SqliteStoreSettings)
+    registry_url: str = Field(
+        default="sqlite+aiosqlite:///var/registry.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+asyncpg://...",
+    )
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    command_ttl_s: float = Field(
+        default=3600, gt=0, description="Default time a command may wait for its agent."
+    )
+    log_level: str = "INFO"
+    log_format: LogFormat = "auto"

@@ -1,0 +1,22 @@
+"""Telemetry storage backends behind one interface (:class:`TelemetryStore`)."""
+
+from cloud_hub.settings import InfluxV1Settings, StorageSettings
+from cloud_hub.storage.base import LatestValue, StorageError, StoredReading, TelemetryStore
+from cloud_hub.storage.influx_v1 import InfluxV1Store
+from cloud_hub.storage.sqlite_store import SqliteStore
+
+__all__ = [
+    "InfluxV1Store",
+    "LatestValue",
+    "SqliteStore",
+    "StorageError",
+    "StoredReading",
+    "TelemetryStore",
+    "open_store",
+]
+
+
+def open_store(settings: StorageSettings) -> TelemetryStore:
+    if isinstance(settings, InfluxV1Settings):
+        return InfluxV1Store(settings)
+    return SqliteStore(settings)

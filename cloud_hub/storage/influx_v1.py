@@ -1,0 +1,107 @@
+"""Telemetry in InfluxDB through the 1.x HTTP API: line protocol in, InfluxQL out.
+
+Schema: one measurement per profile; tags ``device_id`` and ``agent_id``; one field per point;
+the time is the edge read time in milliseconds. A replayed reading overwrites itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import structlog
+
+from cloud_hub.settings import InfluxV1Settings
+from cloud_hub.storage.base import LatestValue, StorageError, StoredReading
+from cloud_hub.storage.line_protocol import encode_lines
+
+__all__ = ["InfluxV1Store"]
+
+log = structlog.get_logger(__name__)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _quote_str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class InfluxV1Store:
+    def __init__(self, settings: InfluxV1Settings) -> None:
+        self.settings = settings
+        auth = None
+        if settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else ""
+            auth = httpx.BasicAuth(settings.username, password)
+        self._http = httpx.AsyncClient(
+            base_url=settings.url.rstrip("/"), auth=auth, timeout=settings.timeout_s
+        )
+
+    async def start(self) -> None:
+        if self.settings.create_database:
+            await self._query(f"CREATE DATABASE {_quote_ident(self.settings.database)}", post=True)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def write(self, readings: Sequence[StoredReading]) -> None:
+        if not readings:
+            return
+        try:
+            response = await self._http.post(
+                "/write",
+                params={"db": self.settings.database, "precision": "ms"},
+                content=encode_lines(readings),
+            )
+        except httpx.HTTPError as exc:
+            raise StorageError(f"InfluxDB write failed: {exc!r}") from exc
+        if response.status_code != 204:
+            raise StorageError(
+                f"InfluxDB refused a write: {response.status_code} {response.text[:300]}"
+            )
+
+    async def latest(
+        self, device_id: str, profile: str, points: Sequence[str]
+    ) -> dict[str, LatestValue]:
+        # LAST() of several fields in one SELECT loses the times, so one statement per point
+        where = f"WHERE device_id = {_quote_str(device_id)}"
+        statements = [
+            f"SELECT LAST({_quote_ident(p)}) FROM {_quote_ident(profile)} {where}"  # noqa: S608 - quoted
+            for p in points
+        ]
+        if not statements:
+            return {}
+        body = await self._query(";".join(statements), epoch="ms")
+        out: dict[str, LatestValue] = {}
+        for point, result in zip(points, body.get("results", []), strict=False):
+            for series in result.get("series", []):
+                for time_ms, value in series.get("values", []):
+                    if value is not None:
+                        out[point] = LatestValue(value=value, ts_ms=int(time_ms))
+        return out
+
+    async def _query(
+        self, q: str, *, post: bool = False, epoch: str | None = None
+    ) -> dict[str, Any]:
+        params = {"db": self.settings.database, "q": q}
+        if epoch:
+            params["epoch"] = epoch
+        try:
+            if post:
+                response = await self._http.post("/query", params=params)
+            else:
+                response = await self._http.get("/query", params=params)
+        except httpx.HTTPError as exc:
+            raise StorageError(f"InfluxDB query failed: {exc!r}") from exc
+        if response.status_code != 200:
+            raise StorageError(
+                f"InfluxDB query failed: {response.status_code} {response.text[:300]}"
+            )
+        body: dict[str, Any] = response.json()
+        for result in body.get("results", []):
+            if "error" in result:
+                raise StorageError(f"InfluxDB query error: {result['error']}")
+        return body

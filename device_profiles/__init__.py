@@ -1,0 +1,52 @@
+"""Device profiles (device types, declared in YAML) and the edge-hub wire contract.
+
+This package imports nothing else of ours: the edge agent, the hub, the drivers and the
+simulators all build on it.
+"""
+
+from device_profiles.errors import CommandRejected, ProfileError, format_location, validation_issues
+from device_profiles.loader import (
+    builtin_profile_names,
+    load_builtin_profile,
+    load_profile,
+    parse_profile,
+    profile_json_schema,
+    resolve_profile,
+)
+from device_profiles.schema import (
+    AlarmRule,
+    Command,
+    CommandParam,
+    CommandWrite,
+    DataType,
+    DeviceProfile,
+    ModbusLocation,
+    ModbusTable,
+    Point,
+    PointWrite,
+    Value,
+)
+
+__all__ = [
+    "AlarmRule",
+    "Command",
+    "CommandParam",
+    "CommandRejected",
+    "CommandWrite",
+    "DataType",
+    "DeviceProfile",
+    "ModbusLocation",
+    "ModbusTable",
+    "Point",
+    "PointWrite",
+    "ProfileError",
+    "Value",
+    "builtin_profile_names",
+    "format_location",
+    "load_builtin_profile",
+    "load_profile",
+    "parse_profile",
+    "profile_json_schema",
+    "resolve_profile",
+    "validation_issues",
+]

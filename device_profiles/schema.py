@@ -1,0 +1,426 @@
+"""Device profile schema v1: what a device type exposes and how to reach it.
+
+A profile describes a device *type* (EdgeX's "device profile"): its points (where each value
+lives on the wire, its data type, scaling, unit, limits), the commands an operator may send and
+exactly which points each command writes, and the alarm rules the hub evaluates. Device
+*instances* (address, unit id, site) live in the agent's configuration, not here.
+
+Raw and engineering values: a point's wire value (``raw``) becomes the engineering value as
+``raw * scale + offset``; writes go the other way. This conversion lives here, once, and is used
+by the edge agent and the simulators alike (drivers only move raw values).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from device_profiles.errors import CommandRejected
+
+__all__ = [
+    "REGISTER_COUNT",
+    "AlarmRule",
+    "Command",
+    "CommandParam",
+    "CommandWrite",
+    "DataType",
+    "DeviceProfile",
+    "ModbusLocation",
+    "ModbusTable",
+    "Point",
+    "PointWrite",
+    "Value",
+]
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+DataType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
+ModbusTable = Literal["coil", "discrete_input", "input_register", "holding_register"]
+ByteOrder = Literal["big", "little"]
+
+#: Registers each fixed-size data type occupies. ``string`` takes ``length`` registers and a
+#: ``bool`` takes one bit of a register (``bit``) or one coil/discrete input.
+REGISTER_COUNT: dict[str, int] = {
+    "bool": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+    "float64": 4,
+}
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+_BIT_TABLES = ("coil", "discrete_input")
+_WRITABLE_TABLES = ("coil", "holding_register")
+
+#: An engineering value as carried in telemetry and commands.
+Value = bool | int | float | str
+_PARAM_REF = re.compile(r"^\{([a-z][a-z0-9_]*)\}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModbusLocation(_Strict):
+    """Where a point lives on a Modbus device."""
+
+    table: ModbusTable
+    address: int = Field(ge=0, le=65535, description="Zero-based address (PDU address).")
+    length: int | None = Field(
+        default=None, ge=1, le=123, description="Registers a string occupies (strings only)."
+    )
+    bit: int | None = Field(
+        default=None, ge=0, le=15, description="Bit of a register holding a bool (0 = LSB)."
+    )
+    byte_order: ByteOrder = Field(default="big", description="Byte order inside each register.")
+    word_order: ByteOrder = Field(default="big", description="Register order of 32/64-bit values.")
+
+    def register_count(self, data_type: DataType) -> int:
+        if data_type == "string":
+            return self.length or 0
+        return 1 if self.table in _BIT_TABLES else REGISTER_COUNT[data_type]
+
+    @property
+    def is_bit_table(self) -> bool:
+        return self.table in _BIT_TABLES
+
+
+class Point(_Strict):
+    """One value of a device: a measurement, a status or a setting."""
+
+    description: str = ""
+    type: DataType
+    unit: str = ""
+    modbus: ModbusLocation
+    scale: float = Field(default=1.0, description="engineering = raw * scale + offset")
+    offset: float = 0.0
+    writable: bool = False
+    min: float | None = Field(default=None, description="Lowest valid engineering value.")
+    max: float | None = Field(default=None, description="Highest valid engineering value.")
+    enum: dict[int, str] | None = Field(default=None, description="Labels of integer values.")
+    poll_interval_s: float | None = Field(default=None, gt=0, le=86400)
+    deadband: float | None = Field(
+        default=None, ge=0, description="Report only changes larger than this (engineering)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        loc, t = self.modbus, self.type
+        if loc.is_bit_table and t != "bool":
+            raise ValueError(f"a {loc.table} holds one bit: type must be bool, not {t}")
+        if t == "bool" and not loc.is_bit_table and loc.bit is None:
+            raise ValueError(f"a bool in a {loc.table} needs 'bit' (0-15)")
+        if loc.bit is not None and (t != "bool" or loc.is_bit_table):
+            raise ValueError("'bit' is only for bool points in register tables")
+        if t == "string" and loc.length is None:
+            raise ValueError("a string point needs 'length' (registers)")
+        if t != "string" and loc.length is not None:
+            raise ValueError(
+                f"'length' is only for strings; a {t} always occupies "
+                f"{REGISTER_COUNT[t]} register(s)"
+            )
+        if self.writable and loc.table not in _WRITABLE_TABLES:
+            raise ValueError(
+                f"{loc.table} points are read-only; only coils and holding registers can be writable"
+            )
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if t in ("bool", "string") and (self.scale != 1 or self.offset != 0):
+            raise ValueError(f"scale and offset do not apply to {t} points")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type not in ("bool", "string")
+
+    @property
+    def is_integral(self) -> bool:
+        """True when the engineering value is an int (integer type, no scaling)."""
+        return self.type in _INT_RANGES and self.scale == 1 and float(self.offset).is_integer()
+
+    def from_raw(self, raw: Value) -> Value:
+        """Engineering value of a raw wire value."""
+        if not self.is_numeric:
+            return raw
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise TypeError(f"raw value of a {self.type} must be a number, got {raw!r}")
+        if self.is_integral and isinstance(raw, int):
+            return raw + int(self.offset)
+        value = raw * self.scale + self.offset
+        return round(value, 10) if math.isfinite(value) else value
+
+    def check_value(self, value: Value) -> Value:
+        """Validate an engineering value to be written; return it normalised, or raise."""
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise CommandRejected(f"expects true or false, got {value!r}")
+            return value
+        if self.type == "string":
+            if not isinstance(value, str):
+                raise CommandRejected(f"expects a string, got {value!r}")
+            limit = 2 * (self.modbus.length or 0)
+            if len(value.encode()) > limit:
+                raise CommandRejected(f"string longer than {limit} bytes")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CommandRejected(f"expects a number, got {value!r}")
+        if not math.isfinite(value):
+            raise CommandRejected(f"expects a finite number, got {value!r}")
+        if self.min is not None and value < self.min:
+            raise CommandRejected(f"{value} is below the minimum {_num(self.min)}{self.unit}")
+        if self.max is not None and value > self.max:
+            raise CommandRejected(f"{value} is above the maximum {_num(self.max)}{self.unit}")
+        if self.enum is not None and value not in self.enum:
+            allowed = ", ".join(f"{k} ({v})" for k, v in sorted(self.enum.items()))
+            raise CommandRejected(f"{value} is not one of {allowed}")
+        raw = self.to_raw(value)
+        lo, hi = _INT_RANGES.get(self.type, (-math.inf, math.inf))
+        if isinstance(raw, int) and not lo <= raw <= hi:
+            raise CommandRejected(f"{value} does not fit a {self.type} register")
+        return value
+
+    def to_raw(self, value: Value) -> Value:
+        """Raw wire value of an engineering value (rounded to the nearest integer for ints)."""
+        if not self.is_numeric:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CommandRejected(f"expects a number, got {value!r}")
+        raw = (value - self.offset) / self.scale
+        if self.type in _INT_RANGES:
+            return round(raw)
+        return raw
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+class CommandParam(_Strict):
+    """A parameter an operator supplies with a command."""
+
+    type: Literal["int", "float", "bool", "string"]
+    description: str = ""
+    unit: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: list[int | float | str] | None = None
+
+    def check(self, name: str, value: object) -> Value:
+        if self.type == "bool":
+            ok = isinstance(value, bool)
+        elif self.type == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.type == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            article = "an" if self.type == "int" else "a"
+            raise CommandRejected(
+                f"parameter '{name}' must be {article} {self.type}, got {value!r}"
+            )
+        assert isinstance(value, bool | int | float | str)  # narrowed by the checks above
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise CommandRejected(f"parameter '{name}' must be finite, got {value!r}")
+            if self.min is not None and value < self.min:
+                raise CommandRejected(
+                    f"parameter '{name}' = {value} is below the minimum {_num(self.min)}{self.unit}"
+                )
+            if self.max is not None and value > self.max:
+                raise CommandRejected(
+                    f"parameter '{name}' = {value} is above the maximum {_num(self.max)}{self.unit}"
+                )
+        if self.choices is not None and value not in self.choices:
+            raise CommandRejected(f"parameter '{name}' = {value!r} is not one of {self.choices}")
+        return value
+
+
+class CommandWrite(_Strict):
+    """One point a command writes: a constant, or a parameter written as ``"{name}"``."""
+
+    point: Name
+    value: bool | int | float | str
+
+    @property
+    def param(self) -> str | None:
+        if isinstance(self.value, str):
+            match = _PARAM_REF.match(self.value)
+            if match:
+                return match.group(1)
+        return None
+
+
+class Command(_Strict):
+    """An operation an operator may request, mapped onto point writes."""
+
+    description: str = ""
+    params: dict[Name, CommandParam] = Field(default_factory=dict)
+    writes: list[CommandWrite] = Field(min_length=1)
+
+
+class PointWrite(_Strict):
+    """A validated write of an engineering value to a point."""
+
+    point: str
+    value: Value
+
+
+class AlarmRule(_Strict):
+    """An alarm raised when ``point op value`` holds for ``for_s`` seconds."""
+
+    description: str = ""
+    point: Name
+    op: Literal[">", ">=", "<", "<=", "==", "!="]
+    value: bool | float
+    for_s: float = Field(default=0, ge=0)
+    severity: Literal["critical", "major", "minor", "warning", "info"]
+
+
+class DeviceProfile(_Strict):
+    """A device type. Load one with :func:`device_profiles.load_profile`."""
+
+    schema_version: Literal[1] = Field(description="Version of this schema; currently 1.")
+    name: Name
+    description: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    transport: Literal["modbus"]
+    default_poll_interval_s: float = Field(default=5.0, gt=0, le=86400)
+    points: dict[Name, Point] = Field(min_length=1)
+    commands: dict[Name, Command] = Field(default_factory=dict)
+    alarms: dict[Name, AlarmRule] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        self._check_overlaps()
+        for cname, command in self.commands.items():
+            self._check_command(cname, command)
+        for aname, rule in self.alarms.items():
+            point = self.points.get(rule.point)
+            if point is None:
+                raise ValueError(f"alarms.{aname}.point: unknown point '{rule.point}'")
+            if isinstance(rule.value, bool) != (point.type == "bool"):
+                raise ValueError(
+                    f"alarms.{aname}.value: {rule.value!r} does not fit point '{rule.point}' ({point.type})"
+                )
+        return self
+
+    def _check_overlaps(self) -> None:
+        # (table, register) -> (point, bit or None); bits of one register may be shared
+        used: dict[tuple[str, int], list[tuple[str, int | None]]] = {}
+        for pname, point in self.points.items():
+            loc = point.modbus
+            for reg in range(loc.address, loc.address + loc.register_count(point.type)):
+                if reg > 65535:
+                    raise ValueError(f"points.{pname}.modbus.address: the point runs past 65535")
+                for other, other_bit in used.get((loc.table, reg), []):
+                    if loc.bit is None or other_bit is None or loc.bit == other_bit:
+                        raise ValueError(
+                            f"points.{pname}.modbus: overlaps point '{other}' at {loc.table} {reg}"
+                        )
+                used.setdefault((loc.table, reg), []).append((pname, loc.bit))
+
+    def _check_command(self, cname: str, command: Command) -> None:
+        referenced: set[str] = set()
+        for index, write in enumerate(command.writes):
+            point = self.points.get(write.point)
+            where = f"commands.{cname}.writes[{index}]"
+            if point is None:
+                raise ValueError(f"{where}.point: unknown point '{write.point}'")
+            if not point.writable:
+                raise ValueError(f"{where}.point: point '{write.point}' is not writable")
+            param_name = write.param
+            if param_name is None:
+                try:
+                    point.check_value(write.value)
+                except CommandRejected as exc:
+                    raise ValueError(f"{where}.value: {exc.reason}") from exc
+                continue
+            param = command.params.get(param_name)
+            if param is None:
+                raise ValueError(f"{where}.value: '{write.value}' names no parameter")
+            referenced.add(param_name)
+            _check_param_fits(f"commands.{cname}.params.{param_name}", param, write.point, point)
+        unused = set(command.params) - referenced
+        if unused:
+            raise ValueError(f"commands.{cname}.params: {sorted(unused)} are never written")
+
+    # -- use --------------------------------------------------------------------------------
+
+    def resolve_command(self, name: str, params: dict[str, object]) -> list[PointWrite]:
+        """The point writes a command makes, or :class:`CommandRejected` saying why not.
+
+        Used by the hub (to refuse with 422) and by the agent (the last line of defence, as
+        Modbus has no authentication): unknown commands, missing, unknown or mistyped
+        parameters and out-of-range values are all refused.
+        """
+        command = self.commands.get(name)
+        if command is None:
+            known = ", ".join(sorted(self.commands)) or "none"
+            raise CommandRejected(
+                f"unknown command '{name}' for profile '{self.name}' (known: {known})"
+            )
+        unknown = sorted(set(params) - set(command.params))
+        if unknown:
+            raise CommandRejected(
+                f"command '{name}' takes no parameter {', '.join(map(repr, unknown))}"
+            )
+        checked: dict[str, Value] = {}
+        for pname, param in command.params.items():
+            if pname not in params:
+                raise CommandRejected(f"command '{name}' needs parameter '{pname}'")
+            checked[pname] = param.check(pname, params[pname])
+        writes = []
+        for write in command.writes:
+            point = self.points[write.point]
+            ref = write.param
+            value = checked[ref] if ref is not None else write.value
+            try:
+                value = point.check_value(value)
+            except CommandRejected as exc:
+                raise CommandRejected(
+                    f"command '{name}': point '{write.point}' {exc.reason}"
+                ) from exc
+            writes.append(PointWrite(point=write.point, value=value))
+        return writes
+
+    def poll_interval(self, point_name: str) -> float:
+        interval = self.points[point_name].poll_interval_s
+        return interval if interval is not None else self.default_poll_interval_s
+
+
+def _check_param_fits(where: str, param: CommandParam, point_name: str, point: Point) -> None:
+    kinds = {"bool": ("bool",), "string": ("string",)}
+    expected = kinds.get(point.type, ("int", "float"))
+    if param.type not in expected:
+        raise ValueError(
+            f"{where}: a {param.type} cannot be written to '{point_name}' ({point.type})"
+        )
+    if point.is_numeric:
+        if point.min is not None and (param.min is None or param.min < point.min):
+            raise ValueError(
+                f"{where}: must declare min >= {_num(point.min)} (the minimum of point '{point_name}')"
+            )
+        if point.max is not None and (param.max is None or param.max > point.max):
+            raise ValueError(
+                f"{where}: must declare max <= {_num(point.max)} (the maximum of point '{point_name}')"
+            )

@@ -1,0 +1,182 @@
+"""Payloads of wire contract v1 (JSON; see docs/protocol.md).
+
+Times are integers: milliseconds since the Unix epoch, UTC. ``ts`` of a reading is when the
+edge *read* the value, so a replayed reading lands on its original time, and because a time
+series store keeps one value per series and time, a replay after an outage is idempotent.
+
+Consumers ignore fields they do not know (additive changes keep ``v`` at 1); anything else is a
+new major version with its own topic root.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+
+from device_profiles.wire.errors import WireError
+from device_profiles.wire.topics import ID_PATTERN
+
+__all__ = [
+    "MAX_READINGS_PER_BATCH",
+    "AgentState",
+    "CommandRequest",
+    "CommandResult",
+    "CommandStatus",
+    "DeviceEvent",
+    "DeviceInfo",
+    "Reading",
+    "TelemetryBatch",
+    "decode",
+    "decode_telemetry",
+    "encode",
+]
+
+WireId = Annotated[str, Field(pattern=ID_PATTERN)]
+PointName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+EpochMs = Annotated[int, Field(ge=0, lt=2**53)]
+WireValue = StrictBool | StrictInt | StrictFloat | StrictStr
+MAX_READINGS_PER_BATCH = 10_000
+
+#: Statuses an agent reports for a command. The hub adds queued, sent, timed_out, cancelled.
+CommandStatus = Literal["delivered", "succeeded", "failed", "rejected", "expired"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = 1
+
+
+class Reading(BaseModel):
+    """Values of one device read at one time."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    device_id: WireId
+    ts: EpochMs
+    values: dict[PointName, WireValue] = Field(min_length=1)
+
+
+class TelemetryBatch(_Message):
+    """Readings an agent publishes together. ``seq`` grows by one per batch and agent."""
+
+    agent_id: WireId
+    seq: int = Field(ge=0)
+    readings: list[Reading] = Field(min_length=1, max_length=MAX_READINGS_PER_BATCH)
+
+
+class DeviceEvent(_Message):
+    """Something that happened to a device behind an agent."""
+
+    agent_id: WireId
+    device_id: WireId
+    ts: EpochMs
+    kind: Literal["online", "offline", "error"]
+    detail: str = ""
+
+
+class DeviceInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    device_id: WireId
+    profile: str
+
+
+class AgentState(_Message):
+    """Retained state of an agent: the birth message (online) or the Last Will (offline)."""
+
+    agent_id: WireId
+    state: Literal["online", "offline"]
+    ts: EpochMs | None = None
+    software_version: str = ""
+    devices: list[DeviceInfo] = Field(default_factory=list)
+
+
+class CommandRequest(_Message):
+    """A command for a device, sent to the agent the device is behind."""
+
+    command_id: WireId
+    device_id: WireId
+    name: PointName
+    params: dict[PointName, WireValue] = Field(default_factory=dict)
+    issued_at: EpochMs
+    expires_at: EpochMs | None = None
+
+
+class CommandResult(_Message):
+    """What an agent did with a command."""
+
+    command_id: WireId
+    device_id: WireId
+    status: CommandStatus
+    detail: str = ""
+    ts: EpochMs
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(message: BaseModel) -> bytes:
+    """The JSON payload of a message."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def decode(model: type[M], payload: bytes | str) -> M:
+    """Parse a payload as ``model``; raise WireError listing each problem with its path."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise WireError(_describe(model.__name__, exc)) from exc
+
+
+class _Envelope(_Message):
+    agent_id: WireId
+    seq: int = Field(ge=0)
+    readings: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_READINGS_PER_BATCH)
+
+
+_READING = TypeAdapter(Reading)
+
+
+def decode_telemetry(payload: bytes | str) -> tuple[TelemetryBatch, list[tuple[int, str]]]:
+    """Parse a telemetry batch keeping the good readings when some are malformed.
+
+    Returns the batch of valid readings (possibly empty) and, for each rejected reading, its
+    index in the payload and the reason. Raises WireError when the envelope itself is broken.
+    """
+    try:
+        return TelemetryBatch.model_validate_json(payload), []
+    except ValidationError:
+        pass  # fall through: find out which readings are bad
+    envelope = decode(_Envelope, payload)
+    good: list[Reading] = []
+    bad: list[tuple[int, str]] = []
+    for index, raw in enumerate(envelope.readings):
+        try:
+            good.append(_READING.validate_python(raw))
+        except ValidationError as exc:
+            bad.append((index, _describe(f"readings[{index}]", exc)))
+    batch = TelemetryBatch.model_construct(
+        v=1, agent_id=envelope.agent_id, seq=envelope.seq, readings=good
+    )
+    return batch, bad
+
+
+def _describe(what: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    more = exc.error_count() - len(parts)
+    return f"invalid {what}: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

@@ -1,0 +1,38 @@
+"""Drivers: connect to a field device, read points, write a point - raw values only.
+
+The agent picks a driver with :func:`open_driver` from a device's profile and its
+:data:`ConnectionSettings`; every failure is a :class:`DriverError` (see
+:mod:`drivers.errors` for the tree). :class:`FakeDriver` stands in for a device in tests.
+"""
+
+from drivers.base import Driver
+from drivers.errors import (
+    ConfigurationError,
+    ConnectError,
+    DeviceException,
+    DriverError,
+    DriverTimeout,
+    EncodeError,
+    ProtocolError,
+)
+from drivers.factory import open_driver
+from drivers.fake import FakeDriver, FakeWrite
+from drivers.modbus.tcp import ModbusTcpDriver
+from drivers.settings import ConnectionSettings, ModbusTcpSettings
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectionSettings",
+    "DeviceException",
+    "Driver",
+    "DriverError",
+    "DriverTimeout",
+    "EncodeError",
+    "FakeDriver",
+    "FakeWrite",
+    "ModbusTcpDriver",
+    "ModbusTcpSettings",
+    "ProtocolError",
+    "open_driver",
+]

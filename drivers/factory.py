@@ -1,0 +1,25 @@
+"""Make the driver a device's connection settings call for."""
+
+from __future__ import annotations
+
+from device_profiles import DeviceProfile
+from drivers.base import Driver
+from drivers.errors import ConfigurationError
+from drivers.modbus.tcp import ModbusTcpDriver
+from drivers.settings import ConnectionSettings, ModbusTcpSettings
+
+__all__ = ["open_driver"]
+
+
+def open_driver(profile: DeviceProfile, settings: ConnectionSettings) -> Driver:
+    """A new, unconnected driver for a device of ``profile`` reached through ``settings``.
+
+    Use it as ``async with open_driver(profile, settings) as driver: ...``.
+    """
+    if isinstance(settings, ModbusTcpSettings):
+        if profile.transport != "modbus":
+            raise ConfigurationError(
+                f"profile '{profile.name}' speaks {profile.transport}, not Modbus TCP"
+            )
+        return ModbusTcpDriver(profile, settings)
+    raise ConfigurationError(f"no driver for settings {settings!r}")  # pragma: no cover

@@ -1,0 +1,269 @@
+"""Modbus TCP driver on pymodbus's ``AsyncModbusTcpClient``.
+
+Reads are planned into coalesced blocks (:mod:`drivers.modbus.plan`), one request per block
+(FC1 coils, FC2 discrete inputs, FC3 holding registers, FC4 input registers), and the points are
+decoded from the blocks (:mod:`drivers.modbus.codec`). Writes use FC5 for a coil, FC6 for one
+holding register, FC16 for several, and FC3 + FC6 (read-modify-write) for a bool kept in one
+bit of a holding register.
+
+One lock serialises the requests of a driver, so a read's blocks and a concurrent write never
+interleave. pymodbus's own background reconnection is switched off: after a broken connection
+(or a timeout, after which the stream may carry a stale answer) the client is dropped and the
+next call connects afresh. pymodbus exceptions are translated here and never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from pymodbus import ExceptionResponse, ModbusException
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from device_profiles import DeviceProfile, Value
+from drivers.base import Driver
+from drivers.errors import (
+    ConnectError,
+    DeviceException,
+    DriverTimeout,
+    ProtocolError,
+)
+from drivers.modbus.codec import decode, encode, register_count
+from drivers.modbus.plan import ReadBlock, plan_reads
+from drivers.settings import ModbusTcpSettings
+
+__all__ = ["ModbusTcpDriver"]
+
+log = structlog.get_logger(__name__)
+
+_READ_FUNCTION = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+_PLAN_CACHE_SIZE = 64  # read plans kept, by the tuple of names asked for
+# pymodbus raises ModbusIOException for both "no answer" and "wrong answer"; only the text
+# tells them apart (pymodbus/transaction/transaction.py, checked against 3.16).
+_NO_RESPONSE = "No response received"
+
+
+class ModbusTcpDriver(Driver):
+    """A device reached over Modbus TCP."""
+
+    def __init__(self, profile: DeviceProfile, settings: ModbusTcpSettings) -> None:
+        super().__init__(profile)
+        self.settings = settings
+        self._client: AsyncModbusTcpClient | None = None
+        self._lost = asyncio.Event()  # set when the current client's connection drops
+        self._lock = asyncio.Lock()
+        self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.endpoint
+
+    @property
+    def connected(self) -> bool:
+        """True while a TCP connection is open (it may still turn out broken)."""
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        async with self._lock:
+            await self._connected_client()
+
+    async def close(self) -> None:
+        self._drop()
+
+    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+        wanted = tuple(dict.fromkeys(names))
+        points = {name: self.point(name) for name in wanted}
+        if not points:
+            return {}
+        blocks = self._plans.get(wanted)
+        if blocks is None:
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            blocks = self._plans[wanted] = plan_reads(points, max_gap=self.settings.max_gap)
+        raw: dict[str, Value] = {}
+        async with self._lock:
+            client = await self._connected_client()
+            for block in blocks:
+                data = await self._read_block(client, block)
+                for name in block.points:
+                    point = points[name]
+                    offset = point.modbus.address - block.start
+                    raw[name] = decode(point, data[offset : offset + register_count(point)])
+        return {name: raw[name] for name in wanted}
+
+    async def write(self, name: str, raw: Value) -> None:
+        point = self.writable_point(name)
+        loc = point.modbus
+        unit = self.settings.unit_id
+        bit_in_register = point.type == "bool" and not loc.is_bit_table
+        registers = encode(point, raw, current=[0] if bit_in_register else None)  # check early
+        async with self._lock:
+            client = await self._connected_client()
+            if loc.table == "coil":
+                await self._execute(
+                    client, 5, lambda: client.write_coil(loc.address, bool(raw), device_id=unit)
+                )
+            elif bit_in_register:
+                block = ReadBlock(loc.table, loc.address, 1, (name,))
+                current = await self._read_block(client, block)
+                value = encode(point, raw, current=current)[0]
+                await self._execute(
+                    client, 6, lambda: client.write_register(loc.address, value, device_id=unit)
+                )
+            elif len(registers) == 1:
+                await self._execute(
+                    client,
+                    6,
+                    lambda: client.write_register(loc.address, registers[0], device_id=unit),
+                )
+            else:
+                await self._execute(
+                    client,
+                    16,
+                    lambda: client.write_registers(loc.address, registers, device_id=unit),
+                )
+        log.debug("modbus write", endpoint=self.endpoint, point=name, raw=raw)
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _connected_client(self) -> AsyncModbusTcpClient:
+        """The open client, connecting (again) if there is none or its connection broke."""
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._drop()
+        s = self.settings
+        lost = asyncio.Event()
+
+        def on_connection(connected: bool) -> None:
+            if not connected:
+                lost.set()
+
+        client = AsyncModbusTcpClient(
+            s.host,
+            port=s.port,
+            name=self.endpoint,
+            timeout=s.timeout_s,
+            retries=s.retries,
+            reconnect_delay=0,  # no background reconnect task: we reconnect on the next call
+            trace_connect=on_connection,
+        )
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise ConnectError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise ConnectError(
+                f"cannot connect to {self.endpoint} (refused, unreachable or no answer "
+                f"within {s.timeout_s}s)"
+            )
+        self._client, self._lost = client, lost
+        log.debug("modbus connected", endpoint=self.endpoint)
+        return client
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        self._lost.set()  # a request still waiting on this client fails at once
+        if client is not None:
+            client.close()
+
+    async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> list[int]:
+        unit = self.settings.unit_id
+        start, count = block.start, block.count
+        readers: dict[str, Callable[[], Awaitable[ModbusPDU]]] = {
+            "coil": lambda: client.read_coils(start, count=count, device_id=unit),
+            "discrete_input": lambda: client.read_discrete_inputs(
+                start, count=count, device_id=unit
+            ),
+            "holding_register": lambda: client.read_holding_registers(
+                start, count=count, device_id=unit
+            ),
+            "input_register": lambda: client.read_input_registers(
+                start, count=count, device_id=unit
+            ),
+        }
+        function = _READ_FUNCTION[block.table]
+        response = await self._execute(client, function, readers[block.table])
+        if function in (1, 2):
+            bits = list(response.bits)
+            if len(bits) < count:  # answers are padded to whole bytes
+                raise ProtocolError(f"asked {count} bits from {start}, got {len(bits)}")
+            return [int(bit) for bit in bits[:count]]
+        registers = list(response.registers)
+        if len(registers) != count:
+            raise ProtocolError(f"asked {count} registers from {start}, got {len(registers)}")
+        return registers
+
+    async def _execute(
+        self,
+        client: AsyncModbusTcpClient,
+        function: int,
+        request: Callable[[], Awaitable[ModbusPDU]],
+    ) -> ModbusPDU:
+        """Run one request; translate every failure into a DriverError."""
+        where = f"{self.endpoint} function {function}"
+        try:
+            response = await self._unless_lost(request)
+        except _ConnectionLost as exc:
+            self._drop()
+            raise ConnectError(f"{where}: connection lost") from exc
+        except ConnectionException as exc:
+            self._drop()
+            raise ConnectError(f"{where}: not connected ({exc})") from exc
+        except ModbusIOException as exc:
+            self._drop()
+            if _NO_RESPONSE in str(exc):
+                raise DriverTimeout(
+                    f"{where}: no answer within {self.settings.timeout_s}s "
+                    f"({self.settings.retries} retries)"
+                ) from exc
+            raise ProtocolError(f"{where}: {exc}") from exc
+        except ModbusException as exc:
+            self._drop()
+            raise ProtocolError(f"{where}: {exc}") from exc
+        except OSError as exc:
+            self._drop()
+            raise ConnectError(f"{where}: {exc}") from exc
+        except TimeoutError as exc:
+            self._drop()
+            raise DriverTimeout(f"{where}: no answer") from exc
+        except asyncio.CancelledError:
+            self._drop()  # an answer may still arrive; never let it meet the next request
+            raise
+        if isinstance(response, ExceptionResponse):
+            raise DeviceException(response.exception_code, response.function_code & 0x7F)
+        if response.isError() or response.function_code != function:
+            self._drop()
+            raise ProtocolError(f"{where}: unexpected answer {response}")
+        return response
+
+    async def _unless_lost(self, request: Callable[[], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        """Await the request, or raise _ConnectionLost as soon as the connection drops.
+
+        pymodbus does not fail a pending request when the peer closes the connection; it
+        waits out the timeout on every retry. Racing the request against the disconnect
+        notice (``trace_connect``) reports a restarted or vanished device at once.
+        """
+        lost = self._lost
+        if lost.is_set():
+            raise _ConnectionLost
+        pending = asyncio.ensure_future(request())
+        watcher = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({pending, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait({pending})
+        if pending.cancelled():
+            raise _ConnectionLost
+        return pending.result()
+
+
+class _ConnectionLost(Exception):
+    """The TCP connection closed while a request was pending (translated to ConnectError)."""

@@ -1,0 +1,62 @@
+"""The edge agent: pollers, command executor and uplink wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from importlib.metadata import PackageNotFoundError, version
+
+import structlog
+
+from edge_agent.commands import CommandExecutor
+from edge_agent.devices import DeviceRuntime
+from edge_agent.outbox import Outbox
+from edge_agent.poller import DevicePoller
+from edge_agent.settings import AgentSettings
+from edge_agent.uplink import MqttUplink
+
+__all__ = ["Agent", "software_version"]
+
+log = structlog.get_logger(__name__)
+
+
+def software_version() -> str:
+    try:
+        return version("citypulse-iot")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Agent:
+    """Run with ``await Agent(settings).run()``; cancel the task to stop."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.devices = {d.device_id: DeviceRuntime.from_config(d) for d in settings.devices}
+        self.outbox = Outbox(
+            agent_id=settings.agent_id,
+            max_readings=settings.outbox_max_readings,
+            batch_max_readings=settings.batch_max_readings,
+            batch_max_delay_s=settings.batch_max_delay_s,
+        )
+        self.pollers = [DevicePoller(device, self.outbox) for device in self.devices.values()]
+        self.executor = CommandExecutor(self.devices, self.outbox)
+        self.uplink = MqttUplink(
+            settings.agent_id,
+            settings.mqtt,
+            self.outbox,
+            [device.info for device in self.devices.values()],
+            self.executor.handle,
+            software_version=software_version(),
+        )
+
+    async def run(self) -> None:
+        log.info("agent starting", agent_id=self.settings.agent_id, devices=len(self.devices))
+        async with contextlib.AsyncExitStack() as stack:
+            # drivers connect on demand, so a device that is down at start-up delays nothing
+            for device in self.devices.values():
+                stack.push_async_callback(device.driver.close)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.uplink.run(), name="uplink")
+                for poller in self.pollers:
+                    group.create_task(poller.run(), name=f"poll-{poller.device.device_id}")

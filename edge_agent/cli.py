@@ -1,0 +1,78 @@
+"""``edge-agent``: run an agent or check its configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drivers import DriverError
+from edge_agent.agent import Agent
+from edge_agent.devices import DeviceRuntime
+from edge_agent.settings import AgentSettings
+from iot_runtime import ConfigError, configure_logging, load_settings
+
+app = typer.Typer(
+    help="The edge agent: polls field devices and forwards to the hub.", no_args_is_help=True
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", help="Agent YAML file (AGENT_* environment variables override it)."
+    ),
+]
+
+
+def _settings(config: Path) -> AgentSettings:
+    try:
+        return load_settings(AgentSettings, config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run(config: ConfigOption) -> None:
+    """Run the agent until interrupted."""
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Agent(settings).run())
+
+
+@app.command()
+def check(config: ConfigOption) -> None:
+    """Validate the configuration and read every device once, printing a table."""
+    settings = _settings(config)
+    configure_logging("WARNING", settings.log_format)
+    failures = asyncio.run(_probe(settings))
+    raise typer.Exit(1 if failures else 0)
+
+
+async def _probe(settings: AgentSettings) -> int:
+    table = Table(title=f"agent {settings.agent_id}")
+    for column in ("device", "profile", "connection", "result"):
+        table.add_column(column)
+    failures = 0
+    for config in settings.devices:
+        device = DeviceRuntime.from_config(config)
+        connection = config.connection.model_dump_json(exclude={"transport"})
+        try:
+            async with device.driver:
+                values = await device.read_values(list(device.profile.points))
+            shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:6])
+            result = f"[green]ok[/] {len(values)} points: {shown}"
+        except DriverError as exc:
+            failures += 1
+            result = f"[red]{type(exc).__name__}[/]: {exc}"
+        table.add_row(config.device_id, device.profile.name, connection, result)
+    out.print(table)
+    return failures

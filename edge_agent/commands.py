@@ -1,0 +1,127 @@
+"""Executes commands from the hub, safely.
+
+The agent is the last line of defence (Modbus has no authentication): a command is checked
+against the device profile here again, written through the driver, read back and verified.
+Each command id runs at most once; an expired command never runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import structlog
+
+from device_profiles import CommandRejected, Point, PointWrite, Value
+from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus
+from drivers import DriverError
+from edge_agent.devices import DeviceRuntime
+from edge_agent.outbox import Outbox
+
+__all__ = ["CommandExecutor"]
+
+log = structlog.get_logger(__name__)
+
+_REMEMBERED = 10_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CommandExecutor:
+    def __init__(
+        self,
+        devices: dict[str, DeviceRuntime],
+        outbox: Outbox,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.devices = devices
+        self.outbox = outbox
+        self.clock_ms = clock_ms
+        # command id -> final result, so a duplicate delivery re-reports instead of re-running
+        self._done: OrderedDict[str, CommandResult] = OrderedDict()
+        self._running: set[str] = set()
+
+    async def handle(self, request: CommandRequest) -> None:
+        command_id = request.command_id
+        if command_id in self._running:
+            return
+        previous = self._done.get(command_id)
+        if previous is not None:
+            log.info("duplicate command, reporting its result again", command_id=command_id)
+            self.outbox.put_control(Channel.COMMAND_RESULTS, previous)
+            return
+        self._running.add(command_id)
+        try:
+            status, detail = await self._execute(request)
+        finally:
+            self._running.discard(command_id)
+        result = CommandResult(
+            command_id=command_id,
+            device_id=request.device_id,
+            status=status,
+            detail=detail,
+            ts=self.clock_ms(),
+        )
+        self._done[command_id] = result
+        while len(self._done) > _REMEMBERED:
+            self._done.popitem(last=False)
+        log.info("command finished", command_id=command_id, status=status, detail=detail)
+        self.outbox.put_control(Channel.COMMAND_RESULTS, result)
+
+    async def _execute(self, request: CommandRequest) -> tuple[CommandStatus, str]:
+        if request.expires_at is not None and self.clock_ms() >= request.expires_at:
+            return "expired", "arrived after its expiry time; not executed"
+        device = self.devices.get(request.device_id)
+        if device is None:
+            return "rejected", f"device '{request.device_id}' is not behind this agent"
+        try:
+            writes = device.profile.resolve_command(request.name, dict(request.params))
+        except CommandRejected as exc:
+            return "rejected", exc.reason
+        self._report(request, "delivered", "executing")
+        async with device.command_lock:
+            if request.expires_at is not None and self.clock_ms() >= request.expires_at:
+                return "expired", "expired while waiting for the device; not executed"
+            try:
+                for write in writes:
+                    await device.write_value(write.point, write.value)
+                read_back = await device.read_values([w.point for w in writes])
+            except DriverError as exc:
+                return "failed", f"{type(exc).__name__}: {exc}"
+        mismatches = [
+            f"{w.point} reads back {read_back.get(w.point)!r}, expected {w.value!r}"
+            for w in writes
+            if not _matches(device.profile.points[w.point], w, read_back.get(w.point))
+        ]
+        if mismatches:
+            return "failed", "; ".join(mismatches)
+        done = ", ".join(f"{w.point}={w.value}" for w in writes)
+        return "succeeded", f"wrote and verified {done}"
+
+    def _report(self, request: CommandRequest, status: CommandStatus, detail: str) -> None:
+        self.outbox.put_control(
+            Channel.COMMAND_RESULTS,
+            CommandResult(
+                command_id=request.command_id,
+                device_id=request.device_id,
+                status=status,
+                detail=detail,
+                ts=self.clock_ms(),
+            ),
+        )
+
+
+def _matches(point: Point, write: PointWrite, actual: Value | None) -> bool:
+    if actual is None:
+        return False
+    if not point.is_numeric:
+        return actual == write.value
+    if isinstance(actual, bool) or not isinstance(actual, int | float):
+        return False
+    assert isinstance(write.value, int | float)  # resolve_command checked the type
+    # the register holds the value rounded to the point's resolution
+    return math.isclose(actual, write.value, abs_tol=abs(point.scale) / 2 + 1e-9)

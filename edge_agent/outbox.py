@@ -1,0 +1,94 @@
+"""What waits to go up: telemetry readings (batched) and control messages (results, events).
+
+Items leave the outbox only when :meth:`Outbox.ack` confirms the broker's PUBACK, so a
+publish interrupted by a broken link is sent again after reconnecting. Control messages are
+never dropped; when the reading limit is reached the oldest readings are dropped and counted.
+
+This in-memory outbox keeps nothing across a process restart; the on-disk store-and-forward
+buffer replaces it behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from device_profiles.wire import Channel, Reading, TelemetryBatch
+
+__all__ = ["Outbox", "Outgoing"]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: a telemetry batch or a control message."""
+
+    channel: Channel
+    message: BaseModel
+    readings: int = 0
+
+
+@dataclass
+class Outbox:
+    agent_id: str
+    max_readings: int = 100_000
+    batch_max_readings: int = 500
+    batch_max_delay_s: float = 0.2
+    dropped_readings: int = 0
+    _readings: deque[Reading] = field(default_factory=deque)
+    _control: deque[Outgoing] = field(default_factory=deque)
+    _inflight: Outgoing | None = None
+    _next_seq: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put_reading(self, reading: Reading) -> None:
+        if len(self._readings) >= self.max_readings:
+            self._readings.popleft()
+            self.dropped_readings += 1
+        self._readings.append(reading)
+        self._changed.set()
+
+    def put_control(self, channel: Channel, message: BaseModel) -> None:
+        self._control.append(Outgoing(channel, message))
+        self._changed.set()
+
+    @property
+    def depth(self) -> int:
+        """Readings waiting (including those in the message being published)."""
+        return len(self._readings) + (self._inflight.readings if self._inflight else 0)
+
+    async def next(self) -> Outgoing:
+        """The next message to publish; the same one again until it is acknowledged."""
+        if self._inflight is not None:
+            return self._inflight
+        while not self._control and not self._readings:
+            self._changed.clear()
+            await self._changed.wait()
+        if self._control:
+            self._inflight = self._control.popleft()
+            return self._inflight
+        # let a burst of readings gather into one message, but never wait past the delay
+        deadline = time.monotonic() + self.batch_max_delay_s
+        while len(self._readings) < self.batch_max_readings and not self._control:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                break
+        count = min(len(self._readings), self.batch_max_readings)
+        readings = [self._readings.popleft() for _ in range(count)]
+        batch = TelemetryBatch(agent_id=self.agent_id, seq=self._next_seq, readings=readings)
+        self._next_seq += 1
+        self._inflight = Outgoing(Channel.TELEMETRY, batch, readings=count)
+        return self._inflight
+
+    def ack(self, item: Outgoing) -> None:
+        """The broker has the message: forget it."""
+        if self._inflight is item:
+            self._inflight = None

@@ -1,0 +1,102 @@
+"""Polls one device on the intervals its profile (or its config) declares.
+
+A device that fails is retried with capped exponential backoff without delaying any other
+device; it going unavailable is logged once at WARNING (then at DEBUG) and reported as an
+event, and so is its return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from device_profiles.wire import Channel, DeviceEvent, Reading
+from drivers import DriverError
+from edge_agent.devices import DeviceRuntime
+from edge_agent.outbox import Outbox
+
+__all__ = ["DevicePoller"]
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_MAX_S = 60.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DevicePoller:
+    def __init__(
+        self, device: DeviceRuntime, outbox: Outbox, clock_ms: Callable[[], int] = _now_ms
+    ) -> None:
+        self.device = device
+        self.outbox = outbox
+        self.clock_ms = clock_ms
+        self.online: bool | None = None
+        self.polls = 0
+        self.errors = 0
+        profile = device.profile
+        override = device.config.poll_interval_s
+        self.intervals = {
+            name: override if override is not None else profile.poll_interval(name)
+            for name in profile.points
+        }
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_due = dict.fromkeys(self.intervals, loop.time())
+        failures = 0
+        while True:
+            now = loop.time()
+            due = [name for name, at in next_due.items() if at <= now]
+            if due:
+                ok = await self._poll(due)
+                failures = 0 if ok else failures + 1
+                for name in due:
+                    # keep the cadence; after a long stall, start again from now
+                    nxt = next_due[name] + self.intervals[name]
+                    next_due[name] = nxt if nxt > now else now + self.intervals[name]
+                if failures:
+                    backoff = min(BACKOFF_MAX_S, min(self.intervals.values()) * 2 ** (failures - 1))
+                    next_due = {name: max(at, now + backoff) for name, at in next_due.items()}
+            await asyncio.sleep(max(0.0, min(next_due.values()) - loop.time()))
+
+    async def _poll(self, names: list[str]) -> bool:
+        device_id = self.device.device_id
+        read_at = self.clock_ms()
+        try:
+            values = await self.device.read_values(names)
+        except DriverError as exc:
+            self.errors += 1
+            if self.online is not False:
+                log.warning("device unavailable", device_id=device_id, error=str(exc))
+                self._event("offline", str(exc))
+            else:
+                log.debug("device still unavailable", device_id=device_id, error=str(exc))
+            self.online = False
+            return False
+        self.polls += 1
+        if self.online is not True:
+            if self.online is False:
+                log.info("device available again", device_id=device_id)
+            self._event("online", "")
+            self.online = True
+        if values:
+            self.outbox.put_reading(Reading(device_id=device_id, ts=read_at, values=values))
+        return True
+
+    def _event(self, kind: str, detail: str) -> None:
+        event = DeviceEvent.model_validate(
+            {
+                "agent_id": self.outbox.agent_id,
+                "device_id": self.device.device_id,
+                "ts": self.clock_ms(),
+                "kind": kind,
+                "detail": detail,
+            }
+        )
+        self.outbox.put_control(Channel.EVENTS, event)

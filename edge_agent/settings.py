@@ -1,0 +1,75 @@
+"""The agent's configuration: one YAML file (and ``AGENT_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from device_profiles import ProfileError, resolve_profile
+from device_profiles.wire import ID_PATTERN
+from drivers import ConnectionSettings
+from iot_runtime import FileAndEnvSettings
+from iot_runtime.logging import LogFormat
+from iot_runtime.mqtt import MqttSettings
+
+__all__ = ["AgentSettings", "DeviceConfig"]
+
+WireId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class DeviceConfig(BaseModel):
+    """One field device behind the agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: WireId
+    profile: str = Field(description="A built-in profile name or a path to a profile YAML file.")
+    connection: ConnectionSettings
+    poll_interval_s: float | None = Field(
+        default=None, gt=0, le=86400, description="Overrides the profile's poll intervals."
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_loads(cls, ref: str) -> str:
+        try:
+            resolve_profile(ref)
+        except ProfileError as exc:
+            raise ValueError("; ".join(exc.issues)) from exc
+        return ref
+
+
+class AgentSettings(FileAndEnvSettings):
+    """Settings of one edge agent."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    agent_id: WireId
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    batch_max_readings: int = Field(
+        default=500, ge=1, le=10_000, description="Readings per telemetry message at most."
+    )
+    batch_max_delay_s: float = Field(
+        default=0.2, ge=0, le=60, description="How long a reading may wait for others to batch."
+    )
+    outbox_max_readings: int = Field(
+        default=100_000, ge=100, description="Readings kept while the uplink is down."
+    )
+    data_dir: Path = Field(default=Path("var/edge-agent"))
+    log_level: str = "INFO"
+    log_format: LogFormat = "auto"
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> AgentSettings:
+        seen: set[str] = set()
+        for index, device in enumerate(self.devices):
+            if device.device_id in seen:
+                raise ValueError(f"devices[{index}].device_id {device.device_id!r} is used twice")
+            seen.add(device.device_id)
+        return self

@@ -1,0 +1,85 @@
+"""MQTT connection settings shared by every process, and the aiomqtt client built from them."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Literal
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+__all__ = ["MqttSettings", "TlsSettings", "make_client"]
+
+
+class TlsSettings(BaseModel):
+    """TLS towards the broker. The server certificate is always verified."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: Path | None = Field(default=None, description="CA bundle; system CAs when unset.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+class MqttSettings(BaseModel):
+    """Where the broker is and how to talk to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description="MQTT 5 where the broker offers it (Mosquitto 2, EMQX)."
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    tls: TlsSettings | None = None
+    timeout_s: float = Field(default=10.0, gt=0, description="Wait for CONNACK/PUBACK/SUBACK.")
+
+
+def make_client(
+    settings: MqttSettings,
+    client_id: str,
+    *,
+    persistent_session: bool,
+    session_expiry_s: int = 0,
+    will: aiomqtt.Will | None = None,
+) -> aiomqtt.Client:
+    """An aiomqtt client for ``settings``.
+
+    With ``persistent_session`` the broker keeps the session (subscriptions and queued QoS 1
+    messages) while the client is away: clean session off in MQTT 3.1.1, clean start off with
+    a session expiry in MQTT 5.
+    """
+    v5 = settings.protocol == "5"
+    properties = None
+    if v5 and persistent_session:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = session_expiry_s
+    return aiomqtt.Client(
+        settings.host,
+        settings.port,
+        identifier=client_id,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        clean_session=None if v5 else not persistent_session,
+        clean_start=(not persistent_session) if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        properties=properties,
+        keepalive=settings.keepalive_s,
+        will=will,
+        tls_context=settings.tls.context() if settings.tls else None,
+        timeout=settings.timeout_s,
+        max_queued_incoming_messages=10_000,
+    )

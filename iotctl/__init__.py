@@ -1,0 +1,1 @@
+"""``iotctl``: the command-line tool for operators and developers."""

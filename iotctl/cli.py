@@ -1,0 +1,91 @@
+"""``iotctl``: the operator's and developer's tool (demo, profiles)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from device_profiles import ProfileError, builtin_profile_names, load_profile, profile_json_schema
+from iot_runtime import configure_logging
+from iotctl.demo import DemoOptions, run_demo_until_done
+
+app = typer.Typer(help="City IoT: demo, device profiles and tools.", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="Device profiles: list, validate, JSON Schema.", no_args_is_help=True
+)
+app.add_typer(profiles_app, name="profiles")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+@app.command()
+def demo(
+    api_port: Annotated[int, typer.Option(help="Port of the hub's HTTP API.")] = 8080,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DEMO_MQTT_URL",
+            help="Use this broker (mqtt://host:port) instead of the embedded one.",
+        ),
+    ] = None,
+    influxdb: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DEMO_INFLUXDB_URL",
+            help="Store telemetry in this InfluxDB 1.x (http://host:8086).",
+        ),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its files.")] = Path(
+        "var/demo"
+    ),
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level of the components.")] = "WARNING",
+) -> None:
+    """Run a simulated smart pole, an edge agent and the hub, printing live readings."""
+    configure_logging(log_level, "console")
+    options = DemoOptions(
+        api_port=api_port,
+        mqtt_url=mqtt,
+        influxdb_url=influxdb,
+        data_dir=data_dir,
+        duration_s=duration,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        run_demo_until_done(options, out)
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """The profiles shipped with this package."""
+    for name in builtin_profile_names():
+        out.print(name)
+
+
+@profiles_app.command("validate")
+def profiles_validate(
+    files: Annotated[list[Path], typer.Argument(help="Profile YAML files.")],
+) -> None:
+    """Validate profile files; print each problem with its field path."""
+    failed = 0
+    for path in files:
+        try:
+            profile = load_profile(path)
+        except ProfileError as exc:
+            failed += 1
+            for issue in exc.issues:
+                err.print(f"[red]{path}[/]: {issue}")
+            continue
+        out.print(
+            f"[green]ok[/] {path}: {profile.name}, {len(profile.points)} points, {len(profile.commands)} commands"
+        )
+    raise typer.Exit(1 if failed else 0)
+
+
+@profiles_app.command("schema")
+def profiles_schema() -> None:
+    """Print the JSON Schema of profile documents (for editors)."""
+    typer.echo(profile_json_schema(), nl=False)

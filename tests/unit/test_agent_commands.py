@@ -1,0 +1,111 @@
+"""The agent's command executor: validated at the edge, verified, idempotent, expiry-aware."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_profiles import load_builtin_profile
+from device_profiles.wire import CommandRequest, CommandResult
+from drivers import DriverTimeout, ModbusTcpSettings
+from drivers.fake import FakeDriver
+from edge_agent.commands import CommandExecutor
+from edge_agent.devices import DeviceRuntime
+from edge_agent.outbox import Outbox
+from edge_agent.settings import DeviceConfig
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_700_000_000_000
+
+
+def _setup() -> tuple[CommandExecutor, FakeDriver, Outbox]:
+    profile = load_builtin_profile("smart_pole")
+    driver = FakeDriver(profile)
+    config = DeviceConfig(
+        device_id="pole-1", profile="smart_pole", connection=ModbusTcpSettings(host="127.0.0.1")
+    )
+    outbox = Outbox(agent_id="a1")
+    device = DeviceRuntime(config, profile, driver)
+    return CommandExecutor({"pole-1": device}, outbox, clock_ms=lambda: NOW), driver, outbox
+
+
+def _request(name: str, params: dict[str, object] | None = None, **kw: object) -> CommandRequest:
+    fields: dict[str, object] = {
+        "command_id": kw.pop("command_id", "c1"),
+        "device_id": "pole-1",
+        "name": name,
+        "params": params or {},
+        "issued_at": NOW - 10,
+        **kw,
+    }
+    return CommandRequest.model_validate(fields)
+
+
+async def _results(outbox: Outbox) -> list[CommandResult]:
+    out = []
+    while outbox._control:
+        item = await outbox.next()
+        outbox.ack(item)
+        assert isinstance(item.message, CommandResult)
+        out.append(item.message)
+    return out
+
+
+async def test_set_dimming_writes_the_register_and_verifies() -> None:
+    executor, driver, outbox = _setup()
+    await executor.handle(_request("set_dimming", {"level": 40}))
+    assert [(w.name, w.raw) for w in driver.writes] == [("dimming", 40)]
+    statuses = [r.status for r in await _results(outbox)]
+    assert statuses == ["delivered", "succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "reason"),
+    [
+        ("set_dimming", {"level": 140}, "above the maximum"),
+        ("set_dimming", {"level": "high"}, "must be an int"),
+        ("format_disk", {}, "unknown command"),
+        ("set_dimming", {"level": 10, "register": 5}, "takes no parameter"),
+    ],
+)
+async def test_bad_commands_are_refused_at_the_edge_and_nothing_is_written(
+    name: str, params: dict[str, object], reason: str
+) -> None:
+    executor, driver, outbox = _setup()
+    await executor.handle(_request(name, params))
+    assert driver.writes == []
+    [result] = await _results(outbox)
+    assert result.status == "rejected"
+    assert reason in result.detail
+
+
+async def test_expired_command_never_executes() -> None:
+    executor, driver, outbox = _setup()
+    await executor.handle(_request("lamp_off", expires_at=NOW - 1))
+    assert driver.writes == []
+    assert [r.status for r in await _results(outbox)] == ["expired"]
+
+
+async def test_duplicate_command_id_executes_once_and_reports_again() -> None:
+    executor, driver, outbox = _setup()
+    await executor.handle(_request("set_dimming", {"level": 30}))
+    await executor.handle(_request("set_dimming", {"level": 30}))
+    assert len(driver.writes) == 1
+    assert [r.status for r in await _results(outbox)] == ["delivered", "succeeded", "succeeded"]
+
+
+async def test_driver_failure_is_reported_as_failed() -> None:
+    executor, driver, outbox = _setup()
+    driver.fail_next_write(DriverTimeout("no answer from pole-1"))
+    await executor.handle(_request("lamp_on"))
+    results = await _results(outbox)
+    assert results[-1].status == "failed"
+    assert "no answer" in results[-1].detail
+
+
+async def test_unknown_device_is_rejected() -> None:
+    executor, _, outbox = _setup()
+    request = _request("lamp_on").model_copy(update={"device_id": "pole-9"})
+    await executor.handle(request)
+    [result] = await _results(outbox)
+    assert result.status == "rejected"

@@ -1,0 +1,106 @@
+"""Hub ingest: valid readings stored, bad ones dead-lettered with the reason, loop never dies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.ingest import Ingest
+from cloud_hub.registry import Registry
+from cloud_hub.settings import SqliteStoreSettings
+from cloud_hub.storage import SqliteStore
+from device_profiles.wire import AgentState, Channel, DeviceInfo, encode, topic
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+async def ingest(tmp_path: Path):
+    registry = Registry(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    store = SqliteStore(SqliteStoreSettings(path=tmp_path / "telemetry.db"))
+    await registry.start()
+    await store.start()
+    ingest = Ingest(registry, store)
+    birth = AgentState(
+        agent_id="a1", state="online", devices=[DeviceInfo(device_id="p1", profile="smart_pole")]
+    )
+    await ingest.handle(topic("a1", Channel.STATE), encode(birth))
+    yield ingest
+    await store.close()
+    await registry.close()
+
+
+def _batch(*readings: dict[str, object], agent_id: str = "a1") -> bytes:
+    return json.dumps({"v": 1, "agent_id": agent_id, "seq": 1, "readings": list(readings)}).encode()
+
+
+async def test_birth_registers_devices(ingest: Ingest) -> None:
+    device = await ingest.registry.get_device("p1")
+    assert device is not None and device.agent_id == "a1" and device.profile == "smart_pole"
+
+
+async def test_good_readings_survive_bad_neighbours(ingest: Ingest) -> None:
+    payload = _batch(
+        {"device_id": "p1", "ts": 1000, "values": {"power": 60, "lamp_on": True, "dimming": 40}},
+        {"device_id": "p1", "ts": 2000, "values": {"power": "lots"}},  # wrong type
+        {"device_id": "p1", "ts": 3000, "values": {"warp_drive": 1.0}},  # unknown point
+        {"device_id": "ghost", "ts": 4000, "values": {"power": 1.0}},  # unknown device
+        {"device_id": "p1", "ts": "noon", "values": {"power": 1.0}},  # malformed
+        {"device_id": "p1", "ts": 5000, "values": {"dimming": 41.5}},  # int point, fraction
+        {"device_id": "p1", "ts": 6000, "values": {"power": 61.5}},
+    )
+    await ingest.handle(topic("a1", Channel.TELEMETRY), payload)
+    assert ingest.stats["readings"] == 2
+    assert ingest.stats["dead_letters"] == 5
+    reasons = " | ".join(d.reason for d in ingest.dead_letters)
+    for expected in [
+        "point 'power' expects a uint32 value, got 'lots'",
+        "point 'warp_drive' is not in profile 'smart_pole'",
+        "device 'ghost' is not registered to agent 'a1'",
+        "reading 4",
+        "point 'dimming' expects a uint16 value, got 41.5",
+    ]:
+        assert expected in reasons
+    latest = await ingest.store.latest("p1", "smart_pole", ["power", "lamp_on", "dimming"])
+    assert latest["power"].value == 61.5 and latest["power"].ts_ms == 6000
+    assert latest["dimming"].value == 40
+
+
+async def test_a_device_of_another_agent_is_refused(ingest: Ingest) -> None:
+    await ingest.handle(
+        topic("a2", Channel.TELEMETRY),
+        _batch({"device_id": "p1", "ts": 1, "values": {"power": 1.0}}, agent_id="a2"),
+    )
+    assert ingest.stats["readings"] == 0
+    assert "not registered to agent 'a2'" in ingest.dead_letters[-1].reason
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("iot/v1/a1/telemetry", b"not json"),
+        (
+            "iot/v1/a1/telemetry",
+            _batch({"device_id": "p1", "ts": 1, "values": {"power": 1.0}}, agent_id="a9"),
+        ),
+        ("iot/v1/a1/state", b'{"v": 1}'),
+        ("iot/v1/a1/command-results", b"{}"),
+        ("elsewhere/x", b"{}"),
+        ("iot/v1/a1/commands", b"{}"),
+    ],
+)
+async def test_malformed_messages_are_dead_lettered(
+    ingest: Ingest, name: str, payload: bytes
+) -> None:
+    assert await ingest.handle(name, payload) is None
+    assert ingest.stats["dead_letters"] == 1
+
+
+async def test_replayed_reading_is_stored_once(ingest: Ingest) -> None:
+    payload = _batch({"device_id": "p1", "ts": 1000, "values": {"power": 60.0}})
+    await ingest.handle(topic("a1", Channel.TELEMETRY), payload)
+    await ingest.handle(topic("a1", Channel.TELEMETRY), payload)
+    cursor = await ingest.store.db.execute("SELECT COUNT(*) FROM readings")  # type: ignore[attr-defined]
+    assert (await cursor.fetchone())[0] == 1
