@@ -23,11 +23,13 @@ from device_profiles.errors import CommandRejected
 __all__ = [
     "REGISTER_COUNT",
     "AlarmRule",
+    "CoapLocation",
     "Command",
     "CommandParam",
     "CommandWrite",
     "DataType",
     "DeviceProfile",
+    "Hj212Location",
     "ModbusLocation",
     "ModbusTable",
     "Point",
@@ -101,13 +103,49 @@ class ModbusLocation(_Strict):
         return self.table in _BIT_TABLES
 
 
+Hj212Field = Literal["Rtd", "Avg", "Min", "Max", "Cou", "ZsRtd", "ZsAvg", "ZsMin", "ZsMax"]
+
+
+class Hj212Location(_Strict):
+    """Where a point lives in HJ 212-2017 data: a pollutant (factor) code and one sub-value."""
+
+    code: str = Field(
+        pattern=r"^[a-zA-Z][a-zA-Z0-9]{2,9}$",
+        description="Pollutant code, e.g. a34004 (PM2.5), a21026 (SO2), LA (noise).",
+    )
+    field: Hj212Field = Field(
+        default="Rtd", description="Rtd real-time, Avg/Min/Max/Cou aggregates, Zs* converted."
+    )
+
+
+class CoapLocation(_Strict):
+    """Where a point lives on a CoAP device: a resource, and a key inside a JSON/CBOR body."""
+
+    path: str = Field(pattern=r"^(/[A-Za-z0-9._~-]+)+$", description="Resource path, e.g. /tilt")
+    key: str | None = Field(
+        default=None, description="Key inside a JSON or CBOR resource; none for a plain value."
+    )
+    observe: bool = Field(default=False, description="Subscribe (RFC 7641) instead of polling.")
+
+
+#: Which location each transport's points carry.
+_LOCATION_OF_TRANSPORT = {"modbus": "modbus", "hj212": "hj212", "coap": "coap"}
+
+
 class Point(_Strict):
-    """One value of a device: a measurement, a status or a setting."""
+    """One value of a device: a measurement, a status or a setting.
+
+    A point carries the location of its profile's transport: ``modbus``, ``hj212`` or ``coap``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     description: str = ""
     type: DataType
     unit: str = ""
-    modbus: ModbusLocation
+    modbus_location: ModbusLocation | None = Field(default=None, alias="modbus")
+    hj212_location: Hj212Location | None = Field(default=None, alias="hj212")
+    coap_location: CoapLocation | None = Field(default=None, alias="coap")
     scale: float = Field(default=1.0, description="engineering = raw * scale + offset")
     offset: float = 0.0
     writable: bool = False
@@ -119,9 +157,68 @@ class Point(_Strict):
         default=None, ge=0, description="Report only changes larger than this (engineering)."
     )
 
+    @property
+    def location_kind(self) -> str | None:
+        """``modbus``, ``hj212`` or ``coap``: which location the point has."""
+        kinds = [
+            kind
+            for kind, loc in (
+                ("modbus", self.modbus_location),
+                ("hj212", self.hj212_location),
+                ("coap", self.coap_location),
+            )
+            if loc is not None
+        ]
+        return kinds[0] if len(kinds) == 1 else None
+
+    @property
+    def modbus(self) -> ModbusLocation:
+        """The Modbus location (points of Modbus profiles always have one)."""
+        if self.modbus_location is None:
+            raise AttributeError("this point has no Modbus location")
+        return self.modbus_location
+
+    @property
+    def hj212(self) -> Hj212Location:
+        if self.hj212_location is None:
+            raise AttributeError("this point has no HJ 212 location")
+        return self.hj212_location
+
+    @property
+    def coap(self) -> CoapLocation:
+        if self.coap_location is None:
+            raise AttributeError("this point has no CoAP location")
+        return self.coap_location
+
     @model_validator(mode="after")
     def _check(self) -> Self:
-        loc, t = self.modbus, self.type
+        present = [
+            k
+            for k, v in (
+                ("modbus", self.modbus_location),
+                ("hj212", self.hj212_location),
+                ("coap", self.coap_location),
+            )
+            if v is not None
+        ]
+        if len(present) != 1:
+            raise ValueError(
+                "needs exactly one location: 'modbus', 'hj212' or 'coap'"
+                + (f" (has {', '.join(present)})" if present else "")
+            )
+        if self.modbus_location is not None:
+            self._check_modbus(self.modbus_location)
+        t = self.type
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if t in ("bool", "string") and (self.scale != 1 or self.offset != 0):
+            raise ValueError(f"scale and offset do not apply to {t} points")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    def _check_modbus(self, loc: ModbusLocation) -> None:
+        t = self.type
         if loc.is_bit_table and t != "bool":
             raise ValueError(f"a {loc.table} holds one bit: type must be bool, not {t}")
         if t == "bool" and not loc.is_bit_table and loc.bit is None:
@@ -139,13 +236,6 @@ class Point(_Strict):
             raise ValueError(
                 f"{loc.table} points are read-only; only coils and holding registers can be writable"
             )
-        if self.scale == 0:
-            raise ValueError("scale must not be 0")
-        if t in ("bool", "string") and (self.scale != 1 or self.offset != 0):
-            raise ValueError(f"scale and offset do not apply to {t} points")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        return self
 
     @property
     def is_numeric(self) -> bool:
@@ -176,7 +266,7 @@ class Point(_Strict):
         if self.type == "string":
             if not isinstance(value, str):
                 raise CommandRejected(f"expects a string, got {value!r}")
-            limit = 2 * (self.modbus.length or 0)
+            limit = 2 * (self.modbus_location.length or 0) if self.modbus_location else 1024
             if len(value.encode()) > limit:
                 raise CommandRejected(f"string longer than {limit} bytes")
             return value
@@ -303,7 +393,9 @@ class DeviceProfile(_Strict):
     description: str = ""
     manufacturer: str = ""
     model: str = ""
-    transport: Literal["modbus"]
+    transport: Literal["modbus", "hj212", "coap"] = Field(
+        description="How the device is reached; every point carries this transport's location."
+    )
     default_poll_interval_s: float = Field(default=5.0, gt=0, le=86400)
     points: dict[Name, Point] = Field(min_length=1)
     commands: dict[Name, Command] = Field(default_factory=dict)
@@ -311,7 +403,15 @@ class DeviceProfile(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        self._check_overlaps()
+        wanted = _LOCATION_OF_TRANSPORT[self.transport]
+        for pname, pt in self.points.items():
+            if pt.location_kind != wanted:
+                raise ValueError(
+                    f"points.{pname}: a {self.transport} profile's points need '{wanted}', "
+                    f"not '{pt.location_kind}'"
+                )
+        if self.transport == "modbus":
+            self._check_overlaps()
         for cname, command in self.commands.items():
             self._check_command(cname, command)
         for aname, rule in self.alarms.items():

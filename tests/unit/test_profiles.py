@@ -180,3 +180,18 @@ def test_profiles_are_immutable() -> None:
     with pytest.raises(Exception, match="frozen"):
         pole.points["dimming"].max = 1000  # type: ignore[misc]
     assert parse_profile(data, "copy") == pole
+
+
+def test_points_carry_exactly_their_transports_location() -> None:
+    data = _pole()
+    data["points"]["pm25"] = {"type": "uint16", "hj212": {"code": "a34004"}}
+    assert "points.pm25: a modbus profile's points need 'modbus', not 'hj212'" in _issues(data)
+    data = _pole()
+    data["points"]["pm25"]["coap"] = {"path": "/pm25"}
+    assert (
+        "points.pm25: needs exactly one location: 'modbus', 'hj212' or 'coap' (has modbus, coap)"
+        in _issues(data)
+    )
+    data = _pole()
+    del data["points"]["pm25"]["modbus"]
+    assert "points.pm25: needs exactly one location" in _issues(data)
