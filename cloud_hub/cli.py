@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from cloud_hub.api_keys import create_api_key
+from cloud_hub.registry import Registry
 from cloud_hub.server import serve
 from cloud_hub.settings import HubSettings
 from iot_runtime import ConfigError, configure_logging, load_settings
@@ -49,3 +51,24 @@ def check_config(config: ConfigOption = None) -> None:
     """Validate the settings and print them (secrets hidden)."""
     settings = _settings(config)
     typer.echo(settings.model_dump_json(indent=2))
+
+
+@app.command("create-admin-key")
+def create_admin_key(
+    config: ConfigOption = None,
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "admin",
+) -> None:
+    """Create an admin API key in the registry and print it (shown once)."""
+    settings = _settings(config)
+    secret = asyncio.run(_create_admin_key(settings, name))
+    typer.echo(secret)
+
+
+async def _create_admin_key(settings: HubSettings, name: str) -> str:
+    registry = Registry(settings.registry_url)
+    await registry.start()
+    try:
+        _, secret = await create_api_key(registry, name, "admin")
+    finally:
+        await registry.close()
+    return secret

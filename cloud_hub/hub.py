@@ -1,4 +1,11 @@
-"""The hub process's core: MQTT session, ingest and command dispatch.
+"""The hub process's core: two MQTT sessions, ingest, telemetry writing, command dispatch.
+
+- The **telemetry session** consumes ``iot/v1/+/telemetry`` (optionally as an MQTT 5 shared
+  subscription, so several hub processes split the load) with manual acknowledgements: a
+  message is acknowledged only once its readings are stored (see :mod:`cloud_hub.writer`).
+- The **control session** consumes agent state, device events and command results, and
+  publishes commands. It is separate so that commands keep flowing while the telemetry store
+  is down and telemetry is held back.
 
 Commands are persisted as ``queued`` before anything is sent, published to the agent with QoS 1
 (the broker keeps them for an agent that is away, in its persistent session), marked ``sent``
@@ -11,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
 import structlog
 
+from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
 from cloud_hub.registry import CommandRow, Registry
 from cloud_hub.settings import HubSettings
 from cloud_hub.storage import TelemetryStore, open_store
+from cloud_hub.writer import Pending, TelemetryWriter
 from device_profiles import DeviceProfile
 from device_profiles.wire import (
     QOS,
@@ -28,10 +38,11 @@ from device_profiles.wire import (
     CommandRequest,
     CommandResult,
     encode,
+    shared,
     subscription,
     topic,
 )
-from iot_runtime.mqtt import make_client
+from iot_runtime.mqtt import ack, make_client
 
 __all__ = ["Hub", "UnknownDevice"]
 
@@ -39,7 +50,8 @@ log = structlog.get_logger(__name__)
 
 RECONNECT_MAX_S = 30.0
 SWEEP_INTERVAL_S = 5.0
-_CONSUMED = (Channel.TELEMETRY, Channel.STATE, Channel.EVENTS, Channel.COMMAND_RESULTS)
+LAST_SEEN_FLUSH_S = 5.0
+_CONTROL = (Channel.STATE, Channel.EVENTS, Channel.COMMAND_RESULTS)
 
 
 class UnknownDevice(LookupError):
@@ -55,9 +67,14 @@ class Hub:
         self.settings = settings
         self.registry = Registry(settings.registry_url)
         self.store = store if store is not None else open_store(settings.storage)
-        self.ingest = Ingest(self.registry, self.store)
+        self.events = EventBus()
+        self.ingest = Ingest(self.registry, self.events)
+        self.writer = TelemetryWriter(
+            self.store, on_stored=self.ingest.stored, on_rejected=self.ingest.rejected
+        )
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self.telemetry_connected = asyncio.Event()
+        self._control: aiomqtt.Client | None = None
 
     async def start(self) -> None:
         await self.registry.start()
@@ -65,6 +82,7 @@ class Hub:
         await self.ingest.load_devices()
 
     async def close(self) -> None:
+        await self.ingest.flush_last_seen()
         await self.store.close()
         await self.registry.close()
 
@@ -72,34 +90,58 @@ class Hub:
 
     async def run(self) -> None:
         """Stay connected to the broker and consume agents' messages until cancelled."""
-        failures = 0
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._sweep_loop(), name="command-sweeper")
-            while True:
-                client = make_client(
-                    self.settings.mqtt,
-                    self.settings.client_id,
-                    persistent_session=True,
-                    session_expiry_s=SESSION_EXPIRY_S,
-                )
-                try:
-                    async with client:
-                        failures = 0
-                        await self._session(client)
-                except aiomqtt.MqttError as exc:
-                    self._client = None
-                    self.connected.clear()
-                    failures += 1
-                    delay = min(RECONNECT_MAX_S, 0.5 * 2 ** (failures - 1))
-                    (log.warning if failures == 1 else log.debug)(
-                        "broker connection lost, reconnecting", error=str(exc), retry_in_s=delay
-                    )
-                    await asyncio.sleep(delay)
+            group.create_task(self._periodic(SWEEP_INTERVAL_S, self._sweep), name="command-sweeper")
+            group.create_task(
+                self._periodic(LAST_SEEN_FLUSH_S, self.ingest.flush_last_seen), name="last-seen"
+            )
+            group.create_task(self.writer.run(), name="telemetry-writer")
+            group.create_task(
+                self._stay_connected("control", self._control_session), name="mqtt-control"
+            )
+            group.create_task(
+                self._stay_connected("telemetry", self._telemetry_session), name="mqtt-telemetry"
+            )
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        for channel in _CONSUMED:
+    async def _stay_connected(
+        self, role: str, session: Callable[[aiomqtt.Client], Awaitable[None]]
+    ) -> None:
+        failures = 0
+        while True:
+            client = make_client(
+                self.settings.mqtt,
+                f"{self.settings.client_id}-{role}",
+                persistent_session=True,
+                session_expiry_s=SESSION_EXPIRY_S,
+                manual_ack=role == "telemetry",
+            )
+            try:
+                async with client:
+                    failures = 0
+                    await session(client)
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                delay = min(RECONNECT_MAX_S, 0.5 * 2 ** (failures - 1))
+                (log.warning if failures == 1 else log.debug)(
+                    "broker connection lost, reconnecting",
+                    session=role,
+                    error=str(exc),
+                    retry_in_s=delay,
+                )
+            finally:
+                if role == "control":
+                    self._control = None
+                    self.connected.clear()
+                else:
+                    self.telemetry_connected.clear()
+            await asyncio.sleep(
+                min(RECONNECT_MAX_S, 0.5 * 2 ** max(0, failures - 1)) if failures else 0
+            )
+
+    async def _control_session(self, client: aiomqtt.Client) -> None:
+        for channel in _CONTROL:
             await client.subscribe(subscription(channel), qos=QOS)
-        self._client = client
+        self._control = client
         self.connected.set()
         log.info(
             "hub connected to broker", broker=f"{self.settings.mqtt.host}:{self.settings.mqtt.port}"
@@ -108,9 +150,22 @@ class Hub:
             await self._publish_command(row)
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            result = await self.ingest.handle(str(message.topic), payload)
-            if result is not None:
-                await self._apply_result(result)
+            accepted = await self.ingest.handle(str(message.topic), payload)
+            if accepted.command_result is not None:
+                await self._apply_result(accepted.command_result)
+
+    async def _telemetry_session(self, client: aiomqtt.Client) -> None:
+        topic_filter = subscription(Channel.TELEMETRY)
+        if self.settings.shared_subscription_group:
+            topic_filter = shared(self.settings.shared_subscription_group, topic_filter)
+        await client.subscribe(topic_filter, qos=QOS)
+        self.telemetry_connected.set()
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            accepted = await self.ingest.handle(str(message.topic), payload)
+            await self.writer.submit(
+                Pending(accepted.readings, lambda m=message: ack(client, m))  # type: ignore[misc]
+            )
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -139,11 +194,12 @@ class Hub:
         )
         await self.registry.add_command(row)
         log.info("command queued", command_id=row.command_id, device_id=device_id, name=name)
+        self._command_event(row)
         await self._publish_command(row)
         return await self.registry.get_command(row.command_id) or row
 
     async def _publish_command(self, row: CommandRow) -> None:
-        client = self._client
+        client = self._control
         if client is None:
             return  # stays queued; sent when the hub (re)connects
         request = CommandRequest(
@@ -159,14 +215,44 @@ class Hub:
         except aiomqtt.MqttError as exc:
             log.warning("command not sent yet", command_id=row.command_id, error=str(exc))
             return
-        await self.registry.update_command(row.command_id, "sent", "published to the agent")
+        updated = await self.registry.update_command(
+            row.command_id, "sent", "published to the agent"
+        )
+        if updated is not None:
+            self._command_event(updated)
 
     async def _apply_result(self, result: CommandResult) -> None:
         row = await self.registry.update_command(result.command_id, result.status, result.detail)
         if row is None:
             log.warning("result for an unknown command", command_id=result.command_id)
+            return
+        self._command_event(row)
 
-    async def _sweep_loop(self) -> None:
+    def _command_event(self, row: CommandRow) -> None:
+        self.events.publish(
+            HubEvent(
+                kind="command",
+                ts_ms=_now_ms(),
+                device_id=row.device_id,
+                agent_id=row.agent_id,
+                data={
+                    "command_id": row.command_id,
+                    "name": row.name,
+                    "status": row.status,
+                    "detail": row.detail,
+                },
+            )
+        )
+
+    async def _sweep(self) -> None:
+        for row in await self.registry.expire_commands(_now_ms()):
+            self._command_event(row)
+
+    @staticmethod
+    async def _periodic(interval_s: float, action: Callable[[], Awaitable[object]]) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            await self.registry.expire_commands(_now_ms())
+            await asyncio.sleep(interval_s)
+            try:
+                await action()
+            except Exception:  # a periodic chore must not take the hub down
+                log.exception("periodic task failed", task=getattr(action, "__name__", "?"))

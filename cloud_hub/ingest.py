@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.registry import Registry
-from cloud_hub.storage import StoredReading, TelemetryStore
+from cloud_hub.storage import StoredReading
 from device_profiles import DeviceProfile, ProfileError, Value, resolve_profile
 from device_profiles.wire import (
     AgentState,
@@ -28,11 +30,13 @@ from device_profiles.wire import (
     parse_topic,
 )
 
-__all__ = ["DeadLetter", "Ingest", "check_reading"]
+__all__ = ["Accepted", "DeadLetter", "Ingest", "check_reading"]
 
 log = structlog.get_logger(__name__)
 
-LAST_SEEN_RESOLUTION_S = 10.0
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,17 @@ class DeadLetter:
     topic: str
     reason: str
     payload: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a message yields: readings to store, or a command result to apply."""
+
+    readings: list[StoredReading] = field(default_factory=list)
+    command_result: CommandResult | None = None
+
+
+NOTHING = Accepted()
 
 
 @dataclass
@@ -76,11 +91,11 @@ def check_reading(profile: DeviceProfile, reading: Reading) -> dict[str, Value]:
 @dataclass
 class Ingest:
     registry: Registry
-    store: TelemetryStore
+    events: EventBus
     stats: Counter[str] = field(default_factory=Counter)
     dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=1000))
     _devices: dict[str, _DeviceMeta] = field(default_factory=dict)
-    _touched: dict[str, float] = field(default_factory=dict)
+    _last_seen: dict[str, int] = field(default_factory=dict)
 
     async def load_devices(self) -> None:
         for row in await self.registry.list_devices():
@@ -103,26 +118,53 @@ class Ingest:
         self.dead_letters.append(DeadLetter(topic, reason, payload[:4096]))
         log.warning("dead letter", topic=topic, reason=reason)
 
-    async def handle(self, topic: str, payload: bytes) -> CommandResult | None:
-        """Process one message. Returns a command result for the caller to apply, if any."""
+    async def handle(self, topic: str, payload: bytes) -> Accepted:
+        """Validate one message and apply its registry effects; return what is left to do."""
         self.stats["messages"] += 1
         try:
             agent_id, channel = parse_topic(topic)
             if channel is Channel.TELEMETRY:
-                await self._telemetry(topic, agent_id, payload)
-            elif channel is Channel.STATE:
+                return Accepted(readings=self._telemetry(topic, agent_id, payload))
+            if channel is Channel.STATE:
                 await self._state(agent_id, decode(AgentState, payload))
             elif channel is Channel.EVENTS:
                 await self._event(agent_id, decode(DeviceEvent, payload))
             elif channel is Channel.COMMAND_RESULTS:
-                result = decode(CommandResult, payload)
                 self.stats["command_results"] += 1
-                return result
+                return Accepted(command_result=decode(CommandResult, payload))
             else:
                 self._dead_letter(topic, f"the hub does not consume {channel.value!r}", payload)
         except WireError as exc:
             self._dead_letter(topic, str(exc), payload)
-        return None
+        return NOTHING
+
+    def stored(self, readings: Sequence[StoredReading]) -> None:
+        """Readings are in the store: count them, note last-seen, tell the event bus."""
+        self.stats["readings"] += len(readings)
+        for r in readings:
+            if r.ts_ms > self._last_seen.get(r.device_id, 0):
+                self._last_seen[r.device_id] = r.ts_ms
+            self.events.publish(
+                HubEvent(
+                    kind="telemetry",
+                    ts_ms=r.ts_ms,
+                    device_id=r.device_id,
+                    agent_id=r.agent_id,
+                    data={"profile": r.profile, "values": r.values},
+                )
+            )
+
+    def rejected(self, readings: Sequence[StoredReading], reason: str) -> None:
+        """The store refused readings for good: dead-letter them with the reason."""
+        for r in readings[:100]:
+            self._dead_letter(f"store:{r.device_id}", reason, repr(r.values).encode())
+        self.stats["dead_letters"] += max(0, len(readings) - 100)
+
+    async def flush_last_seen(self) -> None:
+        """Write the newest read time of each device to the registry (called periodically)."""
+        seen, self._last_seen = self._last_seen, {}
+        if seen:
+            await self.registry.touch_devices(seen)
 
     async def _state(self, agent_id: str, state: AgentState) -> None:
         if state.agent_id != agent_id:
@@ -142,8 +184,17 @@ class Ingest:
             raise WireError(f"event for device {event.device_id!r}, not registered to {agent_id!r}")
         if event.kind in ("online", "offline"):
             await self.registry.device_status(event.device_id, event.kind)
+            self.events.publish(
+                HubEvent(
+                    kind="status",
+                    ts_ms=event.ts,
+                    device_id=event.device_id,
+                    agent_id=agent_id,
+                    data={"scope": "device", "state": event.kind, "detail": event.detail},
+                )
+            )
 
-    async def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> None:
+    def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> list[StoredReading]:
         batch, bad = decode_telemetry(payload)
         if batch.agent_id != agent_id:
             raise WireError(
@@ -169,16 +220,4 @@ class Ingest:
             stored.append(
                 StoredReading(reading.device_id, agent_id, meta.profile.name, reading.ts, values)
             )
-        if stored:
-            await self.store.write(stored)
-            self.stats["readings"] += len(stored)
-            now = time.monotonic()
-            stale = {
-                r.device_id
-                for r in stored
-                if now - self._touched.get(r.device_id, -LAST_SEEN_RESOLUTION_S)
-                >= LAST_SEEN_RESOLUTION_S
-            }
-            if stale:  # last_seen is kept to LAST_SEEN_RESOLUTION_S, not one write per batch
-                await self.registry.touch_devices(sorted(stale))
-                self._touched.update(dict.fromkeys(stale, now))
+        return stored

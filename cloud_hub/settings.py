@@ -61,7 +61,14 @@ class HubSettings(FileAndEnvSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", env_nested_delimiter="__", extra="forbid")
 
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
-    client_id: str = Field(default="cloud-hub", description="MQTT client id of this hub process.")
+    client_id: str = Field(
+        default="cloud-hub",
+        description="MQTT client id prefix of this hub process (-control and -telemetry added).",
+    )
+    shared_subscription_group: str | None = Field(
+        default=None,
+        description="MQTT 5 shared subscription group: hub processes in one group split telemetry.",
+    )
     storage: StorageSettings = Field(default_factory=SqliteStoreSettings)
     registry_url: str = Field(
         default="sqlite+aiosqlite:///var/registry.db",

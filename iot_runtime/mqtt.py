@@ -12,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["MqttSettings", "TlsSettings", "make_client"]
+__all__ = ["MqttSettings", "TlsSettings", "ack", "make_client"]
 
 
 class TlsSettings(BaseModel):
@@ -55,19 +55,22 @@ def make_client(
     persistent_session: bool,
     session_expiry_s: int = 0,
     will: aiomqtt.Will | None = None,
+    manual_ack: bool = False,
 ) -> aiomqtt.Client:
     """An aiomqtt client for ``settings``.
 
     With ``persistent_session`` the broker keeps the session (subscriptions and queued QoS 1
     messages) while the client is away: clean session off in MQTT 3.1.1, clean start off with
-    a session expiry in MQTT 5.
+    a session expiry in MQTT 5. With ``manual_ack`` a QoS 1 message is acknowledged only when
+    :func:`ack` is called for it, so one that was received but not yet processed is sent again
+    after a crash.
     """
     v5 = settings.protocol == "5"
     properties = None
     if v5 and persistent_session:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = session_expiry_s
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         settings.host,
         settings.port,
         identifier=client_id,
@@ -83,3 +86,14 @@ def make_client(
         timeout=settings.timeout_s,
         max_queued_incoming_messages=10_000,
     )
+    if manual_ack:
+        # aiomqtt 2 has no API for paho's manual acknowledgements yet (empicano/aiomqtt#345);
+        # set before connecting, since a persistent session's messages arrive at once
+        client._client.manual_ack_set(True)
+    return client
+
+
+def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    """Acknowledge a message received with ``manual_ack`` (PUBACK for QoS 1)."""
+    if message.qos > 0:
+        client._client.ack(message.mid, message.qos)

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 from rich.console import Console
 
+from cloud_hub.api_keys import create_api_key
+from cloud_hub.registry import Registry
 from cloud_hub.server import serve
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings, SqliteStoreSettings
 from drivers import ModbusTcpSettings
@@ -104,12 +106,19 @@ async def run_demo(options: DemoOptions, console: Console) -> None:
             data_dir=options.data_dir / "agent",
         )
         api = f"http://{options.api_host}:{options.api_port}"
+        registry = Registry(hub_settings.registry_url)
+        await registry.start()
+        _, api_key = await create_api_key(registry, "demo", "admin")
+        await registry.close()
         async with asyncio.TaskGroup() as group:
             started = asyncio.Event()
             group.create_task(serve(hub_settings, started), name="hub")
             await started.wait()
             group.create_task(Agent(agent_settings).run(), name="agent")
             console.print(f"[bold]API[/]            {api}  (OpenAPI docs: {api}/docs)")
+            console.print(
+                f"[bold]API key[/]        {api_key}  (admin; send as 'Authorization: Bearer ...')"
+            )
             console.print(f"[bold]broker[/]         {broker_text}")
             console.print(f"[bold]telemetry[/]      {storage_text}")
             console.print(
@@ -117,11 +126,13 @@ async def run_demo(options: DemoOptions, console: Console) -> None:
             )
             console.print(
                 f"try: curl -X POST {api}/api/v1/devices/{DEVICE_ID}/commands "
-                "-H 'content-type: application/json' "
+                f"-H 'Authorization: Bearer {api_key}' -H 'content-type: application/json' "
                 """-d '{"name": "set_dimming", "params": {"level": 40}}'"""
             )
             console.print("live readings (Ctrl-C to stop):")
-            printer = group.create_task(_print_readings(api, options, console), name="printer")
+            printer = group.create_task(
+                _print_readings(api, api_key, options, console), name="printer"
+            )
             if options.duration_s is not None:
                 await asyncio.sleep(options.duration_s)
                 raise _DemoOver
@@ -132,9 +143,10 @@ class _DemoOver(Exception):
     pass
 
 
-async def _print_readings(api: str, options: DemoOptions, console: Console) -> None:
+async def _print_readings(api: str, api_key: str, options: DemoOptions, console: Console) -> None:
     url = f"{api}/api/v1/devices/{DEVICE_ID}/telemetry/latest"
-    async with httpx.AsyncClient(timeout=5) as http:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(timeout=5, headers=headers) as http:
         while True:
             await asyncio.sleep(options.print_every_s)
             response = await http.get(url)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
 
+from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.problems import install_problem_handlers, problem
 from cloud_hub.api.routes import router
 from cloud_hub.hub import Hub
+from cloud_hub.metrics import CONTENT_TYPE, render_metrics
 from cloud_hub.settings import HubSettings
 
 __all__ = ["create_app"]
@@ -50,9 +53,14 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
     async def readyz() -> JSONResponse:
-        """Ready when connected to the broker."""
-        if not the_hub.connected.is_set():
+        """Ready when both MQTT sessions are up."""
+        if not (the_hub.connected.is_set() and the_hub.telemetry_connected.is_set()):
             return problem(503, "Not ready", "not connected to the MQTT broker")
         return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics(_caller: Annotated[Principal, Depends(require("read"))]) -> Response:
+        """Prometheus metrics: ingest rate, write latency, dead letters, agents, commands."""
+        return Response(await render_metrics(the_hub), media_type=CONTENT_TYPE)
 
     return app

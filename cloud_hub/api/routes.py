@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from pydantic import BaseModel, Field
 
+from cloud_hub.api.auth import Principal, Role, require
 from cloud_hub.api.schemas import CommandCreate, CommandOut, DeviceOut, LatestTelemetry, PointValue
+from cloud_hub.api_keys import create_api_key
 from cloud_hub.hub import Hub, UnknownDevice
 from device_profiles import Value
 
@@ -20,16 +23,23 @@ def _hub(request: Request) -> Hub:
 
 
 HubDep = Annotated[Hub, Depends(_hub)]
-router = APIRouter(prefix="/api/v1")
+Reader = Annotated[Principal, Depends(require("read"))]
+Commander = Annotated[Principal, Depends(require("command"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+_AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"description": "No API key, or an unknown or revoked one"},
+    403: {"description": "The key's role may not do this"},
+}
+router = APIRouter(prefix="/api/v1", responses=_AUTH_ERRORS)
 
 
 @router.get("/devices", tags=["devices"])
-async def list_devices(hub: HubDep) -> list[DeviceOut]:
+async def list_devices(hub: HubDep, _caller: Reader) -> list[DeviceOut]:
     return [DeviceOut.model_validate(d) for d in await hub.registry.list_devices()]
 
 
 @router.get("/devices/{device_id}", tags=["devices"])
-async def get_device(device_id: str, hub: HubDep) -> DeviceOut:
+async def get_device(device_id: str, hub: HubDep, _caller: Reader) -> DeviceOut:
     device = await hub.registry.get_device(device_id)
     if device is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device '{device_id}'")
@@ -37,7 +47,7 @@ async def get_device(device_id: str, hub: HubDep) -> DeviceOut:
 
 
 @router.get("/devices/{device_id}/telemetry/latest", tags=["telemetry"])
-async def latest_telemetry(device_id: str, hub: HubDep) -> LatestTelemetry:
+async def latest_telemetry(device_id: str, hub: HubDep, _caller: Reader) -> LatestTelemetry:
     """The newest stored value of each point of a device, with the time the edge read it."""
     try:
         _, profile = await hub.profile_for(device_id)
@@ -64,7 +74,9 @@ async def latest_telemetry(device_id: str, hub: HubDep) -> LatestTelemetry:
     tags=["commands"],
     responses={422: {"description": "Unknown command, bad parameters or out-of-range values"}},
 )
-async def send_command(device_id: str, body: CommandCreate, hub: HubDep) -> CommandOut:
+async def send_command(
+    device_id: str, body: CommandCreate, hub: HubDep, _caller: Commander
+) -> CommandOut:
     """Validate a command against the device's profile, queue it and send it to its agent.
 
     Follow its progress at ``GET /api/v1/commands/{command_id}``.
@@ -77,8 +89,49 @@ async def send_command(device_id: str, body: CommandCreate, hub: HubDep) -> Comm
 
 
 @router.get("/commands/{command_id}", tags=["commands"])
-async def get_command(command_id: str, hub: HubDep) -> CommandOut:
+async def get_command(command_id: str, hub: HubDep, _caller: Reader) -> CommandOut:
     row = await hub.registry.get_command(command_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")
     return CommandOut.model_validate(row)
+
+
+class ApiKeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    role: Role
+    site: str | None = Field(default=None, max_length=64, description="Scope of a technician key.")
+
+
+class ApiKeyOut(BaseModel):
+    key_id: str
+    name: str
+    role: str
+    site: str | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    secret: str = Field(description="Shown once; only its hash is stored.")
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED, tags=["api keys"])
+async def create_key(body: ApiKeyCreate, hub: HubDep, _caller: Admin) -> ApiKeyCreated:
+    row, secret = await create_api_key(hub.registry, body.name, body.role, body.site)
+    return ApiKeyCreated(
+        key_id=row.key_id, name=row.name, role=row.role, site=row.site, secret=secret
+    )
+
+
+@router.get("/api-keys", tags=["api keys"])
+async def list_keys(hub: HubDep, _caller: Admin) -> list[ApiKeyOut]:
+    return [
+        ApiKeyOut(key_id=r.key_id, name=r.name, role=r.role, site=r.site)
+        for r in await hub.registry.list_api_keys()
+        if r.revoked_at is None
+    ]
+
+
+@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"])
+async def revoke_key(key_id: str, hub: HubDep, _caller: Admin) -> Response:
+    if not await hub.registry.revoke_api_key(key_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active API key '{key_id}'")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,6 +1,14 @@
 """The hub's registry of agents, devices and commands (SQLite by default, PostgreSQL too)."""
 
-from cloud_hub.registry.models import AgentRow, CommandRow, DeviceRow
+from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandRow, DeviceRow
 from cloud_hub.registry.store import TERMINAL_STATUSES, Registry, utcnow
 
-__all__ = ["TERMINAL_STATUSES", "AgentRow", "CommandRow", "DeviceRow", "Registry", "utcnow"]
+__all__ = [
+    "TERMINAL_STATUSES",
+    "AgentRow",
+    "ApiKeyRow",
+    "CommandRow",
+    "DeviceRow",
+    "Registry",
+    "utcnow",
+]

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from cloud_hub.registry.models import AgentRow, Base, CommandRow, DeviceRow
+from cloud_hub.registry.models import AgentRow, ApiKeyRow, Base, CommandRow, DeviceRow
 from device_profiles.wire import DeviceInfo
 
 __all__ = ["TERMINAL_STATUSES", "Registry", "utcnow"]
@@ -30,6 +30,11 @@ RESULT_GRACE_MS = 60_000
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Registry:
@@ -91,13 +96,14 @@ class Registry:
     async def devices_by_id(self) -> dict[str, DeviceRow]:
         return {d.device_id: d for d in await self.list_devices()}
 
-    async def touch_devices(self, device_ids: Sequence[str]) -> None:
-        now = utcnow()
+    async def touch_devices(self, last_seen_ms: dict[str, int]) -> None:
+        """Record when each device was last read (edge time), never moving backwards."""
         async with self.session.begin() as db:
-            for device in await db.scalars(
-                select(DeviceRow).where(DeviceRow.device_id.in_(device_ids))
-            ):
-                device.last_seen = now
+            query = select(DeviceRow).where(DeviceRow.device_id.in_(list(last_seen_ms)))
+            for device in await db.scalars(query):
+                seen = datetime.fromtimestamp(last_seen_ms[device.device_id] / 1000, UTC)
+                if device.last_seen is None or _aware(device.last_seen) < seen:
+                    device.last_seen = seen
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -127,12 +133,12 @@ class Registry:
             query = select(CommandRow).where(CommandRow.status.in_(("queued",)))
             return list((await db.scalars(query.order_by(CommandRow.created_at))).all())
 
-    async def expire_commands(self, now_ms: int) -> int:
+    async def expire_commands(self, now_ms: int) -> list[CommandRow]:
         """Queued commands past their expiry become ``expired`` (never sent); sent or
         delivered ones with no final result ``RESULT_GRACE_MS`` after expiry (an agent never
         starts an expired command, but one started just before may still report) become
         ``timed_out``."""
-        changed = 0
+        changed: list[CommandRow] = []
         async with self.session.begin() as db:
             query = select(CommandRow).where(
                 or_(
@@ -147,8 +153,31 @@ class Registry:
                 else:
                     row.status, row.detail = "timed_out", "no result from the agent before expiry"
                 row.updated_at = utcnow()
-                changed += 1
+                changed.append(row)
         return changed
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    async def add_api_key(self, row: ApiKeyRow) -> None:
+        async with self.session.begin() as db:
+            db.add(row)
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRow | None:
+        async with self.session() as db:
+            row = await db.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+            return row if row is not None and row.revoked_at is None else None
+
+    async def list_api_keys(self) -> list[ApiKeyRow]:
+        async with self.session() as db:
+            return list((await db.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all())
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async with self.session.begin() as db:
+            row = await db.get(ApiKeyRow, key_id)
+            if row is None or row.revoked_at is not None:
+                return False
+            row.revoked_at = utcnow()
+            return True
 
     @staticmethod
     def command_row(**fields: Any) -> CommandRow:

@@ -1,7 +1,15 @@
 """Telemetry storage backends behind one interface (:class:`TelemetryStore`)."""
 
 from cloud_hub.settings import InfluxV1Settings, StorageSettings
-from cloud_hub.storage.base import LatestValue, StorageError, StoredReading, TelemetryStore
+from cloud_hub.storage.base import (
+    LatestValue,
+    StorageError,
+    StorageRejected,
+    StorageTooLarge,
+    StorageUnavailable,
+    StoredReading,
+    TelemetryStore,
+)
 from cloud_hub.storage.influx_v1 import InfluxV1Store
 from cloud_hub.storage.sqlite_store import SqliteStore
 
@@ -10,6 +18,9 @@ __all__ = [
     "LatestValue",
     "SqliteStore",
     "StorageError",
+    "StorageRejected",
+    "StorageTooLarge",
+    "StorageUnavailable",
     "StoredReading",
     "TelemetryStore",
     "open_store",

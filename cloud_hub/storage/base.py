@@ -8,11 +8,39 @@ from typing import Protocol
 
 from device_profiles import Value
 
-__all__ = ["LatestValue", "StorageError", "StoredReading", "TelemetryStore"]
+__all__ = [
+    "LatestValue",
+    "StorageError",
+    "StorageRejected",
+    "StorageTooLarge",
+    "StorageUnavailable",
+    "StoredReading",
+    "TelemetryStore",
+]
 
 
 class StorageError(RuntimeError):
-    """The store could not take or answer a request (server down, rejected write, ...)."""
+    """The store could not take or answer a request.
+
+    StorageError
+    ├── StorageUnavailable   down, overloaded or slow: retry later (``retry_after`` if told)
+    ├── StorageTooLarge      the request was too large: split it and retry the halves
+    └── StorageRejected      the data itself was refused: retrying cannot help
+    """
+
+
+class StorageUnavailable(StorageError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageTooLarge(StorageError):
+    pass
+
+
+class StorageRejected(StorageError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ the time is the edge read time in milliseconds. A replayed reading overwrites it
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,12 +15,32 @@ import httpx
 import structlog
 
 from cloud_hub.settings import InfluxV1Settings
-from cloud_hub.storage.base import LatestValue, StorageError, StoredReading
+from cloud_hub.storage.base import (
+    LatestValue,
+    StorageError,
+    StorageUnavailable,
+    StoredReading,
+)
 from cloud_hub.storage.line_protocol import encode_lines
 
 __all__ = ["InfluxV1Store"]
 
 log = structlog.get_logger(__name__)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _quote_ident(name: str) -> str:
@@ -95,7 +117,7 @@ class InfluxV1Store:
             else:
                 response = await self._http.get("/query", params=params)
         except httpx.HTTPError as exc:
-            raise StorageError(f"InfluxDB query failed: {exc!r}") from exc
+            raise StorageUnavailable(f"InfluxDB query failed: {exc!r}") from exc
         if response.status_code != 200:
             raise StorageError(
                 f"InfluxDB query failed: {response.status_code} {response.text[:300]}"

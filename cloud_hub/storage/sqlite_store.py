@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import aiosqlite
 
 from cloud_hub.settings import SqliteStoreSettings
-from cloud_hub.storage.base import LatestValue, StorageError, StoredReading
+from cloud_hub.storage.base import LatestValue, StorageError, StorageUnavailable, StoredReading
 from device_profiles import Value
 
 __all__ = ["SqliteStore"]
@@ -62,7 +62,7 @@ class SqliteStore:
             await self.db.executemany("INSERT OR REPLACE INTO readings VALUES (?,?,?,?,?,?)", rows)
             await self.db.commit()
         except aiosqlite.Error as exc:
-            raise StorageError(f"SQLite write failed: {exc}") from exc
+            raise StorageUnavailable(f"SQLite write failed: {exc}") from exc
 
     async def latest(
         self, device_id: str, profile: str, points: Sequence[str]

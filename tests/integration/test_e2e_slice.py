@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from cloud_hub.api_keys import create_api_key
+from cloud_hub.registry import Registry
 from cloud_hub.server import serve
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
 from device_profiles import load_builtin_profile
@@ -53,6 +55,7 @@ class Stack:
     api: httpx.AsyncClient
     sim: Any
     influx_query: Callable[[str], dict[str, Any]]
+    keys: dict[str, str]
 
 
 @contextlib.asynccontextmanager
@@ -68,6 +71,12 @@ async def running_stack(
         registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
         api=ApiSettings(port=api_port),
     )
+    keys: dict[str, str] = {}
+    registry = Registry(hub_settings.registry_url)
+    await registry.start()
+    for role in ("admin", "viewer"):
+        keys[role] = (await create_api_key(registry, f"test {role}", role))[1]
+    await registry.close()
     # the simulator does not tick by itself during the test, so every value stays what its
     # registers hold until a write changes it: exact comparisons are possible
     async with run_smart_pole(seed=7, port=0, tick_s=None) as sim:
@@ -90,10 +99,10 @@ async def running_stack(
             hub = group.create_task(serve(hub_settings, started))
             await started.wait()
             agent = group.create_task(Agent(agent_settings).run())
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{api_port}", timeout=10
-            ) as api:
-                yield Stack(api, sim, influx_db.query)
+            base_url = f"http://127.0.0.1:{api_port}"
+            headers = {"Authorization": f"Bearer {keys['admin']}"}
+            async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as api:
+                yield Stack(api, sim, influx_db.query, keys)
             agent.cancel()
             hub.cancel()
 
@@ -182,3 +191,50 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
         response = await api.post("/api/v1/devices/nope/commands", json={"name": "lamp_on"})
         assert response.status_code == 404
         assert (await api.get("/api/v1/devices/nope/telemetry/latest")).status_code == 404
+
+
+async def test_api_keys_and_roles_are_enforced(
+    mosquitto: Any, influx_db: Any, tmp_path: Path, unique_id: str
+) -> None:
+    device_id = f"pole-{unique_id}"
+    async with running_stack(mosquitto, influx_db, tmp_path, unique_id) as stack:
+        api = stack.api
+        anonymous = {"Authorization": ""}
+        viewer = {"Authorization": f"Bearer {stack.keys['viewer']}"}
+        for method, path in [
+            ("GET", "/api/v1/devices"),
+            ("GET", f"/api/v1/devices/{device_id}/telemetry/latest"),
+            ("POST", f"/api/v1/devices/{device_id}/commands"),
+            ("GET", "/api/v1/commands/x"),
+            ("GET", "/api/v1/api-keys"),
+            ("GET", "/metrics"),
+        ]:
+            response = await api.request(method, path, headers=anonymous, json={"name": "lamp_on"})
+            assert response.status_code == 401, (path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+        bad = await api.get("/api/v1/devices", headers={"Authorization": "Bearer cp_nope"})
+        assert bad.status_code == 401
+        assert (await api.get("/healthz", headers=anonymous)).status_code == 200
+        assert (await api.get("/api/v1/devices", headers=viewer)).status_code == 200
+        refused = await api.post(
+            f"/api/v1/devices/{device_id}/commands", headers=viewer, json={"name": "lamp_on"}
+        )
+        assert refused.status_code == 403
+        assert "may not command" in refused.json()["detail"]
+        assert (await api.get("/api/v1/api-keys", headers=viewer)).status_code == 403
+        assert stack.sim.writes == []
+
+        # admin: create a key, use it, revoke it
+        created = await api.post(
+            "/api/v1/api-keys", json={"name": "ops centre", "role": "operator"}
+        )
+        assert created.status_code == 201
+        operator = {"Authorization": f"Bearer {created.json()['secret']}"}
+        assert (await api.get("/api/v1/devices", headers=operator)).status_code == 200
+        revoked = await api.delete(f"/api/v1/api-keys/{created.json()['key_id']}")
+        assert revoked.status_code == 204
+        assert (await api.get("/api/v1/devices", headers=operator)).status_code == 401
+
+        metrics = await api.get("/metrics")
+        assert metrics.status_code == 200
+        assert "hub_ingest_messages_total" in metrics.text

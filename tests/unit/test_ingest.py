@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.ingest import Ingest
+from cloud_hub.events import EventBus
+from cloud_hub.ingest import Accepted, Ingest
 from cloud_hub.registry import Registry
 from cloud_hub.settings import SqliteStoreSettings
 from cloud_hub.storage import SqliteStore
@@ -22,7 +23,8 @@ async def ingest(tmp_path: Path):
     store = SqliteStore(SqliteStoreSettings(path=tmp_path / "telemetry.db"))
     await registry.start()
     await store.start()
-    ingest = Ingest(registry, store)
+    ingest = Ingest(registry, EventBus())
+    ingest.store = store  # type: ignore[attr-defined]  # where _handle() writes, as the hub's writer does
     birth = AgentState(
         agent_id="a1", state="online", devices=[DeviceInfo(device_id="p1", profile="smart_pole")]
     )
@@ -30,6 +32,15 @@ async def ingest(tmp_path: Path):
     yield ingest
     await store.close()
     await registry.close()
+
+
+async def _handle(ingest: Ingest, name: str, payload: bytes) -> Accepted:
+    """What the hub does with a message: validate, then store the accepted readings."""
+    accepted = await ingest.handle(name, payload)
+    if accepted.readings:
+        await ingest.store.write(accepted.readings)  # type: ignore[attr-defined]
+        ingest.stored(accepted.readings)
+    return accepted
 
 
 def _batch(*readings: dict[str, object], agent_id: str = "a1") -> bytes:
@@ -51,7 +62,7 @@ async def test_good_readings_survive_bad_neighbours(ingest: Ingest) -> None:
         {"device_id": "p1", "ts": 5000, "values": {"dimming": 41.5}},  # int point, fraction
         {"device_id": "p1", "ts": 6000, "values": {"power": 61.5}},
     )
-    await ingest.handle(topic("a1", Channel.TELEMETRY), payload)
+    await _handle(ingest, topic("a1", Channel.TELEMETRY), payload)
     assert ingest.stats["readings"] == 2
     assert ingest.stats["dead_letters"] == 5
     reasons = " | ".join(d.reason for d in ingest.dead_letters)
@@ -69,7 +80,8 @@ async def test_good_readings_survive_bad_neighbours(ingest: Ingest) -> None:
 
 
 async def test_a_device_of_another_agent_is_refused(ingest: Ingest) -> None:
-    await ingest.handle(
+    await _handle(
+        ingest,
         topic("a2", Channel.TELEMETRY),
         _batch({"device_id": "p1", "ts": 1, "values": {"power": 1.0}}, agent_id="a2"),
     )
@@ -94,13 +106,14 @@ async def test_a_device_of_another_agent_is_refused(ingest: Ingest) -> None:
 async def test_malformed_messages_are_dead_lettered(
     ingest: Ingest, name: str, payload: bytes
 ) -> None:
-    assert await ingest.handle(name, payload) is None
+    accepted = await _handle(ingest, name, payload)
+    assert accepted.readings == [] and accepted.command_result is None
     assert ingest.stats["dead_letters"] == 1
 
 
 async def test_replayed_reading_is_stored_once(ingest: Ingest) -> None:
     payload = _batch({"device_id": "p1", "ts": 1000, "values": {"power": 60.0}})
-    await ingest.handle(topic("a1", Channel.TELEMETRY), payload)
-    await ingest.handle(topic("a1", Channel.TELEMETRY), payload)
+    await _handle(ingest, topic("a1", Channel.TELEMETRY), payload)
+    await _handle(ingest, topic("a1", Channel.TELEMETRY), payload)
     cursor = await ingest.store.db.execute("SELECT COUNT(*) FROM readings")  # type: ignore[attr-defined]
     assert (await cursor.fetchone())[0] == 1

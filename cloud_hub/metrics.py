@@ -1,0 +1,86 @@
+"""Prometheus metrics of the hub, gathered at scrape time from the hub's own counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from cloud_hub.hub import Hub
+from cloud_hub.registry import AgentRow, CommandRow
+
+__all__ = ["CONTENT_TYPE", "render_metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Snapshot(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+async def render_metrics(hub: Hub) -> bytes:
+    ingest, writer = hub.ingest.stats, hub.writer.stats
+    metrics: list[Metric] = [
+        _counter("hub_ingest_messages", "MQTT messages consumed", ingest["messages"]),
+        _counter("hub_ingest_readings", "Readings stored", writer["readings"]),
+        _counter(
+            "hub_dead_letters",
+            "Messages or readings refused, with a reason",
+            ingest["dead_letters"],
+        ),
+        _counter(
+            "hub_command_results", "Command results received from agents", ingest["command_results"]
+        ),
+        _counter("hub_write_batches", "Writes to the telemetry store", writer["batches"]),
+        _counter(
+            "hub_write_retries", "Store writes retried (store unavailable)", writer["write_retries"]
+        ),
+        _counter(
+            "hub_write_splits", "Store writes split in two (request too large)", writer["splits"]
+        ),
+        _counter(
+            "hub_write_seconds",
+            "Time spent in successful store writes",
+            writer["write_seconds_total_ms"] / 1000,
+        ),
+        _gauge(
+            "hub_writer_queue_messages", "Messages waiting to be written", hub.writer.queue.qsize()
+        ),
+    ]
+    connected = GaugeMetricFamily("hub_broker_connected", "MQTT sessions up", labels=["session"])
+    connected.add_metric(["control"], float(hub.connected.is_set()))
+    connected.add_metric(["telemetry"], float(hub.telemetry_connected.is_set()))
+    metrics.append(connected)
+    async with hub.registry.session() as db:
+        agent_rows = await db.execute(select(AgentRow.state, func.count()).group_by(AgentRow.state))
+        agents: dict[str, int] = {s: c for s, c in agent_rows}  # noqa: C416 - Rows, not pairs
+        command_rows = await db.execute(
+            select(CommandRow.status, func.count()).group_by(CommandRow.status)
+        )
+        commands: dict[str, int] = {s: c for s, c in command_rows}  # noqa: C416 - Rows, not pairs
+    agent_gauge = GaugeMetricFamily("hub_agents", "Agents by state", labels=["state"])
+    for state in ("online", "offline"):
+        agent_gauge.add_metric([state], float(agents.get(state, 0)))
+    metrics.append(agent_gauge)
+    command_gauge = GaugeMetricFamily("hub_commands", "Commands by status", labels=["status"])
+    for status, count in sorted(commands.items()):
+        command_gauge.add_metric([status], float(count))
+    metrics.append(command_gauge)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(metrics))
+    return generate_latest(registry)

@@ -1,0 +1,134 @@
+"""Writes accepted telemetry to the store, batching across messages, losing nothing.
+
+The telemetry MQTT session acknowledges a message (PUBACK) only after its readings are in the
+store, so while the store is down or slow nothing is lost: unacknowledged messages stay with
+the broker (which stops sending once its in-flight window is full: backpressure), and a hub
+that dies re-receives them. Failures are handled by kind:
+
+- store unavailable (down, 5xx, 429, timeout): retry the same batch with capped exponential
+  backoff and jitter, or after ``Retry-After`` when the store says;
+- request too large (413): split the batch in halves and write each;
+- data refused (400): counted and dead-lettered with the reason, then acknowledged, since
+  retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from cloud_hub.storage import (
+    StorageRejected,
+    StorageTooLarge,
+    StorageUnavailable,
+    StoredReading,
+    TelemetryStore,
+)
+
+__all__ = ["Pending", "TelemetryWriter"]
+
+log = structlog.get_logger(__name__)
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 15.0
+
+
+@dataclass
+class Pending:
+    """The readings of one message and how to acknowledge it once they are stored."""
+
+    readings: list[StoredReading]
+    ack: Callable[[], None]
+
+
+@dataclass
+class TelemetryWriter:
+    store: TelemetryStore
+    on_stored: Callable[[Sequence[StoredReading]], None]
+    on_rejected: Callable[[Sequence[StoredReading], str], None]
+    max_batch_readings: int = 5000
+    linger_s: float = 0.05
+    max_queued_messages: int = 2000
+    stats: Counter[str] = field(default_factory=Counter)
+    queue: asyncio.Queue[Pending] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.max_queued_messages)
+
+    async def submit(self, pending: Pending) -> None:
+        """Queue a message's readings; waits (backpressure) while the queue is full."""
+        await self.queue.put(pending)
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            count = len(batch[0].readings)
+            deadline = time.monotonic() + self.linger_s
+            while count < self.max_batch_readings:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                batch.append(item)
+                count += len(item.readings)
+            readings = [r for item in batch for r in item.readings]
+            if readings:
+                await self._write(readings)
+            for item in batch:
+                item.ack()
+            self.stats["messages_acked"] += len(batch)
+
+    async def _write(self, readings: list[StoredReading]) -> None:
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.store.write(readings)
+            except StorageTooLarge:
+                if len(readings) == 1:
+                    self.on_rejected(readings, "a single reading is too large for the store")
+                    return
+                self.stats["splits"] += 1
+                half = len(readings) // 2
+                await self._write(readings[:half])
+                await self._write(readings[half:])
+                return
+            except StorageRejected as exc:
+                self.stats["rejected_batches"] += 1
+                self.on_rejected(readings, str(exc))
+                return
+            except StorageUnavailable as exc:
+                failures += 1
+                self.stats["write_retries"] += 1
+                if exc.retry_after is not None:
+                    delay = exc.retry_after
+                else:
+                    delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (failures - 1))
+                    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+                (log.warning if failures == 1 else log.debug)(
+                    "telemetry store unavailable, will retry",
+                    error=str(exc),
+                    readings=len(readings),
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+                continue
+            if failures:
+                log.info("telemetry store back", readings=len(readings), retries=failures)
+            self.stats["batches"] += 1
+            self.stats["readings"] += len(readings)
+            self.stats["write_seconds_total_ms"] += int((time.monotonic() - started) * 1000)
+            self.on_stored(readings)
+            return
