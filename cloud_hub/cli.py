@@ -12,6 +12,7 @@ from rich.console import Console
 
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.registry import Registry
+from cloud_hub.registry.migrate import head_revision
 from cloud_hub.server import serve
 from cloud_hub.settings import HubSettings
 from iot_runtime import ConfigError, configure_logging, load_settings
@@ -72,3 +73,18 @@ async def _create_admin_key(settings: HubSettings, name: str) -> str:
     finally:
         await registry.close()
     return secret
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Bring the registry database to this version's schema (Alembic), then exit."""
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(_migrate(settings))
+    typer.echo(f"registry at revision {head_revision()}")
+
+
+async def _migrate(settings: HubSettings) -> None:
+    registry = Registry(settings.registry_url, auto_migrate=True)
+    await registry.start()
+    await registry.close()

@@ -65,7 +65,7 @@ def _now_ms() -> int:
 class Hub:
     def __init__(self, settings: HubSettings, store: TelemetryStore | None = None) -> None:
         self.settings = settings
-        self.registry = Registry(settings.registry_url)
+        self.registry = Registry(settings.registry_url, auto_migrate=settings.auto_migrate)
         self.store = store if store is not None else open_store(settings.storage)
         self.events = EventBus()
         self.ingest = Ingest(self.registry, self.events)

@@ -74,6 +74,10 @@ class HubSettings(FileAndEnvSettings):
         default="sqlite+aiosqlite:///var/registry.db",
         description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+asyncpg://...",
     )
+    auto_migrate: bool = Field(
+        default=True,
+        description="Migrate the registry at start-up; if false, run `cloud-hub migrate` first.",
+    )
     api: ApiSettings = Field(default_factory=ApiSettings)
     command_ttl_s: float = Field(
         default=3600, gt=0, description="Default time a command may wait for its agent."

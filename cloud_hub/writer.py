@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from cloud_hub.storage import (
+    StorageError,
     StorageRejected,
     StorageTooLarge,
     StorageUnavailable,
@@ -109,11 +110,12 @@ class TelemetryWriter:
                 self.stats["rejected_batches"] += 1
                 self.on_rejected(readings, str(exc))
                 return
-            except StorageUnavailable as exc:
+            except StorageError as exc:  # unavailable, or anything unforeseen: retry
                 failures += 1
                 self.stats["write_retries"] += 1
-                if exc.retry_after is not None:
-                    delay = exc.retry_after
+                retry_after = exc.retry_after if isinstance(exc, StorageUnavailable) else None
+                if retry_after is not None:
+                    delay = retry_after
                 else:
                     delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (failures - 1))
                     delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter

@@ -9,6 +9,7 @@ in lockstep after a broker restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -107,9 +108,23 @@ class MqttUplink:
         self.connects += 1
         self.connected.set()
         log.info("uplink connected", broker=f"{self.settings.host}:{self.settings.port}")
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._publish_loop(client), name="uplink-publish")
-            group.create_task(self._receive_loop(client), name="uplink-receive")
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._publish_loop(client), name="uplink-publish")
+                group.create_task(self._receive_loop(client), name="uplink-receive")
+        except asyncio.CancelledError:
+            # a clean stop sends no Last Will, so say goodbye ourselves (best effort)
+            offline = AgentState(
+                agent_id=self.agent_id, state="offline", ts=time.time_ns() // 1_000_000
+            )
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await asyncio.wait_for(
+                    client.publish(
+                        topic(self.agent_id, Channel.STATE), encode(offline), qos=QOS, retain=True
+                    ),
+                    2.0,
+                )
+            raise
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -1,7 +1,7 @@
 """The hub's registry of agents, devices and commands (SQLite by default, PostgreSQL too)."""
 
 from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandRow, DeviceRow
-from cloud_hub.registry.store import TERMINAL_STATUSES, Registry, utcnow
+from cloud_hub.registry.store import TERMINAL_STATUSES, Registry, RegistryError, utcnow
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -10,5 +10,6 @@ __all__ = [
     "CommandRow",
     "DeviceRow",
     "Registry",
+    "RegistryError",
     "utcnow",
 ]

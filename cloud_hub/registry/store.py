@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from cloud_hub.registry.models import AgentRow, ApiKeyRow, Base, CommandRow, DeviceRow
+from cloud_hub.registry.migrate import current_revision, head_revision, upgrade
+from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandRow, DeviceRow
 from device_profiles.wire import DeviceInfo
 
-__all__ = ["TERMINAL_STATUSES", "Registry", "utcnow"]
+__all__ = ["TERMINAL_STATUSES", "Registry", "RegistryError", "utcnow"]
 
 #: Command statuses after which nothing changes any more.
 TERMINAL_STATUSES = frozenset(
@@ -26,6 +27,10 @@ TERMINAL_STATUSES = frozenset(
 #: The order of the non-terminal statuses; a late report never moves a command backwards.
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2}
 RESULT_GRACE_MS = 60_000
+
+
+class RegistryError(RuntimeError):
+    """The registry database cannot be used as it is (e.g. its schema is out of date)."""
 
 
 def utcnow() -> datetime:
@@ -38,7 +43,8 @@ def _aware(value: datetime) -> datetime:
 
 
 class Registry:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
+        self.auto_migrate = auto_migrate
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
@@ -50,7 +56,15 @@ class Registry:
 
             Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            if self.auto_migrate:
+                await conn.run_sync(upgrade)
+            else:
+                current = await conn.run_sync(current_revision)
+                if current != head_revision():
+                    raise RegistryError(
+                        f"the registry schema is at {current or 'nothing'}, this hub needs "
+                        f"{head_revision()}: run `cloud-hub migrate`"
+                    )
 
     async def close(self) -> None:
         await self.engine.dispose()

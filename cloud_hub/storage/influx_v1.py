@@ -18,6 +18,8 @@ from cloud_hub.settings import InfluxV1Settings
 from cloud_hub.storage.base import (
     LatestValue,
     StorageError,
+    StorageRejected,
+    StorageTooLarge,
     StorageUnavailable,
     StoredReading,
 )
@@ -79,11 +81,22 @@ class InfluxV1Store:
                 content=encode_lines(readings),
             )
         except httpx.HTTPError as exc:
-            raise StorageError(f"InfluxDB write failed: {exc!r}") from exc
-        if response.status_code != 204:
-            raise StorageError(
-                f"InfluxDB refused a write: {response.status_code} {response.text[:300]}"
+            raise StorageUnavailable(f"InfluxDB write failed: {exc!r}") from exc
+        status, text = response.status_code, response.text[:300]
+        if status == 204:
+            return
+        if status == 413:
+            raise StorageTooLarge(f"InfluxDB: request too large ({len(readings)} readings)")
+        if status in (429, 503) or status >= 500:
+            raise StorageUnavailable(
+                f"InfluxDB write: {status} {text}",
+                _retry_after(response.headers.get("Retry-After")),
             )
+        if status == 404 and "database not found" in text:
+            await self.start()  # the database was dropped: create it and try again
+            raise StorageUnavailable(f"InfluxDB write: {text}", 0.0)
+        # 400: a partial write (e.g. a field type conflict); the valid points were stored
+        raise StorageRejected(f"InfluxDB refused a write: {status} {text}")
 
     async def latest(
         self, device_id: str, profile: str, points: Sequence[str]
