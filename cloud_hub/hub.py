@@ -51,7 +51,7 @@ log = structlog.get_logger(__name__)
 RECONNECT_MAX_S = 30.0
 SWEEP_INTERVAL_S = 5.0
 LAST_SEEN_FLUSH_S = 5.0
-_CONTROL = (Channel.STATE, Channel.EVENTS, Channel.COMMAND_RESULTS)
+_CONTROL = (Channel.STATE, Channel.EVENTS, Channel.COMMAND_RESULTS, Channel.HEALTH)
 
 
 class UnknownDevice(LookupError):

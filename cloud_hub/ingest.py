@@ -19,6 +19,7 @@ from cloud_hub.registry import Registry
 from cloud_hub.storage import StoredReading
 from device_profiles import DeviceProfile, ProfileError, Value, resolve_profile
 from device_profiles.wire import (
+    AgentHealth,
     AgentState,
     Channel,
     CommandResult,
@@ -95,6 +96,8 @@ class Ingest:
     stats: Counter[str] = field(default_factory=Counter)
     dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=1000))
     _devices: dict[str, _DeviceMeta] = field(default_factory=dict)
+    #: the latest health report of each agent
+    health: dict[str, AgentHealth] = field(default_factory=dict)
     _last_seen: dict[str, int] = field(default_factory=dict)
 
     async def load_devices(self) -> None:
@@ -129,6 +132,8 @@ class Ingest:
                 await self._state(agent_id, decode(AgentState, payload))
             elif channel is Channel.EVENTS:
                 await self._event(agent_id, decode(DeviceEvent, payload))
+            elif channel is Channel.HEALTH:
+                self._health(agent_id, decode(AgentHealth, payload))
             elif channel is Channel.COMMAND_RESULTS:
                 self.stats["command_results"] += 1
                 return Accepted(command_result=decode(CommandResult, payload))
@@ -177,6 +182,11 @@ class Ingest:
         for info in state.devices:
             self._remember(info.device_id, agent_id, info.profile)
         log.info("agent state", agent_id=agent_id, state=state.state, devices=len(state.devices))
+
+    def _health(self, agent_id: str, health: AgentHealth) -> None:
+        if health.agent_id != agent_id:
+            raise WireError(f"health of {health.agent_id!r} published in {agent_id!r}'s namespace")
+        self.health[agent_id] = health
 
     async def _event(self, agent_id: str, event: DeviceEvent) -> None:
         meta = self._devices.get(event.device_id)

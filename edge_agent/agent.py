@@ -10,6 +10,7 @@ import structlog
 
 from edge_agent.commands import CommandExecutor
 from edge_agent.devices import DeviceRuntime
+from edge_agent.health import HealthReporter
 from edge_agent.outbox import Outbox
 from edge_agent.poller import DevicePoller
 from edge_agent.settings import AgentSettings
@@ -50,6 +51,10 @@ class Agent:
             software_version=software_version(),
         )
 
+        self.health = HealthReporter(
+            settings.agent_id, self.outbox, self.pollers, self.uplink, settings.health_interval_s
+        )
+
     async def run(self) -> None:
         log.info("agent starting", agent_id=self.settings.agent_id, devices=len(self.devices))
         async with contextlib.AsyncExitStack() as stack:
@@ -58,5 +63,6 @@ class Agent:
                 stack.push_async_callback(device.driver.close)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.uplink.run(), name="uplink")
+                group.create_task(self.health.run(), name="health")
                 for poller in self.pollers:
                     group.create_task(poller.run(), name=f"poll-{poller.device.device_id}")

@@ -17,6 +17,7 @@ from device_profiles.wire import Channel, DeviceEvent, Reading
 from drivers import DriverError
 from edge_agent.devices import DeviceRuntime
 from edge_agent.outbox import Outbox
+from edge_agent.reporting import ChangeFilter
 
 __all__ = ["DevicePoller"]
 
@@ -39,7 +40,11 @@ class DevicePoller:
         self.online: bool | None = None
         self.polls = 0
         self.errors = 0
+        self.last_latency_ms = 0.0
         profile = device.profile
+        self.changes = ChangeFilter(
+            profile, device.config.max_silent_s, enabled=device.config.report_on_change
+        )
         override = device.config.poll_interval_s
         self.intervals = {
             name: override if override is not None else profile.poll_interval(name)
@@ -68,6 +73,7 @@ class DevicePoller:
     async def _poll(self, names: list[str]) -> bool:
         device_id = self.device.device_id
         read_at = self.clock_ms()
+        started = time.monotonic()
         try:
             values = await self.device.read_values(names)
         except DriverError as exc:
@@ -80,13 +86,15 @@ class DevicePoller:
             self.online = False
             return False
         self.polls += 1
+        self.last_latency_ms = (time.monotonic() - started) * 1000
         if self.online is not True:
             if self.online is False:
                 log.info("device available again", device_id=device_id)
             self._event("online", "")
             self.online = True
-        if values:
-            self.outbox.put_reading(Reading(device_id=device_id, ts=read_at, values=values))
+        report = self.changes.select(values, read_at)
+        if report:
+            self.outbox.put_reading(Reading(device_id=device_id, ts=read_at, values=report))
         return True
 
     def _event(self, kind: str, detail: str) -> None:

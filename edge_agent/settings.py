@@ -31,6 +31,14 @@ class DeviceConfig(BaseModel):
     poll_interval_s: float | None = Field(
         default=None, gt=0, le=86400, description="Overrides the profile's poll intervals."
     )
+    report_on_change: bool = Field(
+        default=True,
+        description="Report a point only when it changed beyond its deadband (or went silent "
+        "for max_silent_s); false reports every poll.",
+    )
+    max_silent_s: float = Field(
+        default=60.0, gt=0, le=86400, description="Report a point at least this often."
+    )
 
     @field_validator("profile")
     @classmethod
@@ -60,6 +68,9 @@ class AgentSettings(FileAndEnvSettings):
     )
     outbox_max_readings: int = Field(
         default=100_000, ge=100, description="Readings kept while the uplink is down."
+    )
+    health_interval_s: float = Field(
+        default=60.0, gt=0, le=86400, description="How often the agent reports its health."
     )
     data_dir: Path = Field(default=Path("var/edge-agent"))
     log_level: str = "INFO"

@@ -85,13 +85,14 @@ class MqttUplink:
                     failures = 0
                     await self._session(client)
             except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                failures += 1
-                delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2 ** (failures - 1))
-                delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-                log_method = log.warning if failures == 1 else log.debug
-                log_method("uplink down, reconnecting", error=str(exc), retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
+                error = exc
+            self.connected.clear()
+            failures += 1
+            delay = min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2 ** (failures - 1))
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            log_method = log.warning if failures == 1 else log.debug
+            log_method("uplink down, reconnecting", error=str(error), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         await client.subscribe(topic(self.agent_id, Channel.COMMANDS), qos=QOS)
@@ -112,6 +113,12 @@ class MqttUplink:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._publish_loop(client), name="uplink-publish")
                 group.create_task(self._receive_loop(client), name="uplink-receive")
+        except ExceptionGroup as failed:
+            # a broken link fails both loops: surface it as the MQTT error it is
+            errors = [e for e in failed.exceptions if isinstance(e, aiomqtt.MqttError)]
+            if len(errors) != len(failed.exceptions):
+                raise
+            raise errors[0] from failed
         except asyncio.CancelledError:
             # a clean stop sends no Last Will, so say goodbye ourselves (best effort)
             offline = AgentState(

@@ -9,9 +9,17 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
 from cloud_hub.api.auth import Principal, Role, require
-from cloud_hub.api.schemas import CommandCreate, CommandOut, DeviceOut, LatestTelemetry, PointValue
+from cloud_hub.api.schemas import (
+    AgentOut,
+    CommandCreate,
+    CommandOut,
+    DeviceOut,
+    LatestTelemetry,
+    PointValue,
+)
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.hub import Hub, UnknownDevice
+from cloud_hub.registry import AgentRow
 from device_profiles import Value
 
 __all__ = ["router"]
@@ -31,6 +39,25 @@ _AUTH_ERRORS: dict[int | str, dict[str, object]] = {
     403: {"description": "The key's role may not do this"},
 }
 router = APIRouter(prefix="/api/v1", responses=_AUTH_ERRORS)
+
+
+def _agent_out(hub: Hub, row: AgentRow) -> AgentOut:
+    out = AgentOut.model_validate(row)
+    health = hub.ingest.health.get(row.agent_id)
+    return out.model_copy(update={"health": health.model_dump() if health else None})
+
+
+@router.get("/agents", tags=["agents"])
+async def list_agents(hub: HubDep, _caller: Reader) -> list[AgentOut]:
+    return [_agent_out(hub, row) for row in await hub.registry.list_agents()]
+
+
+@router.get("/agents/{agent_id}", tags=["agents"])
+async def get_agent(agent_id: str, hub: HubDep, _caller: Reader) -> AgentOut:
+    row = await hub.registry.get_agent(agent_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no agent '{agent_id}'")
+    return _agent_out(hub, row)
 
 
 @router.get("/devices", tags=["devices"])

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from device_profiles import Value
 
-__all__ = ["CommandCreate", "CommandOut", "DeviceOut", "LatestTelemetry", "PointValue"]
+__all__ = ["AgentOut", "CommandCreate", "CommandOut", "DeviceOut", "LatestTelemetry", "PointValue"]
 
 
 class DeviceOut(BaseModel):
@@ -20,6 +20,19 @@ class DeviceOut(BaseModel):
     profile: str
     status: str
     last_seen: datetime | None
+
+
+class AgentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    agent_id: str
+    state: str = Field(description="online, offline (birth message / Last Will) or unknown")
+    software_version: str
+    state_changed_at: datetime | None
+    last_seen: datetime | None
+    health: dict[str, Any] | None = Field(
+        default=None, description="The agent's latest health report (CPU, memory, buffer, devices)."
+    )
 
 
 class PointValue(BaseModel):

@@ -99,6 +99,14 @@ class Registry:
             if device is not None:
                 device.status = status
 
+    async def get_agent(self, agent_id: str) -> AgentRow | None:
+        async with self.session() as db:
+            return await db.get(AgentRow, agent_id)
+
+    async def list_agents(self) -> list[AgentRow]:
+        async with self.session() as db:
+            return list((await db.scalars(select(AgentRow).order_by(AgentRow.agent_id))).all())
+
     async def get_device(self, device_id: str) -> DeviceRow | None:
         async with self.session() as db:
             return await db.get(DeviceRow, device_id)

@@ -29,11 +29,13 @@ from device_profiles.wire.topics import ID_PATTERN
 
 __all__ = [
     "MAX_READINGS_PER_BATCH",
+    "AgentHealth",
     "AgentState",
     "CommandRequest",
     "CommandResult",
     "CommandStatus",
     "DeviceEvent",
+    "DeviceHealth",
     "DeviceInfo",
     "Reading",
     "TelemetryBatch",
@@ -101,6 +103,30 @@ class AgentState(_Message):
     ts: EpochMs | None = None
     software_version: str = ""
     devices: list[DeviceInfo] = Field(default_factory=list)
+
+
+class DeviceHealth(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    online: bool | None = None
+    polls: int = 0
+    errors: int = 0
+    last_latency_ms: float = 0.0
+
+
+class AgentHealth(_Message):
+    """Periodic statistics of an agent."""
+
+    agent_id: WireId
+    ts: EpochMs
+    uptime_s: float = 0.0
+    cpu_seconds: float = Field(default=0.0, description="CPU time used since start (user+system).")
+    rss_bytes: int = 0
+    buffer_readings: int = Field(default=0, description="Readings waiting to be sent.")
+    buffer_bytes: int = 0
+    dropped_readings: int = 0
+    uplink_connects: int = 0
+    devices: dict[WireId, DeviceHealth] = Field(default_factory=dict)
 
 
 class CommandRequest(_Message):

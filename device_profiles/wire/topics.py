@@ -10,6 +10,7 @@ Every agent owns one namespace, ``iot/v1/{agent_id}/#``; broker ACLs grant an ag
     command-results    edge → hub  1    no        CommandResult
     config/desired     hub → edge  1    yes       desired agent configuration
     config/reported    edge → hub  1    yes       configuration the agent applied or rejected
+    health             edge → hub  1    no        AgentHealth (periodic statistics)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Channel(StrEnum):
     COMMAND_RESULTS = "command-results"
     CONFIG_DESIRED = "config/desired"
     CONFIG_REPORTED = "config/reported"
+    HEALTH = "health"
 
     @property
     def retained(self) -> bool:

@@ -1,0 +1,123 @@
+"""Routes under /api/v1/alarms: list (paginated), read and acknowledge alarms."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, get_args
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_hub.alarms import (
+    ALARM_STATES,
+    AlarmAlreadyAcknowledged,
+    AlarmEngine,
+    AlarmNotFound,
+    AlarmOut,
+    InvalidCursor,
+)
+from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.problems import problem
+from device_profiles import AlarmRule
+
+__all__ = ["AlarmAck", "AlarmList", "router"]
+
+SEVERITIES: tuple[str, ...] = get_args(AlarmRule.model_fields["severity"].annotation)
+
+
+def _engine(request: Request) -> AlarmEngine:
+    engine: AlarmEngine = request.app.state.hub.alarms
+    return engine
+
+
+AlarmsDep = Annotated[AlarmEngine, Depends(_engine)]
+router = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
+
+
+class AlarmList(BaseModel):
+    items: list[AlarmOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+class AlarmAck(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "crew dispatched"}]}
+    )
+
+    note: str = Field(default="", max_length=2000, description="What the operator is doing.")
+
+
+def _choices(name: str, given: str | None, allowed: tuple[str, ...]) -> list[str]:
+    if not given:
+        return []
+    chosen = [part.strip() for part in given.split(",") if part.strip()]
+    unknown = sorted(set(chosen) - set(allowed))
+    if unknown:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{name}: unknown {', '.join(unknown)} (one or more of {', '.join(allowed)}, comma-separated)",
+        )
+    return chosen
+
+
+@router.get("", dependencies=[Depends(require("read"))])
+async def list_alarms(
+    engine: AlarmsDep,
+    state: Annotated[
+        str | None, Query(description="active, acknowledged, cleared; comma-separated")
+    ] = None,
+    severity: Annotated[
+        str | None, Query(description="critical, major, minor, warning, info; comma-separated")
+    ] = None,
+    device_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> AlarmList:
+    """Alarms, newest raised first, one page at a time."""
+    states = _choices("state", state, ALARM_STATES)
+    severities = _choices("severity", severity, SEVERITIES)
+    try:
+        page = await engine.store.page(
+            states=states, severities=severities, device_id=device_id, limit=limit, cursor=cursor
+        )
+    except InvalidCursor as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return AlarmList(
+        items=[AlarmOut.model_validate(row) for row in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/{alarm_id}", dependencies=[Depends(require("read"))])
+async def get_alarm(alarm_id: str, engine: AlarmsDep) -> AlarmOut:
+    row = await engine.store.get(alarm_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm '{alarm_id}'")
+    return AlarmOut.model_validate(row)
+
+
+@router.post(
+    "/{alarm_id}/acknowledge",
+    response_model=AlarmOut,
+    responses={409: {"description": "The alarm was already acknowledged"}},
+)
+async def acknowledge_alarm(
+    alarm_id: str,
+    body: AlarmAck,
+    engine: AlarmsDep,
+    principal: Annotated[Principal, Depends(require("alarm:ack"))],
+) -> Any:
+    """An operator has seen the alarm. An active alarm becomes ``acknowledged``; a cleared one
+    stays ``cleared`` and records the acknowledgement."""
+    try:
+        row = await engine.acknowledge(alarm_id, principal.name, body.note)
+    except AlarmNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except AlarmAlreadyAcknowledged as exc:
+        return problem(
+            status.HTTP_409_CONFLICT,
+            "Conflict",
+            str(exc),
+            alarm=AlarmOut.model_validate(exc.alarm).model_dump(mode="json"),
+        )
+    return AlarmOut.model_validate(row)

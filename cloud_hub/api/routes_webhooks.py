@@ -1,0 +1,100 @@
+"""Routes under /api/v1/webhooks (admin only): create, list and delete webhooks.
+
+The signing secret is returned once, by create.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from cloud_hub.api.auth import require
+from cloud_hub.events import EventKind
+from cloud_hub.webhook_models import WebhookRow
+from cloud_hub.webhooks import WebhookDispatcher
+
+__all__ = ["WebhookCreate", "WebhookCreated", "WebhookOut", "router"]
+
+
+def _dispatcher(request: Request) -> WebhookDispatcher:
+    dispatcher: WebhookDispatcher = request.app.state.hub.webhooks
+    return dispatcher
+
+
+WebhooksDep = Annotated[WebhookDispatcher, Depends(_dispatcher)]
+router = APIRouter(
+    prefix="/api/v1/webhooks", tags=["webhooks"], dependencies=[Depends(require("admin"))]
+)
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"url": "https://ops.example.org/hooks/iot", "kinds": ["alarm"]}]
+        },
+    )
+
+    url: AnyHttpUrl = Field(description="Where events are POSTed (http or https).")
+    kinds: list[EventKind] = Field(
+        default_factory=list, description="Event kinds to deliver; empty: all."
+    )
+
+
+class WebhookOut(BaseModel):
+    webhook_id: str
+    url: str
+    kinds: list[str]
+    created_at: datetime
+    active: bool
+    delivered: int = Field(description="Deliveries since this hub process started.")
+    retries: int = Field(description="Retried attempts since this hub process started.")
+    dropped: int = Field(description="Events dropped because the webhook's queue was full.")
+    failed_deliveries: int = Field(description="Deliveries given up on, ever.")
+    last_error: str | None
+    last_failure_at: datetime | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="HMAC-SHA256 key of X-Hub-Signature-256. Shown only now: keep it."
+    )
+
+
+def _out(row: WebhookRow, dispatcher: WebhookDispatcher) -> WebhookOut:
+    counts = dispatcher.counters(row.webhook_id)
+    return WebhookOut(
+        webhook_id=row.webhook_id,
+        url=row.url,
+        kinds=list(row.kinds),
+        created_at=row.created_at,
+        active=row.active,
+        delivered=counts["delivered"],
+        retries=counts["retries"],
+        dropped=counts["dropped"],
+        failed_deliveries=row.failed_deliveries,
+        last_error=row.last_error,
+        last_failure_at=row.last_failure_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_webhook(body: WebhookCreate, dispatcher: WebhooksDep) -> WebhookCreated:
+    """Start delivering events to a URL. The response holds the signing secret, once."""
+    row = await dispatcher.create(str(body.url), body.kinds)
+    return WebhookCreated(**_out(row, dispatcher).model_dump(), secret=row.secret)
+
+
+@router.get("")
+async def list_webhooks(dispatcher: WebhooksDep) -> list[WebhookOut]:
+    return [_out(row, dispatcher) for row in await dispatcher.webhooks()]
+
+
+@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_webhook(webhook_id: str, dispatcher: WebhooksDep) -> Response:
+    if not await dispatcher.remove(webhook_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no webhook '{webhook_id}'")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,48 @@
+"""Report by exception: deadband, any-change for booleans, max silent interval."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_profiles import load_builtin_profile
+from edge_agent.reporting import ChangeFilter
+
+pytestmark = pytest.mark.unit
+
+POLE = load_builtin_profile("smart_pole")  # voltage has a deadband of 0.5 V
+
+
+def test_first_values_are_always_reported() -> None:
+    f = ChangeFilter(POLE, max_silent_s=60)
+    assert f.select({"voltage": 230.0, "door_open": False}, 0) == {
+        "voltage": 230.0,
+        "door_open": False,
+    }
+
+
+def test_changes_within_the_deadband_are_suppressed() -> None:
+    f = ChangeFilter(POLE, max_silent_s=60)
+    f.select({"voltage": 230.0}, 0)
+    assert f.select({"voltage": 230.4}, 1000) == {}
+    assert f.select({"voltage": 230.6}, 2000) == {"voltage": 230.6}
+    assert f.suppressed == 1
+
+
+def test_points_without_deadband_report_any_change_and_bools_too() -> None:
+    f = ChangeFilter(POLE, max_silent_s=60)
+    f.select({"power": 60.0, "door_open": False}, 0)
+    assert f.select({"power": 60.0, "door_open": False}, 1000) == {}
+    assert f.select({"power": 60.1, "door_open": True}, 2000) == {"power": 60.1, "door_open": True}
+
+
+def test_silent_points_are_reported_after_max_silent() -> None:
+    f = ChangeFilter(POLE, max_silent_s=10)
+    f.select({"power": 60.0}, 0)
+    assert f.select({"power": 60.0}, 9_999) == {}
+    assert f.select({"power": 60.0}, 10_000) == {"power": 60.0}
+
+
+def test_disabled_filter_reports_every_poll() -> None:
+    f = ChangeFilter(POLE, max_silent_s=60, enabled=False)
+    f.select({"power": 60.0}, 0)
+    assert f.select({"power": 60.0}, 1) == {"power": 60.0}
