@@ -159,9 +159,15 @@ class Hub:
         if self.settings.shared_subscription_group:
             topic_filter = shared(self.settings.shared_subscription_group, topic_filter)
         await client.subscribe(topic_filter, qos=QOS)
+        # birth messages too, so a device's first readings never race its registration
+        await client.subscribe(subscription(Channel.STATE), qos=QOS)
         self.telemetry_connected.set()
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            if message.topic.matches(subscription(Channel.STATE)):
+                self.ingest.learn_devices(str(message.topic), payload)
+                ack(client, message)
+                continue
             accepted = await self.ingest.handle(str(message.topic), payload)
             await self.writer.submit(
                 Pending(accepted.readings, lambda m=message: ack(client, m))  # type: ignore[misc]

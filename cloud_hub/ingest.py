@@ -143,6 +143,22 @@ class Ingest:
             self._dead_letter(topic, str(exc), payload)
         return NOTHING
 
+    def learn_devices(self, topic: str, payload: bytes) -> None:
+        """Note an agent's devices from its birth message, without touching the registry.
+
+        The telemetry session sees agents' state messages too, so that a device's first
+        readings, which may arrive before the control session has registered the device,
+        are not dead-lettered as unknown. Invalid messages are left to the control session.
+        """
+        try:
+            agent_id, _ = parse_topic(topic)
+            state = decode(AgentState, payload)
+        except WireError:
+            return
+        if state.agent_id == agent_id:
+            for info in state.devices:
+                self._remember(info.device_id, agent_id, info.profile)
+
     def stored(self, readings: Sequence[StoredReading]) -> None:
         """Readings are in the store: count them, note last-seen, tell the event bus."""
         self.stats["readings"] += len(readings)

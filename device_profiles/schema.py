@@ -110,7 +110,7 @@ class Hj212Location(_Strict):
     """Where a point lives in HJ 212-2017 data: a pollutant (factor) code and one sub-value."""
 
     code: str = Field(
-        pattern=r"^[a-zA-Z][a-zA-Z0-9]{2,9}$",
+        pattern=r"^[a-zA-Z][a-zA-Z0-9]{1,9}$",
         description="Pollutant code, e.g. a34004 (PM2.5), a21026 (SO2), LA (noise).",
     )
     field: Hj212Field = Field(
@@ -149,6 +149,11 @@ class Point(_Strict):
     scale: float = Field(default=1.0, description="engineering = raw * scale + offset")
     offset: float = 0.0
     writable: bool = False
+    momentary: bool = Field(
+        default=False,
+        description="A trigger the device clears by itself once accepted (e.g. a command "
+        "register): written, never verified by reading back.",
+    )
     min: float | None = Field(default=None, description="Lowest valid engineering value.")
     max: float | None = Field(default=None, description="Highest valid engineering value.")
     enum: dict[int, str] | None = Field(default=None, description="Labels of integer values.")
@@ -215,6 +220,8 @@ class Point(_Strict):
             raise ValueError(f"scale and offset do not apply to {t} points")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.momentary and not self.writable:
+            raise ValueError("only a writable point can be momentary")
         return self
 
     def _check_modbus(self, loc: ModbusLocation) -> None:

@@ -6,6 +6,7 @@ The agent picks a driver with :func:`open_driver` from a device's profile and it
 """
 
 from drivers.base import Driver
+from drivers.coap import CoapDeviceException, CoapDriver
 from drivers.errors import (
     ConfigurationError,
     ConnectError,
@@ -17,10 +18,15 @@ from drivers.errors import (
 )
 from drivers.factory import open_driver
 from drivers.fake import FakeDriver, FakeWrite
+from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.settings import ConnectionSettings, ModbusTcpSettings
+from drivers.serial_ports import SerialPortIdentity, SerialPortNotFound, resolve_serial_port
+from drivers.settings import CoapSettings, ConnectionSettings, ModbusRtuSettings, ModbusTcpSettings
 
 __all__ = [
+    "CoapDeviceException",
+    "CoapDriver",
+    "CoapSettings",
     "ConfigurationError",
     "ConnectError",
     "ConnectionSettings",
@@ -31,8 +37,13 @@ __all__ = [
     "EncodeError",
     "FakeDriver",
     "FakeWrite",
+    "ModbusRtuDriver",
+    "ModbusRtuSettings",
     "ModbusTcpDriver",
     "ModbusTcpSettings",
     "ProtocolError",
+    "SerialPortIdentity",
+    "SerialPortNotFound",
     "open_driver",
+    "resolve_serial_port",
 ]

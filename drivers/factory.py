@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from device_profiles import DeviceProfile
 from drivers.base import Driver
+from drivers.coap.driver import CoapDriver
 from drivers.errors import ConfigurationError
+from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.settings import ConnectionSettings, ModbusTcpSettings
+from drivers.settings import CoapSettings, ConnectionSettings, ModbusRtuSettings, ModbusTcpSettings
 
 __all__ = ["open_driver"]
 
@@ -22,4 +24,16 @@ def open_driver(profile: DeviceProfile, settings: ConnectionSettings) -> Driver:
                 f"profile '{profile.name}' speaks {profile.transport}, not Modbus TCP"
             )
         return ModbusTcpDriver(profile, settings)
+    if isinstance(settings, ModbusRtuSettings):
+        if profile.transport != "modbus":
+            raise ConfigurationError(
+                f"profile '{profile.name}' speaks {profile.transport}, not Modbus RTU"
+            )
+        return ModbusRtuDriver(profile, settings)
+    if isinstance(settings, CoapSettings):
+        if profile.transport != "coap":
+            raise ConfigurationError(
+                f"profile '{profile.name}' speaks {profile.transport}, not CoAP"
+            )
+        return CoapDriver(profile, settings)
     raise ConfigurationError(f"no driver for settings {settings!r}")  # pragma: no cover

@@ -13,7 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ConnectionSettings", "ModbusTcpSettings"]
+from drivers.coap.settings import CoapSettings
+from drivers.modbus.rtu_settings import ModbusRtuSettings
+
+__all__ = ["CoapSettings", "ConnectionSettings", "ModbusRtuSettings", "ModbusTcpSettings"]
 
 
 class ModbusTcpSettings(BaseModel):
@@ -45,7 +48,8 @@ class ModbusTcpSettings(BaseModel):
         return f"modbus-tcp://{self.host}:{self.port}/{self.unit_id}"
 
 
-#: Settings of any transport, chosen by ``transport``. A discriminated union that grows with
-#: each transport (``Annotated[ModbusTcpSettings | ModbusRtuSettings, Field(...)]``); with one
-#: member pydantic still checks the tag, so documents written today stay valid.
-ConnectionSettings = Annotated[ModbusTcpSettings, Field(discriminator="transport")]
+#: Settings of any transport, chosen by ``transport``: a discriminated union that grows with
+#: each transport.
+ConnectionSettings = Annotated[
+    ModbusTcpSettings | ModbusRtuSettings | CoapSettings, Field(discriminator="transport")
+]

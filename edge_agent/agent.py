@@ -11,9 +11,9 @@ import structlog
 from edge_agent.commands import CommandExecutor
 from edge_agent.devices import DeviceRuntime
 from edge_agent.health import HealthReporter
-from edge_agent.outbox import Outbox
 from edge_agent.poller import DevicePoller
 from edge_agent.settings import AgentSettings
+from edge_agent.spool import DiskOutbox
 from edge_agent.uplink import MqttUplink
 
 __all__ = ["Agent", "software_version"]
@@ -34,11 +34,17 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.devices = {d.device_id: DeviceRuntime.from_config(d) for d in settings.devices}
-        self.outbox = Outbox(
-            agent_id=settings.agent_id,
-            max_readings=settings.outbox_max_readings,
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        buffer = settings.buffer
+        self.outbox = DiskOutbox.open(
+            settings.data_dir / "outbox.sqlite3",
+            settings.agent_id,
+            max_bytes=buffer.max_bytes,
             batch_max_readings=settings.batch_max_readings,
             batch_max_delay_s=settings.batch_max_delay_s,
+            flush_interval_s=buffer.flush_interval_s,
+            flush_max_readings=buffer.flush_max_readings,
+            synchronous=buffer.synchronous,
         )
         self.pollers = [DevicePoller(device, self.outbox) for device in self.devices.values()]
         self.executor = CommandExecutor(self.devices, self.outbox)
@@ -61,6 +67,7 @@ class Agent:
             # drivers connect on demand, so a device that is down at start-up delays nothing
             for device in self.devices.values():
                 stack.push_async_callback(device.driver.close)
+            stack.callback(self.outbox.close)  # commits the last readings
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.uplink.run(), name="uplink")
                 group.create_task(self.health.run(), name="health")

@@ -18,7 +18,7 @@ from device_profiles import CommandRejected, Point, PointWrite, Value
 from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus
 from drivers import DriverError
 from edge_agent.devices import DeviceRuntime
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import OutboxLike
 
 __all__ = ["CommandExecutor"]
 
@@ -35,7 +35,7 @@ class CommandExecutor:
     def __init__(
         self,
         devices: dict[str, DeviceRuntime],
-        outbox: Outbox,
+        outbox: OutboxLike,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self.devices = devices
@@ -89,18 +89,23 @@ class CommandExecutor:
             try:
                 for write in writes:
                     await device.write_value(write.point, write.value)
-                read_back = await device.read_values([w.point for w in writes])
+                points = device.profile.points
+                verified = [w for w in writes if not points[w.point].momentary]
+                read_back = await device.read_values([w.point for w in verified])
             except DriverError as exc:
                 return "failed", f"{type(exc).__name__}: {exc}"
         mismatches = [
             f"{w.point} reads back {read_back.get(w.point)!r}, expected {w.value!r}"
-            for w in writes
+            for w in verified
             if not _matches(device.profile.points[w.point], w, read_back.get(w.point))
         ]
         if mismatches:
             return "failed", "; ".join(mismatches)
-        done = ", ".join(f"{w.point}={w.value}" for w in writes)
-        return "succeeded", f"wrote and verified {done}"
+        done = ", ".join(
+            f"{w.point}={w.value}" + ("" if w in verified else " (momentary, not read back)")
+            for w in writes
+        )
+        return "succeeded", f"wrote and verified {done}" if verified else f"wrote {done}"
 
     def _report(self, request: CommandRequest, status: CommandStatus, detail: str) -> None:
         self.outbox.put_control(

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from device_profiles.wire import AgentHealth, Channel, DeviceHealth
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import OutboxLike
 from edge_agent.poller import DevicePoller
 from edge_agent.uplink import MqttUplink
 
@@ -29,7 +29,7 @@ class HealthReporter:
     def __init__(
         self,
         agent_id: str,
-        outbox: Outbox,
+        outbox: OutboxLike,
         pollers: Sequence[DevicePoller],
         uplink: MqttUplink,
         interval_s: float,

@@ -4,8 +4,8 @@ Items leave the outbox only when :meth:`Outbox.ack` confirms the broker's PUBACK
 publish interrupted by a broken link is sent again after reconnecting. Control messages are
 never dropped; when the reading limit is reached the oldest readings are dropped and counted.
 
-This in-memory outbox keeps nothing across a process restart; the on-disk store-and-forward
-buffer replaces it behind the same interface.
+This in-memory outbox keeps nothing across a process restart: the agent uses the on-disk
+:class:`edge_agent.spool.DiskOutbox` behind the same interface (:class:`OutboxLike`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from device_profiles.wire import Channel, Reading, TelemetryBatch
 
-__all__ = ["Outbox", "Outgoing"]
+__all__ = ["Outbox", "OutboxLike", "Outgoing"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,22 @@ class Outgoing:
     channel: Channel
     message: BaseModel
     readings: int = 0
+
+
+class OutboxLike(Protocol):
+    """What the pollers, the command executor and the uplink need of an outbox; the agent
+    uses the on-disk :class:`edge_agent.spool.DiskOutbox`, tests may use :class:`Outbox`."""
+
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def dropped_readings(self) -> int: ...
+    def put_reading(self, reading: Reading) -> None: ...
+    def put_control(self, channel: Channel, message: BaseModel) -> None: ...
+    async def next(self) -> Outgoing: ...
+    def ack(self, item: Outgoing) -> None: ...
 
 
 @dataclass

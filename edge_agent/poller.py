@@ -16,7 +16,7 @@ import structlog
 from device_profiles.wire import Channel, DeviceEvent, Reading
 from drivers import DriverError
 from edge_agent.devices import DeviceRuntime
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import OutboxLike
 from edge_agent.reporting import ChangeFilter
 
 __all__ = ["DevicePoller"]
@@ -32,7 +32,7 @@ def _now_ms() -> int:
 
 class DevicePoller:
     def __init__(
-        self, device: DeviceRuntime, outbox: Outbox, clock_ms: Callable[[], int] = _now_ms
+        self, device: DeviceRuntime, outbox: OutboxLike, clock_ms: Callable[[], int] = _now_ms
     ) -> None:
         self.device = device
         self.outbox = outbox

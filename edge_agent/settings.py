@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -50,6 +50,26 @@ class DeviceConfig(BaseModel):
         return ref
 
 
+class BufferSettings(BaseModel):
+    """The on-disk store-and-forward buffer (``data_dir/outbox.sqlite3``).
+
+    Durability: readings are committed every ``flush_interval_s`` (or ``flush_max_readings``),
+    so a killed agent loses at most that much; ``synchronous: FULL`` extends the same bound to
+    power loss, at some cost in write speed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=256 * 1024,
+        description="Disk cap; oldest telemetry goes first.",
+    )
+    flush_interval_s: float = Field(default=0.2, gt=0, le=60)
+    flush_max_readings: int = Field(default=1000, ge=1)
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
 class AgentSettings(FileAndEnvSettings):
     """Settings of one edge agent."""
 
@@ -66,9 +86,7 @@ class AgentSettings(FileAndEnvSettings):
     batch_max_delay_s: float = Field(
         default=0.2, ge=0, le=60, description="How long a reading may wait for others to batch."
     )
-    outbox_max_readings: int = Field(
-        default=100_000, ge=100, description="Readings kept while the uplink is down."
-    )
+    buffer: BufferSettings = Field(default_factory=BufferSettings)
     health_interval_s: float = Field(
         default=60.0, gt=0, le=86400, description="How often the agent reports its health."
     )

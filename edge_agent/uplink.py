@@ -31,7 +31,7 @@ from device_profiles.wire import (
     encode,
     topic,
 )
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import OutboxLike
 from iot_runtime.mqtt import MqttSettings, make_client
 
 __all__ = ["MqttUplink"]
@@ -47,7 +47,7 @@ class MqttUplink:
         self,
         agent_id: str,
         settings: MqttSettings,
-        outbox: Outbox,
+        outbox: OutboxLike,
         devices: list[DeviceInfo],
         on_command: Callable[[CommandRequest], Coroutine[Any, Any, None]],
         software_version: str = "",

@@ -10,6 +10,11 @@ One lock serialises the requests of a driver, so a read's blocks and a concurren
 interleave. pymodbus's own background reconnection is switched off: after a broken connection
 (or a timeout, after which the stream may carry a stale answer) the client is dropped and the
 next call connects afresh. pymodbus exceptions are translated here and never leak.
+
+pymodbus waits on when the bytes received do not form a valid answer (a broken MBAP header,
+a truncated frame, garbage); the driver watches what arrives (``trace_packet``) and reports
+such an answer as :class:`~drivers.errors.ProtocolError` at the timeout, not as
+:class:`~drivers.errors.DriverTimeout`.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class ModbusTcpDriver(Driver):
         self._lost = asyncio.Event()  # set when the current client's connection drops
         self._lock = asyncio.Lock()
         self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
+        self._rx = b""  # the receive buffer as last seen, during the request in flight
 
     @property
     def endpoint(self) -> str:
@@ -149,6 +155,7 @@ class ModbusTcpDriver(Driver):
             retries=s.retries,
             reconnect_delay=0,  # no background reconnect task: we reconnect on the next call
             trace_connect=on_connection,
+            trace_packet=self._on_packet,
         )
         try:
             ok = await client.connect()
@@ -164,6 +171,11 @@ class ModbusTcpDriver(Driver):
         self._client, self._lost = client, lost
         log.debug("modbus connected", endpoint=self.endpoint)
         return client
+
+    def _on_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._rx = data
+        return data
 
     def _drop(self) -> None:
         client, self._client = self._client, None
@@ -206,6 +218,7 @@ class ModbusTcpDriver(Driver):
     ) -> ModbusPDU:
         """Run one request; translate every failure into a DriverError."""
         where = f"{self.endpoint} function {function}"
+        self._rx = b""
         try:
             response = await self._unless_lost(request)
         except _ConnectionLost as exc:
@@ -216,6 +229,11 @@ class ModbusTcpDriver(Driver):
             raise ConnectError(f"{where}: not connected ({exc})") from exc
         except ModbusIOException as exc:
             self._drop()
+            if _NO_RESPONSE in str(exc) and self._rx:
+                raise ProtocolError(
+                    f"{where}: no valid answer within {self.settings.timeout_s}s, "
+                    f"got {self._rx[:32].hex(' ')}"
+                ) from exc
             if _NO_RESPONSE in str(exc):
                 raise DriverTimeout(
                     f"{where}: no answer within {self.settings.timeout_s}s "
