@@ -26,6 +26,7 @@ import structlog
 
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
+from cloud_hub.provisioning import ProvisioningService
 from cloud_hub.registry import CommandRow, Registry
 from cloud_hub.settings import HubSettings
 from cloud_hub.storage import TelemetryStore, open_store
@@ -71,6 +72,9 @@ class Hub:
         self.ingest = Ingest(self.registry, self.events)
         self.writer = TelemetryWriter(
             self.store, on_stored=self.ingest.stored, on_rejected=self.ingest.rejected
+        )
+        self.provisioning = ProvisioningService.from_settings(
+            self.registry, settings.provisioning, settings.mqtt
         )
         self.connected = asyncio.Event()
         self.telemetry_connected = asyncio.Event()

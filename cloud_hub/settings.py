@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from cloud_hub.provisioning import ProvisioningSettings
 from iot_runtime import FileAndEnvSettings
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings
@@ -79,6 +80,7 @@ class HubSettings(FileAndEnvSettings):
         description="Migrate the registry at start-up; if false, run `cloud-hub migrate` first.",
     )
     api: ApiSettings = Field(default_factory=ApiSettings)
+    provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     command_ttl_s: float = Field(
         default=3600, gt=0, description="Default time a command may wait for its agent."
     )

@@ -14,6 +14,7 @@ from rich.table import Table
 from drivers import DriverError
 from edge_agent.agent import Agent
 from edge_agent.devices import DeviceRuntime
+from edge_agent.provision import provision
 from edge_agent.settings import AgentSettings
 from iot_runtime import ConfigError, configure_logging, load_settings
 
@@ -76,3 +77,6 @@ async def _probe(settings: AgentSettings) -> int:
         table.add_row(config.device_id, device.profile.name, connection, result)
     out.print(table)
     return failures
+
+
+app.command("provision")(provision)

@@ -19,7 +19,14 @@ class DeviceOut(BaseModel):
     agent_id: str
     profile: str
     status: str
-    last_seen: datetime | None
+    last_seen: datetime | None = Field(description="When the edge last read the device.")
+    site: str | None = None
+    pole: str | None = None
+    mount_position: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    tags: dict[str, str] | None = None
+    firmware_version: str | None = None
 
 
 class AgentOut(BaseModel):

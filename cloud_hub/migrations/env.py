@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import cloud_hub.provisioning.models  # noqa: F401 - registers its tables on Base
 from cloud_hub.registry.models import Base
 
 connection: Connection | None = context.config.attributes.get("connection")

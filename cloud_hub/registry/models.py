@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["AgentRow", "ApiKeyRow", "Base", "CommandRow", "DeviceRow"]
@@ -33,6 +33,13 @@ class DeviceRow(Base):
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.agent_id"), index=True)
     profile: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="unknown")
+    site: Mapped[str | None] = mapped_column(String(64), index=True)
+    pole: Mapped[str | None] = mapped_column(String(64))
+    mount_position: Mapped[str | None] = mapped_column(String(64))
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
