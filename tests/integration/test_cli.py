@@ -1,0 +1,120 @@
+"""The command-line front doors, run as a newcomer runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_sim import run_smart_pole
+from tests.harness import free_port
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def _run(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        check=False,
+    )
+
+
+def test_demo_shows_live_readings_of_the_simulated_pole(tmp_path: Path) -> None:
+    result = _run(
+        "iotctl",
+        "demo",
+        "--api-port",
+        str(free_port()),
+        "--duration",
+        "12",
+        "--data-dir",
+        str(tmp_path / "demo"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("API") for line in lines)
+    readings = [line for line in lines if "pole-0001" in line and "power=" in line]
+    assert readings, result.stdout
+    assert "demo finished" in result.stdout
+
+
+def test_demo_uses_real_servers_when_given(mosquitto: Any, influx_db: Any, tmp_path: Path) -> None:
+    result = _run(
+        "iotctl",
+        "demo",
+        "--api-port",
+        str(free_port()),
+        "--duration",
+        "10",
+        "--mqtt",
+        mosquitto.url,
+        "--influxdb",
+        influx_db.url,
+        "--data-dir",
+        str(tmp_path / "demo"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(external)" in result.stdout
+    assert any("power=" in line for line in result.stdout.splitlines()), result.stdout
+    body = influx_db.server.query("iot_demo", "SELECT COUNT(power) FROM smart_pole")
+    assert body["results"][0]["series"][0]["values"][0][1] > 0
+
+
+async def test_edge_agent_check_probes_every_device(tmp_path: Path) -> None:
+    async with run_smart_pole(seed=1, port=0, tick_s=None) as sim:
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            "agent_id: cabinet-1\n"
+            "devices:\n"
+            "  - device_id: pole-1\n"
+            "    profile: smart_pole\n"
+            f"    connection: {{transport: modbus_tcp, host: 127.0.0.1, port: {sim.port}}}\n"
+            "  - device_id: pole-2\n"
+            "    profile: smart_pole\n"
+            f"    connection: {{transport: modbus_tcp, host: 127.0.0.1, port: {free_port()}, timeout_s: 0.3}}\n"
+            f"data_dir: {tmp_path / 'agent'}\n"
+        )
+        result = await asyncio.to_thread(_run, "edge-agent", "check", "--config", str(config))
+    assert result.returncode == 1  # pole-2 is unreachable
+    assert "pole-1" in result.stdout and "ok" in result.stdout and "16 points" in result.stdout
+    assert "pole-2" in result.stdout and "ConnectError" in result.stdout
+
+
+def test_bad_configuration_names_the_setting_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text("mqtt: {port: 70000}\nstorage: {backend: influxdb1}\n")
+    result = _run("cloud-hub", "check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert "mqtt.port: Input should be less than or equal to 65535" in result.stderr
+    assert "storage.url: Field required" in result.stderr
+    result = _run("cloud-hub", "check-config", env={"HUB_API__PORT": "x"})
+    assert result.returncode == 2
+    assert "api.port" in result.stderr
+
+
+def test_profiles_validate_reports_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "schema_version: 1\nname: lamp\ntransport: modbus\npoints:\n"
+        "  level: {type: uint16, modbus: {table: holding_register, address: 0}, writable: true, max: 100}\n"
+        "commands:\n  dim: {writes: [{point: level, value: 150}]}\n"
+    )
+    result = _run("iotctl", "profiles", "validate", str(bad))
+    assert result.returncode == 1
+    assert "commands.dim.writes[0].value: 150 is above the maximum 100" in result.stderr
+    ok = _run("iotctl", "profiles", "validate", "device_profiles/profiles/smart_pole.yaml")
+    assert ok.returncode == 0, ok.stderr
