@@ -27,11 +27,11 @@ import structlog
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
 from cloud_hub.provisioning import ProvisioningService
-from cloud_hub.registry import CommandRow, Registry
+from cloud_hub.registry import CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
 from cloud_hub.storage import TelemetryStore, open_store
 from cloud_hub.writer import Pending, TelemetryWriter
-from device_profiles import DeviceProfile
+from device_profiles import CommandRejected, DeviceProfile
 from device_profiles.wire import (
     QOS,
     SESSION_EXPIRY_S,
@@ -207,6 +207,74 @@ class Hub:
         self._command_event(row)
         await self._publish_command(row)
         return await self.registry.get_command(row.command_id) or row
+
+    async def send_group_command(
+        self,
+        selector: dict[str, Any],
+        name: str,
+        params: dict[str, Any],
+        ttl_s: float | None = None,
+        created_by: str = "",
+    ) -> CommandGroupRow:
+        """Send a command to every device ``selector`` picks (``device_ids``, ``site``,
+        ``profile``, ``tags``); devices whose profile refuses it are listed as rejected."""
+        devices = await self.registry.select_devices(**selector)
+        ttl = ttl_s if ttl_s is not None else self.settings.command_ttl_s
+        group_id = uuid.uuid4().hex
+        rows: list[CommandRow] = []
+        rejected: dict[str, str] = {}
+        for device in devices:
+            profile = self.ingest.profile_of(device.device_id)
+            if profile is None:
+                rejected[device.device_id] = f"unknown profile '{device.profile}'"
+                continue
+            try:
+                profile.resolve_command(name, params)
+            except CommandRejected as exc:
+                rejected[device.device_id] = exc.reason
+                continue
+            rows.append(
+                self.registry.command_row(
+                    command_id=uuid.uuid4().hex,
+                    device_id=device.device_id,
+                    agent_id=device.agent_id,
+                    name=name,
+                    params=params,
+                    status="queued",
+                    expires_at_ms=_now_ms() + int(ttl * 1000),
+                    group_id=group_id,
+                )
+            )
+        if not rows:
+            reasons = "; ".join(f"{d}: {r}" for d, r in sorted(rejected.items())[:5])
+            raise CommandRejected(
+                f"no selected device accepts '{name}'" + (f" ({reasons})" if reasons else "")
+            )
+        group = CommandGroupRow(
+            group_id=group_id,
+            name=name,
+            params=params,
+            selector=selector,
+            rejected=rejected,
+            created_by=created_by,
+            created_at=utcnow(),
+        )
+        await self.registry.add_group(group, rows)
+        log.info(
+            "group command queued", group_id=group_id, devices=len(rows), rejected=len(rejected)
+        )
+        for row in rows:
+            self._command_event(row)
+            await self._publish_command(row)
+        return group
+
+    async def cancel_command(self, command_id: str) -> tuple[CommandRow | None, bool]:
+        """Cancel a command without a final status. One already handed to the broker may
+        still reach its agent; its late result is then ignored (the status stays cancelled)."""
+        row, cancelled = await self.registry.cancel_command(command_id, "cancelled by an operator")
+        if row is not None and cancelled:
+            self._command_event(row)
+        return row, cancelled
 
     async def _publish_command(self, row: CommandRow) -> None:
         client = self._control

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.problems import install_problem_handlers, problem
 from cloud_hub.api.routes import router
+from cloud_hub.api.routes_command_groups import router as command_groups_router
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
@@ -46,6 +47,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.include_router(router)
+    app.include_router(command_groups_router)
     app.include_router(provisioning_router)
 
     @app.get("/healthz", tags=["health"])

@@ -21,7 +21,15 @@ def problem(status: int, title: str, detail: str, **extra: object) -> JSONRespon
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    title = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+    title = {
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        409: "Conflict",
+        413: "Content Too Large",
+        429: "Too Many Requests",
+    }
     response = problem(exc.status_code, title.get(exc.status_code, "Error"), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AgentRow", "ApiKeyRow", "Base", "CommandRow", "DeviceRow"]
+__all__ = ["AgentRow", "ApiKeyRow", "Base", "CommandGroupRow", "CommandRow", "DeviceRow"]
 
 
 class Base(DeclarativeBase):
@@ -58,6 +58,21 @@ class CommandRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    group_id: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class CommandGroupRow(Base):
+    """A command sent to every device a selector picks (e.g. dim every lamp of one road)."""
+
+    __tablename__ = "command_groups"
+
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rejected: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKeyRow(Base):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from cloud_hub.registry.migrate import current_revision, head_revision, upgrade
-from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandRow, DeviceRow
+from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandGroupRow, CommandRow, DeviceRow
 from device_profiles.wire import DeviceInfo
 
 __all__ = ["TERMINAL_STATUSES", "Registry", "RegistryError", "utcnow"]
@@ -149,6 +149,54 @@ class Registry:
             row.detail = detail
             row.updated_at = utcnow()
             return row
+
+    async def cancel_command(self, command_id: str, detail: str) -> tuple[CommandRow | None, bool]:
+        """Cancel a command that has no final status yet: (the command or None, cancelled now)."""
+        async with self.session.begin() as db:
+            row = await db.get(CommandRow, command_id, with_for_update=True)
+            if row is None or row.status in TERMINAL_STATUSES:
+                return row, False
+            row.status, row.detail, row.updated_at = "cancelled", detail, utcnow()
+            return row, True
+
+    async def select_devices(
+        self,
+        *,
+        device_ids: Sequence[str] | None = None,
+        site: str | None = None,
+        profile: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> list[DeviceRow]:
+        """The devices matching every given criterion."""
+        query = select(DeviceRow).order_by(DeviceRow.device_id)
+        if device_ids is not None:
+            query = query.where(DeviceRow.device_id.in_(list(device_ids)))
+        if site is not None:
+            query = query.where(DeviceRow.site == site)
+        if profile is not None:
+            query = query.where(DeviceRow.profile == profile)
+        async with self.session() as db:
+            rows = list((await db.scalars(query)).all())
+        wanted = (tags or {}).items()
+        return [r for r in rows if all((r.tags or {}).get(k) == v for k, v in wanted)]
+
+    async def add_group(self, group: CommandGroupRow, commands: Sequence[CommandRow]) -> None:
+        async with self.session.begin() as db:
+            db.add(group)
+            db.add_all(commands)
+
+    async def get_group(self, group_id: str) -> tuple[CommandGroupRow, dict[str, int]] | None:
+        """A group and the count of its commands by status."""
+        async with self.session() as db:
+            group = await db.get(CommandGroupRow, group_id)
+            if group is None:
+                return None
+            counts = await db.execute(
+                select(CommandRow.status, func.count())
+                .where(CommandRow.group_id == group_id)
+                .group_by(CommandRow.status)
+            )
+            return group, {status: count for status, count in counts}  # noqa: C416 - Rows
 
     async def pending_commands(self) -> list[CommandRow]:
         async with self.session() as db:

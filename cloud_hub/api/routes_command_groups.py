@@ -1,0 +1,129 @@
+"""Routes for commands to many devices at once, and for cancelling a command."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.schemas import CommandOut
+from cloud_hub.hub import Hub
+from cloud_hub.registry import TERMINAL_STATUSES
+
+__all__ = ["router"]
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(_hub)]
+Commander = Annotated[Principal, Depends(require("command"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["commands"],
+    responses={
+        401: {"description": "No API key, or an unknown or revoked one"},
+        403: {"description": "The key's role may not do this"},
+    },
+)
+
+
+class Selector(BaseModel):
+    """Which devices: every given criterion must match (at least one is required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_ids: list[str] | None = Field(default=None, max_length=10_000)
+    site: str | None = None
+    profile: str | None = None
+    tags: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> Selector:
+        if not any((self.device_ids, self.site, self.profile, self.tags)):
+            raise ValueError("give at least one of device_ids, site, profile, tags")
+        return self
+
+
+class GroupCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "selector": {"site": "xinhua-road"},
+                    "name": "set_dimming",
+                    "params": {"level": 30},
+                }
+            ]
+        },
+    )
+
+    selector: Selector
+    name: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    ttl_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+
+
+class GroupOut(BaseModel):
+    group_id: str
+    name: str
+    params: dict[str, Any]
+    selector: dict[str, Any]
+    total: int = Field(description="Commands created (devices that accepted the command).")
+    by_status: dict[str, int]
+    done: bool = Field(description="Every command has a final status.")
+    rejected: dict[str, str] = Field(description="Devices whose profile refused the command, why.")
+
+
+async def _group_out(hub: Hub, group_id: str) -> GroupOut:
+    found = await hub.registry.get_group(group_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command group '{group_id}'")
+    group, counts = found
+    total = sum(counts.values())
+    finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+    return GroupOut(
+        group_id=group.group_id,
+        name=group.name,
+        params=group.params,
+        selector=group.selector,
+        total=total,
+        by_status=counts,
+        done=finished == total,
+        rejected=group.rejected,
+    )
+
+
+@router.post("/command-groups", status_code=status.HTTP_202_ACCEPTED)
+async def create_group(body: GroupCreate, hub: HubDep, caller: Commander) -> GroupOut:
+    """Send one command to every selected device; follow the aggregated progress."""
+    selector = body.selector.model_dump(exclude_none=True)
+    group = await hub.send_group_command(
+        selector, body.name, body.params, body.ttl_s, created_by=caller.key_id
+    )
+    return await _group_out(hub, group.group_id)
+
+
+@router.get("/command-groups/{group_id}")
+async def get_group(group_id: str, hub: HubDep, _caller: Reader) -> GroupOut:
+    return await _group_out(hub, group_id)
+
+
+@router.post(
+    "/commands/{command_id}/cancel",
+    responses={409: {"description": "The command already has a final status"}},
+)
+async def cancel_command(command_id: str, hub: HubDep, _caller: Commander) -> CommandOut:
+    """Cancel a command that has no final status yet."""
+    row, cancelled = await hub.cancel_command(command_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")
+    if not cancelled:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"command is already {row.status}")
+    return CommandOut.model_validate(row)
