@@ -18,10 +18,18 @@ from drivers.errors import (
 )
 from drivers.factory import open_driver
 from drivers.fake import FakeDriver, FakeWrite
+from drivers.hj212 import Hj212Driver, Hj212Error
 from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.tcp import ModbusTcpDriver
 from drivers.serial_ports import SerialPortIdentity, SerialPortNotFound, resolve_serial_port
-from drivers.settings import CoapSettings, ConnectionSettings, ModbusRtuSettings, ModbusTcpSettings
+from drivers.settings import (
+    CoapSettings,
+    ConnectionSettings,
+    Hj212SerialSettings,
+    Hj212TcpSettings,
+    ModbusRtuSettings,
+    ModbusTcpSettings,
+)
 
 __all__ = [
     "CoapDeviceException",
@@ -37,6 +45,10 @@ __all__ = [
     "EncodeError",
     "FakeDriver",
     "FakeWrite",
+    "Hj212Driver",
+    "Hj212Error",
+    "Hj212SerialSettings",
+    "Hj212TcpSettings",
     "ModbusRtuDriver",
     "ModbusRtuSettings",
     "ModbusTcpDriver",

@@ -6,9 +6,17 @@ from device_profiles import DeviceProfile
 from drivers.base import Driver
 from drivers.coap.driver import CoapDriver
 from drivers.errors import ConfigurationError
+from drivers.hj212 import Hj212Driver
 from drivers.modbus.rtu import ModbusRtuDriver
 from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.settings import CoapSettings, ConnectionSettings, ModbusRtuSettings, ModbusTcpSettings
+from drivers.settings import (
+    CoapSettings,
+    ConnectionSettings,
+    Hj212SerialSettings,
+    Hj212TcpSettings,
+    ModbusRtuSettings,
+    ModbusTcpSettings,
+)
 
 __all__ = ["open_driver"]
 
@@ -36,4 +44,10 @@ def open_driver(profile: DeviceProfile, settings: ConnectionSettings) -> Driver:
                 f"profile '{profile.name}' speaks {profile.transport}, not CoAP"
             )
         return CoapDriver(profile, settings)
+    if isinstance(settings, Hj212SerialSettings | Hj212TcpSettings):
+        if profile.transport != "hj212":
+            raise ConfigurationError(
+                f"profile '{profile.name}' speaks {profile.transport}, not HJ 212"
+            )
+        return Hj212Driver(profile, settings)
     raise ConfigurationError(f"no driver for settings {settings!r}")  # pragma: no cover

@@ -14,9 +14,17 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.coap.settings import CoapSettings
+from drivers.hj212.settings import Hj212SerialSettings, Hj212TcpSettings
 from drivers.modbus.rtu_settings import ModbusRtuSettings
 
-__all__ = ["CoapSettings", "ConnectionSettings", "ModbusRtuSettings", "ModbusTcpSettings"]
+__all__ = [
+    "CoapSettings",
+    "ConnectionSettings",
+    "Hj212SerialSettings",
+    "Hj212TcpSettings",
+    "ModbusRtuSettings",
+    "ModbusTcpSettings",
+]
 
 
 class ModbusTcpSettings(BaseModel):
@@ -51,5 +59,6 @@ class ModbusTcpSettings(BaseModel):
 #: Settings of any transport, chosen by ``transport``: a discriminated union that grows with
 #: each transport.
 ConnectionSettings = Annotated[
-    ModbusTcpSettings | ModbusRtuSettings | CoapSettings, Field(discriminator="transport")
+    ModbusTcpSettings | ModbusRtuSettings | CoapSettings | Hj212SerialSettings | Hj212TcpSettings,
+    Field(discriminator="transport"),
 ]

@@ -12,12 +12,14 @@ from rich.console import Console
 from device_profiles import ProfileError, builtin_profile_names, load_profile, profile_json_schema
 from iot_runtime import configure_logging
 from iotctl.demo import DemoOptions, run_demo_until_done
+from iotctl.hj212_cli import app as hj212_app
 
 app = typer.Typer(help="City IoT: demo, device profiles and tools.", no_args_is_help=True)
 profiles_app = typer.Typer(
     help="Device profiles: list, validate, JSON Schema.", no_args_is_help=True
 )
 app.add_typer(profiles_app, name="profiles")
+app.add_typer(hj212_app, name="hj212", help="HJ 212-2017 frames: decode and encode.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 

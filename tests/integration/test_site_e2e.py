@@ -1,6 +1,7 @@
 """A whole site end to end: one agent polls a smart pole (Modbus TCP), a community gateway
-RS-485 bus with five devices (Modbus RTU on a pseudo-terminal) and a manhole-cover sensor
-(CoAP), through Mosquitto, into the hub; the barrier gate opens on an API command."""
+RS-485 bus with five devices (Modbus RTU on a pseudo-terminal), a manhole-cover sensor (CoAP)
+and a pollution analyser (HJ 212-2017 on a serial line), through Mosquitto, into the hub; the
+barrier gate opens on an API command."""
 
 from __future__ import annotations
 
@@ -13,10 +14,15 @@ import pytest
 
 from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
 from device_profiles import load_builtin_profile
-from drivers import CoapSettings, ModbusRtuSettings, ModbusTcpSettings
+from drivers import CoapSettings, Hj212SerialSettings, ModbusRtuSettings, ModbusTcpSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings, DeviceConfig
-from firmware_sim import run_gateway_bus, run_manhole_sensor, run_smart_pole
+from firmware_sim import (
+    run_gateway_bus,
+    run_manhole_sensor,
+    run_pollution_analyser,
+    run_smart_pole,
+)
 from iot_runtime.mqtt import MqttSettings
 from tests.harness import free_port
 from tests.helpers import eventually, running_hub
@@ -24,7 +30,7 @@ from tests.helpers import eventually, running_hub
 pytestmark = pytest.mark.integration
 
 
-async def test_one_agent_three_transports_seven_devices(
+async def test_one_agent_four_transports_eight_devices(
     mosquitto: Any, tmp_path: Path, unique_id: str
 ) -> None:
     mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
@@ -41,6 +47,9 @@ async def test_one_agent_three_transports_seven_devices(
             run_gateway_bus(seed=2, tick_s=None, directory=str(tmp_path))
         )
         manhole = await stack.enter_async_context(run_manhole_sensor(seed=3, port=0, tick_s=None))
+        analyser = await stack.enter_async_context(
+            run_pollution_analyser(seed=4, rtd_interval_s=0.5)
+        )
         devices = [
             DeviceConfig(
                 device_id=f"pole-{unique_id}",
@@ -54,6 +63,12 @@ async def test_one_agent_three_transports_seven_devices(
                 connection=CoapSettings(
                     host=manhole.host, port=manhole.port, timeout_s=0.5, retries=1
                 ),
+                poll_interval_s=0.5,
+            ),
+            DeviceConfig(
+                device_id=f"aqm-{unique_id}",
+                profile="pollution_monitor",
+                connection=Hj212SerialSettings(port=analyser.pty_path),
                 poll_interval_s=0.5,
             ),
         ] + [
@@ -78,6 +93,8 @@ async def test_one_agent_three_transports_seven_devices(
         hub = await stack.enter_async_context(running_hub(hub_settings))
         agent_task = asyncio.create_task(agent.run())
         try:
+            await analyser.wait_connected()
+            await analyser.send_minute()  # the 1-minute averages, without waiting a minute
             for device in devices:
                 profile = load_builtin_profile(device.profile)
 
