@@ -27,7 +27,7 @@ import structlog
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
 from cloud_hub.provisioning import ProvisioningService
-from cloud_hub.registry import CommandGroupRow, CommandRow, Registry, utcnow
+from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
 from cloud_hub.storage import TelemetryStore, open_store
 from cloud_hub.writer import Pending, TelemetryWriter
@@ -38,6 +38,7 @@ from device_profiles.wire import (
     Channel,
     CommandRequest,
     CommandResult,
+    DesiredConfig,
     encode,
     shared,
     subscription,
@@ -52,7 +53,13 @@ log = structlog.get_logger(__name__)
 RECONNECT_MAX_S = 30.0
 SWEEP_INTERVAL_S = 5.0
 LAST_SEEN_FLUSH_S = 5.0
-_CONTROL = (Channel.STATE, Channel.EVENTS, Channel.COMMAND_RESULTS, Channel.HEALTH)
+_CONTROL = (
+    Channel.STATE,
+    Channel.EVENTS,
+    Channel.COMMAND_RESULTS,
+    Channel.HEALTH,
+    Channel.CONFIG_REPORTED,
+)
 
 
 class UnknownDevice(LookupError):
@@ -152,6 +159,8 @@ class Hub:
         )
         for row in await self.registry.pending_commands():
             await self._publish_command(row)
+        for config in await self.registry.unconfirmed_configs():
+            await self._publish_config(config)
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             accepted = await self.ingest.handle(str(message.topic), payload)
@@ -275,6 +284,30 @@ class Hub:
         if row is not None and cancelled:
             self._command_event(row)
         return row, cancelled
+
+    # -- remote configuration ---------------------------------------------------------------
+
+    async def push_config(self, agent_id: str, config: dict[str, Any]) -> AgentConfigRow:
+        """Store the next desired configuration of an agent and publish it (retained)."""
+        if await self.registry.get_agent(agent_id) is None:
+            raise UnknownDevice(f"no agent '{agent_id}'")
+        row = await self.registry.set_desired_config(agent_id, config)
+        await self._publish_config(row)
+        return row
+
+    async def _publish_config(self, row: AgentConfigRow) -> None:
+        client = self._control
+        if client is None:
+            return  # published when the hub (re)connects
+        desired = DesiredConfig(
+            agent_id=row.agent_id, version=row.version, config=row.desired, issued_at=_now_ms()
+        )
+        try:
+            await client.publish(
+                topic(row.agent_id, Channel.CONFIG_DESIRED), encode(desired), qos=QOS, retain=True
+            )
+        except aiomqtt.MqttError as exc:
+            log.warning("configuration not published yet", agent_id=row.agent_id, error=str(exc))
 
     async def _publish_command(self, row: CommandRow) -> None:
         client = self._control

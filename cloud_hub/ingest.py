@@ -25,6 +25,7 @@ from device_profiles.wire import (
     CommandResult,
     DeviceEvent,
     Reading,
+    ReportedConfig,
     WireError,
     decode,
     decode_telemetry,
@@ -132,6 +133,16 @@ class Ingest:
                 await self._state(agent_id, decode(AgentState, payload))
             elif channel is Channel.EVENTS:
                 await self._event(agent_id, decode(DeviceEvent, payload))
+            elif channel is Channel.CONFIG_REPORTED:
+                report = decode(ReportedConfig, payload)
+                if report.agent_id != agent_id:
+                    self._dead_letter(
+                        topic, f"report of {report.agent_id!r} in {agent_id!r}'s namespace", payload
+                    )
+                else:
+                    await self.registry.config_reported(
+                        agent_id, report.version, report.status, report.detail
+                    )
             elif channel is Channel.HEALTH:
                 self._health(agent_id, decode(AgentHealth, payload))
             elif channel is Channel.COMMAND_RESULTS:

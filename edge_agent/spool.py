@@ -83,12 +83,8 @@ from pydantic import BaseModel, ValidationError
 
 from device_profiles.wire import (
     MAX_READINGS_PER_BATCH,
-    AgentHealth,
-    AgentState,
+    MESSAGE_TYPES,
     Channel,
-    CommandRequest,
-    CommandResult,
-    DeviceEvent,
     Reading,
     TelemetryBatch,
 )
@@ -107,14 +103,7 @@ _WAL_MAX = 1024 * 1024
 _NO_RANGE = (0, -1)
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _LOCKED_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
-_WIRE_MODELS: tuple[type[BaseModel], ...] = (
-    AgentHealth,
-    AgentState,
-    CommandRequest,
-    CommandResult,
-    DeviceEvent,
-    TelemetryBatch,
-)
+_WIRE_MODELS: tuple[type[BaseModel], ...] = MESSAGE_TYPES
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL);

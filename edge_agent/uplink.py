@@ -24,6 +24,7 @@ from device_profiles.wire import (
     AgentState,
     Channel,
     CommandRequest,
+    DesiredConfig,
     DeviceInfo,
     WireError,
     agent_client_id,
@@ -51,6 +52,7 @@ class MqttUplink:
         devices: list[DeviceInfo],
         on_command: Callable[[CommandRequest], Coroutine[Any, Any, None]],
         software_version: str = "",
+        on_config: Callable[[DesiredConfig], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.settings = settings
@@ -58,10 +60,11 @@ class MqttUplink:
         self.devices = devices
         self.on_command = on_command
         self.software_version = software_version
+        self.on_config = on_config
         self.connected = asyncio.Event()
         self.connects = 0
         self.bad_commands = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _client(self) -> aiomqtt.Client:
         offline = AgentState(agent_id=self.agent_id, state="offline")
@@ -96,15 +99,10 @@ class MqttUplink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         await client.subscribe(topic(self.agent_id, Channel.COMMANDS), qos=QOS)
-        birth = AgentState(
-            agent_id=self.agent_id,
-            state="online",
-            ts=time.time_ns() // 1_000_000,
-            software_version=self.software_version,
-            devices=self.devices,
-        )
+        if self.on_config is not None:
+            await client.subscribe(topic(self.agent_id, Channel.CONFIG_DESIRED), qos=QOS)
         await client.publish(
-            topic(self.agent_id, Channel.STATE), encode(birth), qos=QOS, retain=True
+            topic(self.agent_id, Channel.STATE), encode(self._birth()), qos=QOS, retain=True
         )
         self.connects += 1
         self.connected.set()
@@ -133,17 +131,51 @@ class MqttUplink:
                 )
             raise
 
+    def _birth(self) -> AgentState:
+        return AgentState(
+            agent_id=self.agent_id,
+            state="online",
+            ts=time.time_ns() // 1_000_000,
+            software_version=self.software_version,
+            devices=list(self.devices),
+        )
+
+    def announce(self) -> None:
+        """Publish the birth message again (through the outbox), e.g. after the devices changed."""
+        self.outbox.put_control(Channel.STATE, self._birth())
+
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         while True:
             item = await self.outbox.next()
-            await client.publish(topic(self.agent_id, item.channel), encode(item.message), qos=QOS)
+            await client.publish(
+                topic(self.agent_id, item.channel),
+                encode(item.message),
+                qos=QOS,
+                retain=item.channel.retained,
+            )
             self.outbox.ack(item)
+
+    async def _desired(self, payload: bytes | str) -> None:
+        assert self.on_config is not None
+        try:
+            desired = decode(DesiredConfig, payload)
+        except WireError as exc:
+            log.warning("malformed desired configuration ignored", error=str(exc))
+            return
+        task = asyncio.create_task(self.on_config(desired), name=f"config-{desired.version}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | str):
                 payload = b""
+            if self.on_config is not None and message.topic.matches(
+                topic(self.agent_id, Channel.CONFIG_DESIRED)
+            ):
+                await self._desired(payload)
+                continue
             try:
                 request = decode(CommandRequest, payload)
             except WireError as exc:

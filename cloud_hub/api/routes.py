@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import Principal, Role, require
 from cloud_hub.api.schemas import (
@@ -19,7 +19,7 @@ from cloud_hub.api.schemas import (
 )
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.hub import Hub, UnknownDevice
-from cloud_hub.registry import AgentRow
+from cloud_hub.registry import AgentConfigRow, AgentRow
 from device_profiles import Value
 
 __all__ = ["router"]
@@ -162,3 +162,72 @@ async def revoke_key(key_id: str, hub: HubDep, _caller: Admin) -> Response:
     if not await hub.registry.revoke_api_key(key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active API key '{key_id}'")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class AgentConfigIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "config": {
+                        "devices": [
+                            {
+                                "device_id": "pole-0002",
+                                "profile": "smart_pole",
+                                "connection": {"transport": "modbus_tcp", "host": "192.168.10.22"},
+                            }
+                        ]
+                    }
+                }
+            ]
+        },
+    )
+
+    config: dict[str, Any] = Field(
+        description="The agent's remotely manageable settings (its devices); the agent "
+        "validates them and reports applied or rejected with the reason."
+    )
+
+
+class AgentConfigOut(BaseModel):
+    agent_id: str
+    version: int
+    desired: dict[str, Any]
+    desired_at: datetime
+    status: str = Field(description="pending, applied or rejected (of the latest version)")
+    reported_version: int | None
+    detail: str | None
+
+
+def _config_out(row: AgentConfigRow) -> AgentConfigOut:
+    current = row.reported_version == row.version
+    return AgentConfigOut(
+        agent_id=row.agent_id,
+        version=row.version,
+        desired=row.desired,
+        desired_at=row.desired_at,
+        status=(row.reported_status or "pending") if current else "pending",
+        reported_version=row.reported_version,
+        detail=row.reported_detail,
+    )
+
+
+@router.put("/agents/{agent_id}/config", status_code=status.HTTP_202_ACCEPTED, tags=["agents"])
+async def push_config(
+    agent_id: str, body: AgentConfigIn, hub: HubDep, _caller: Admin
+) -> AgentConfigOut:
+    """Push a new configuration to an agent; it applies it without restarting."""
+    try:
+        row = await hub.push_config(agent_id, body.config)
+    except UnknownDevice as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    return _config_out(row)
+
+
+@router.get("/agents/{agent_id}/config", tags=["agents"])
+async def get_config(agent_id: str, hub: HubDep, _caller: Reader) -> AgentConfigOut:
+    row = await hub.registry.get_config(agent_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no configuration pushed to '{agent_id}'")
+    return _config_out(row)

@@ -1,10 +1,18 @@
 """The hub's registry of agents, devices and commands (SQLite by default, PostgreSQL too)."""
 
-from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandGroupRow, CommandRow, DeviceRow
+from cloud_hub.registry.models import (
+    AgentConfigRow,
+    AgentRow,
+    ApiKeyRow,
+    CommandGroupRow,
+    CommandRow,
+    DeviceRow,
+)
 from cloud_hub.registry.store import TERMINAL_STATUSES, Registry, RegistryError, utcnow
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "AgentConfigRow",
     "AgentRow",
     "ApiKeyRow",
     "CommandGroupRow",

@@ -8,7 +8,15 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AgentRow", "ApiKeyRow", "Base", "CommandGroupRow", "CommandRow", "DeviceRow"]
+__all__ = [
+    "AgentConfigRow",
+    "AgentRow",
+    "ApiKeyRow",
+    "Base",
+    "CommandGroupRow",
+    "CommandRow",
+    "DeviceRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -73,6 +81,21 @@ class CommandGroupRow(Base):
     rejected: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AgentConfigRow(Base):
+    """The configuration the hub wants an agent to run, and what the agent said of it."""
+
+    __tablename__ = "agent_configs"
+
+    agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    desired: Mapped[dict[str, Any]] = mapped_column(JSON)
+    desired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reported_version: Mapped[int | None] = mapped_column(BigInteger)
+    reported_status: Mapped[str | None] = mapped_column(String(16))
+    reported_detail: Mapped[str | None] = mapped_column(Text)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKeyRow(Base):

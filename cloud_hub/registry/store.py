@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from cloud_hub.registry.migrate import current_revision, head_revision, upgrade
-from cloud_hub.registry.models import AgentRow, ApiKeyRow, CommandGroupRow, CommandRow, DeviceRow
+from cloud_hub.registry.models import (
+    AgentConfigRow,
+    AgentRow,
+    ApiKeyRow,
+    CommandGroupRow,
+    CommandRow,
+    DeviceRow,
+)
 from device_profiles.wire import DeviceInfo
 
 __all__ = ["TERMINAL_STATUSES", "Registry", "RegistryError", "utcnow"]
@@ -225,6 +232,41 @@ class Registry:
                 row.updated_at = utcnow()
                 changed.append(row)
         return changed
+
+    # -- remote configuration ---------------------------------------------------------------
+
+    async def set_desired_config(self, agent_id: str, config: dict[str, Any]) -> AgentConfigRow:
+        """Store a new desired configuration with the next version number."""
+        async with self.session.begin() as db:
+            row = await db.get(AgentConfigRow, agent_id, with_for_update=True)
+            if row is None:
+                row = AgentConfigRow(agent_id=agent_id, version=0)
+                db.add(row)
+            row.version += 1
+            row.desired, row.desired_at = config, utcnow()
+            return row
+
+    async def get_config(self, agent_id: str) -> AgentConfigRow | None:
+        async with self.session() as db:
+            return await db.get(AgentConfigRow, agent_id)
+
+    async def unconfirmed_configs(self) -> list[AgentConfigRow]:
+        async with self.session() as db:
+            query = select(AgentConfigRow).where(
+                or_(
+                    AgentConfigRow.reported_version.is_(None),
+                    AgentConfigRow.reported_version < AgentConfigRow.version,
+                )
+            )
+            return list((await db.scalars(query)).all())
+
+    async def config_reported(self, agent_id: str, version: int, status: str, detail: str) -> None:
+        async with self.session.begin() as db:
+            row = await db.get(AgentConfigRow, agent_id, with_for_update=True)
+            if row is None or (row.reported_version or 0) > version:
+                return
+            row.reported_version, row.reported_status = version, status
+            row.reported_detail, row.reported_at = detail, utcnow()
 
     # -- API keys ---------------------------------------------------------------------------
 

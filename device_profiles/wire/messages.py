@@ -29,15 +29,18 @@ from device_profiles.wire.topics import ID_PATTERN
 
 __all__ = [
     "MAX_READINGS_PER_BATCH",
+    "MESSAGE_TYPES",
     "AgentHealth",
     "AgentState",
     "CommandRequest",
     "CommandResult",
     "CommandStatus",
+    "DesiredConfig",
     "DeviceEvent",
     "DeviceHealth",
     "DeviceInfo",
     "Reading",
+    "ReportedConfig",
     "TelemetryBatch",
     "decode",
     "decode_telemetry",
@@ -149,6 +152,42 @@ class CommandResult(_Message):
     detail: str = ""
     ts: EpochMs
 
+
+class DesiredConfig(_Message):
+    """Configuration the hub wants an agent to run (retained on ``config/desired``).
+
+    ``config`` is the agent's remotely manageable settings (its devices and reporting
+    knobs); the agent validates it, applies it without a restart, and answers with a
+    :class:`ReportedConfig`. The hub relays it and does not interpret it.
+    """
+
+    agent_id: WireId
+    version: int = Field(ge=1)
+    config: dict[str, Any]
+    issued_at: EpochMs | None = None
+
+
+class ReportedConfig(_Message):
+    """What an agent did with a desired configuration (retained on ``config/reported``)."""
+
+    agent_id: WireId
+    version: int = Field(ge=0)
+    status: Literal["applied", "rejected"]
+    detail: str = ""
+    ts: EpochMs
+
+
+#: Every message type of the contract (e.g. for a store that keeps messages by type name).
+MESSAGE_TYPES: tuple[type[BaseModel], ...] = (
+    AgentHealth,
+    AgentState,
+    CommandRequest,
+    CommandResult,
+    DesiredConfig,
+    DeviceEvent,
+    ReportedConfig,
+    TelemetryBatch,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
