@@ -33,7 +33,7 @@ import asyncio
 import enum
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -125,8 +125,15 @@ class TrafficLog:
     clock: Callable[[], float] = time.time
     _records: deque[TrafficRecord] = field(init=False)
 
+    _totals: Counter[tuple[str, int]] = field(init=False)
+
     def __post_init__(self) -> None:
         self._records = deque(maxlen=self.size)
+        self._totals = Counter()
+
+    def total(self, direction: Literal["request", "answer"], function: int) -> int:
+        """Frames of one function code seen since start (not bounded like the log)."""
+        return self._totals[(direction, function)]
 
     def add(
         self,
@@ -139,6 +146,7 @@ class TrafficLog:
         self._records.append(
             TrafficRecord(self.clock(), direction, unit_id, function, bytes(frame), fault)
         )
+        self._totals[(direction, function)] += 1
 
     @property
     def records(self) -> list[TrafficRecord]:
