@@ -24,12 +24,14 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from cloud_hub.alarms import AlarmEngine
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
 from cloud_hub.provisioning import ProvisioningService
 from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
 from cloud_hub.storage import TelemetryStore, open_store
+from cloud_hub.webhooks import WebhookDispatcher
 from cloud_hub.writer import Pending, TelemetryWriter
 from device_profiles import CommandRejected, DeviceProfile
 from device_profiles.wire import (
@@ -77,6 +79,8 @@ class Hub:
         self.store = store if store is not None else open_store(settings.storage)
         self.events = EventBus()
         self.ingest = Ingest(self.registry, self.events)
+        self.alarms = AlarmEngine(self.events, self.registry, self.ingest.profile_of)
+        self.webhooks = WebhookDispatcher(self.events, self.registry, settings.webhooks)
         self.writer = TelemetryWriter(
             self.store, on_stored=self.ingest.stored, on_rejected=self.ingest.rejected
         )
@@ -91,8 +95,12 @@ class Hub:
         await self.registry.start()
         await self.store.start()
         await self.ingest.load_devices()
+        await self.alarms.start()  # reloads open alarms and timers; needs the profiles
+        await self.webhooks.start()
 
     async def close(self) -> None:
+        self.alarms.close()
+        await self.webhooks.close()
         await self.ingest.flush_last_seen()
         await self.store.close()
         await self.registry.close()
@@ -107,6 +115,8 @@ class Hub:
                 self._periodic(LAST_SEEN_FLUSH_S, self.ingest.flush_last_seen), name="last-seen"
             )
             group.create_task(self.writer.run(), name="telemetry-writer")
+            group.create_task(self.alarms.run(), name="alarms")
+            group.create_task(self.webhooks.run(), name="webhooks")
             group.create_task(
                 self._stay_connected("control", self._control_session), name="mqtt-control"
             )

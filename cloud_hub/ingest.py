@@ -209,6 +209,14 @@ class Ingest:
         for info in state.devices:
             self._remember(info.device_id, agent_id, info.profile)
         log.info("agent state", agent_id=agent_id, state=state.state, devices=len(state.devices))
+        self.events.publish(
+            HubEvent(
+                kind="status",
+                ts_ms=state.ts or _now_ms(),
+                agent_id=agent_id,
+                data={"scope": "agent", "state": state.state},
+            )
+        )
 
     def _health(self, agent_id: str, health: AgentHealth) -> None:
         if health.agent_id != agent_id:

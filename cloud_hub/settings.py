@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from cloud_hub.provisioning import ProvisioningSettings
+from cloud_hub.webhooks import WebhookSettings
 from iot_runtime import FileAndEnvSettings
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings
@@ -81,6 +82,7 @@ class HubSettings(FileAndEnvSettings):
     )
     api: ApiSettings = Field(default_factory=ApiSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     command_ttl_s: float = Field(
         default=3600, gt=0, description="Default time a command may wait for its agent."
     )

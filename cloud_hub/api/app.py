@@ -11,10 +11,15 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from cloud_hub.api.auth import Principal, require
-from cloud_hub.api.problems import install_problem_handlers, problem
+from cloud_hub.api.limits import BodySizeLimit
+from cloud_hub.api.problems import install_problem_handlers, problem, problem_responses
 from cloud_hub.api.routes import router
+from cloud_hub.api.routes_alarms import router as alarms_router
 from cloud_hub.api.routes_command_groups import router as command_groups_router
+from cloud_hub.api.routes_events import router as events_router
+from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
 from cloud_hub.api.routes_provisioning import router as provisioning_router
+from cloud_hub.api.routes_webhooks import router as webhooks_router
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
 from cloud_hub.settings import HubSettings
@@ -46,23 +51,32 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, per_path={"/api/v1/provisioning/bulk": MAX_CSV_BYTES})
     app.include_router(router)
     app.include_router(command_groups_router)
     app.include_router(provisioning_router)
+    app.include_router(alarms_router)
+    app.include_router(events_router)
+    app.include_router(webhooks_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
+    @app.get("/readyz", tags=["health"], responses=problem_responses(503, s503="Not ready"))
     async def readyz() -> JSONResponse:
         """Ready when both MQTT sessions are up."""
         if not (the_hub.connected.is_set() and the_hub.telemetry_connected.is_set()):
             return problem(503, "Not ready", "not connected to the MQTT broker")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses=problem_responses(401, 403),
+    )
     async def metrics(_caller: Annotated[Principal, Depends(require("read"))]) -> Response:
         """Prometheus metrics: ingest rate, write latency, dead letters, agents, commands."""
         return Response(await render_metrics(the_hub), media_type=CONTENT_TYPE)

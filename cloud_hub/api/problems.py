@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -9,9 +11,45 @@ from starlette.exceptions import HTTPException
 
 from device_profiles import CommandRejected, format_location
 
-__all__ = ["install_problem_handlers", "problem"]
+__all__ = ["PROBLEM_JSON", "TITLES", "install_problem_handlers", "problem", "problem_responses"]
 
 PROBLEM_JSON = "application/problem+json"
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Content Too Large",
+    422: "Invalid request",
+    429: "Too Many Requests",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+#: The JSON schema of an RFC 9457 problem (other members, e.g. ``errors``, may follow).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for errors answered as problems; ``descriptions`` by ``s401=...``."""
+    return {
+        status: {
+            "description": descriptions.get(f"s{status}", TITLES[status]),
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
 
 
 def problem(status: int, title: str, detail: str, **extra: object) -> JSONResponse:
@@ -21,16 +59,7 @@ def problem(status: int, title: str, detail: str, **extra: object) -> JSONRespon
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    title = {
-        401: "Unauthorized",
-        403: "Forbidden",
-        404: "Not Found",
-        405: "Method Not Allowed",
-        409: "Conflict",
-        413: "Content Too Large",
-        429: "Too Many Requests",
-    }
-    response = problem(exc.status_code, title.get(exc.status_code, "Error"), str(exc.detail))
+    response = problem(exc.status_code, TITLES.get(exc.status_code, "Error"), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
     return response

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import Principal, Role, require
+from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import (
     AgentOut,
     CommandCreate,
@@ -16,6 +17,7 @@ from cloud_hub.api.schemas import (
     DeviceOut,
     LatestTelemetry,
     PointValue,
+    UtcDateTime,
 )
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.hub import Hub, UnknownDevice
@@ -34,11 +36,17 @@ HubDep = Annotated[Hub, Depends(_hub)]
 Reader = Annotated[Principal, Depends(require("read"))]
 Commander = Annotated[Principal, Depends(require("command"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
-_AUTH_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"description": "No API key, or an unknown or revoked one"},
-    403: {"description": "The key's role may not do this"},
-}
-router = APIRouter(prefix="/api/v1", responses=_AUTH_ERRORS)
+_ERRORS = problem_responses(
+    400,
+    401,
+    403,
+    404,
+    422,
+    s401="No API key, or an unknown or revoked one",
+    s403="The key's role may not do this",
+    s404="No such agent, device, command or key",
+)
+router = APIRouter(prefix="/api/v1", responses=_ERRORS)
 
 
 def _agent_out(hub: Hub, row: AgentRow) -> AgentOut:
@@ -99,7 +107,7 @@ async def latest_telemetry(device_id: str, hub: HubDep, _caller: Reader) -> Late
     "/devices/{device_id}/commands",
     status_code=status.HTTP_202_ACCEPTED,
     tags=["commands"],
-    responses={422: {"description": "Unknown command, bad parameters or out-of-range values"}},
+    responses=problem_responses(422, s422="Unknown command, bad parameters or out-of-range values"),
 )
 async def send_command(
     device_id: str, body: CommandCreate, hub: HubDep, _caller: Commander
@@ -194,7 +202,7 @@ class AgentConfigOut(BaseModel):
     agent_id: str
     version: int
     desired: dict[str, Any]
-    desired_at: datetime
+    desired_at: UtcDateTime
     status: str = Field(description="pending, applied or rejected (of the latest version)")
     reported_version: int | None
     detail: str | None

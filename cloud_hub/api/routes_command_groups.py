@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import CommandOut
 from cloud_hub.hub import Hub
 from cloud_hub.registry import TERMINAL_STATUSES
@@ -26,10 +27,16 @@ Reader = Annotated[Principal, Depends(require("read"))]
 router = APIRouter(
     prefix="/api/v1",
     tags=["commands"],
-    responses={
-        401: {"description": "No API key, or an unknown or revoked one"},
-        403: {"description": "The key's role may not do this"},
-    },
+    responses=problem_responses(
+        400,
+        401,
+        403,
+        404,
+        422,
+        s401="No API key, or an unknown or revoked one",
+        s403="The key's role may not do this",
+        s404="No such command or command group",
+    ),
 )
 
 
@@ -117,7 +124,7 @@ async def get_group(group_id: str, hub: HubDep, _caller: Reader) -> GroupOut:
 
 @router.post(
     "/commands/{command_id}/cancel",
-    responses={409: {"description": "The command already has a final status"}},
+    responses=problem_responses(409, s409="The command already has a final status"),
 )
 async def cancel_command(command_id: str, hub: HubDep, _caller: Commander) -> CommandOut:
     """Cancel a command that has no final status yet."""

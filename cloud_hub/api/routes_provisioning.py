@@ -12,7 +12,6 @@ revoke only its tokens. Admins act on every site.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
@@ -20,7 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import Principal, require
-from cloud_hub.api.problems import PROBLEM_JSON, problem
+from cloud_hub.api.problems import TITLES, problem, problem_responses
+from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.provisioning import (
     DeviceSpec,
     IssuedToken,
@@ -44,22 +44,11 @@ def _service(request: Request) -> ProvisioningService:
 ServiceDep = Annotated[ProvisioningService, Depends(_service)]
 Provisioner = Annotated[Principal, Depends(require("provision"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
-router = APIRouter(prefix="/api/v1")
-
-_TITLES = {
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    409: "Conflict",
-    410: "Gone",
-    422: "Invalid request",
-    429: "Too Many Requests",
-    502: "Bad Gateway",
-}
+router = APIRouter(prefix="/api/v1", responses=problem_responses(400, 401, 403, 422))
 
 
 def _problem(exc: ProvisioningError) -> JSONResponse:
-    response = problem(exc.status, _TITLES.get(exc.status, "Error"), exc.detail, reason=exc.reason)
+    response = problem(exc.status, TITLES.get(exc.status, "Error"), exc.detail, reason=exc.reason)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     if exc.status == 401:
@@ -67,8 +56,7 @@ def _problem(exc: ProvisioningError) -> JSONResponse:
     return response
 
 
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"description": _TITLES[s], "content": {PROBLEM_JSON: {}}} for s in statuses}
+_problems = problem_responses
 
 
 def _scope(principal: Principal) -> str | None:
@@ -103,11 +91,11 @@ class TokenOut(BaseModel):
     agent_id: str | None
     note: str
     created_by: str
-    created_at: datetime
-    expires_at: datetime
+    created_at: UtcDateTime
+    expires_at: UtcDateTime
     max_uses: int
     uses: int
-    revoked_at: datetime | None
+    revoked_at: UtcDateTime | None
 
 
 class TokenIssued(BaseModel):
@@ -115,7 +103,7 @@ class TokenIssued(BaseModel):
     token: str = Field(description="The secret: shown this once, never again.")
     site: str | None
     agent_id: str | None
-    expires_at: datetime
+    expires_at: UtcDateTime
     max_uses: int
     devices: int = Field(description="Devices planned on the token (bulk import).")
 
@@ -161,14 +149,14 @@ class ClaimOut(BaseModel):
 
 class AgentRevoked(BaseModel):
     agent_id: str
-    revoked_at: datetime
+    revoked_at: UtcDateTime
 
 
 class AuditOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    at: datetime
+    at: UtcDateTime
     actor: str
     action: str
     target: str
@@ -243,7 +231,7 @@ async def revoke_token(
     status_code=status.HTTP_201_CREATED,
     tags=["provisioning"],
     response_model=list[TokenIssued],
-    responses=_problems(403, 409, 422),
+    responses=_problems(403, 409, 413, 422),
     openapi_extra={
         "requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
     },

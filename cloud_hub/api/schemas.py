@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from device_profiles import Value
 
-__all__ = ["AgentOut", "CommandCreate", "CommandOut", "DeviceOut", "LatestTelemetry", "PointValue"]
+__all__ = [
+    "AgentOut",
+    "CommandCreate",
+    "CommandOut",
+    "DeviceOut",
+    "LatestTelemetry",
+    "PointValue",
+    "UtcDateTime",
+]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A naive time (SQLite drops the offset) is UTC; the schema promises RFC 3339 date-time."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+#: A response time: always with an offset (``...Z``/``+00:00``), as ``format: date-time`` requires.
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class DeviceOut(BaseModel):
@@ -19,7 +36,7 @@ class DeviceOut(BaseModel):
     agent_id: str
     profile: str
     status: str
-    last_seen: datetime | None = Field(description="When the edge last read the device.")
+    last_seen: UtcDateTime | None = Field(description="When the edge last read the device.")
     site: str | None = None
     pole: str | None = None
     mount_position: str | None = None
@@ -35,8 +52,8 @@ class AgentOut(BaseModel):
     agent_id: str
     state: str = Field(description="online, offline (birth message / Last Will) or unknown")
     software_version: str
-    state_changed_at: datetime | None
-    last_seen: datetime | None
+    state_changed_at: UtcDateTime | None
+    last_seen: UtcDateTime | None
     health: dict[str, Any] | None = Field(
         default=None, description="The agent's latest health report (CPU, memory, buffer, devices)."
     )
@@ -44,7 +61,7 @@ class AgentOut(BaseModel):
 
 class PointValue(BaseModel):
     value: Value
-    ts: datetime = Field(description="When the edge read the value (UTC).")
+    ts: UtcDateTime = Field(description="When the edge read the value (UTC).")
     unit: str
 
 
@@ -79,5 +96,5 @@ class CommandOut(BaseModel):
         description="queued, sent, delivered, succeeded, failed, rejected, expired or timed_out"
     )
     detail: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime

@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import cloud_hub.provisioning.models  # noqa: F401 - registers its tables on Base
+import cloud_hub.alarms.models
+import cloud_hub.provisioning.models
+import cloud_hub.webhook_models  # noqa: F401
 from cloud_hub.registry.models import Base
 
 connection: Connection | None = context.config.attributes.get("connection")

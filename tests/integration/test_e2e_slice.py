@@ -187,7 +187,27 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
             assert reason in response.json()["detail"]
         assert len(sim.writes) == 1
 
-        # 4. unknown device → 404 problem
+        # 4. an alarm from the profile's rules: the cabinet door opens at the pole
+        sim.image.set("door_open", True)
+
+        async def door_alarm() -> dict[str, Any] | None:
+            body = (await api.get("/api/v1/alarms", params={"device_id": device_id})).json()
+            active = [
+                a for a in body["items"] if a["rule"] == "door_open" and a["state"] == "active"
+            ]
+            return active[0] if active else None
+
+        alarm = await eventually(door_alarm)
+        assert alarm["severity"] == "minor"
+        sim.image.set("door_open", False)
+
+        async def door_cleared() -> bool | None:
+            found = (await api.get(f"/api/v1/alarms/{alarm['alarm_id']}")).json()
+            return True if found["state"] == "cleared" else None
+
+        await eventually(door_cleared)
+
+        # 5. unknown device → 404 problem
         response = await api.post("/api/v1/devices/nope/commands", json={"name": "lamp_on"})
         assert response.status_code == 404
         assert (await api.get("/api/v1/devices/nope/telemetry/latest")).status_code == 404
