@@ -12,13 +12,19 @@ from fastapi.responses import JSONResponse, Response
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.limits import BodySizeLimit
-from cloud_hub.api.problems import install_problem_handlers, problem, problem_responses
+from cloud_hub.api.problems import (
+    document_problems,
+    install_problem_handlers,
+    problem,
+    problem_responses,
+)
 from cloud_hub.api.routes import router
 from cloud_hub.api.routes_alarms import router as alarms_router
 from cloud_hub.api.routes_command_groups import router as command_groups_router
 from cloud_hub.api.routes_events import router as events_router
 from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
 from cloud_hub.api.routes_provisioning import router as provisioning_router
+from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
@@ -53,11 +59,13 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, per_path={"/api/v1/provisioning/bulk": MAX_CSV_BYTES})
     app.include_router(router)
+    app.include_router(telemetry_router)
     app.include_router(command_groups_router)
     app.include_router(provisioning_router)
     app.include_router(alarms_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
+    document_problems(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -11,7 +11,14 @@ from starlette.exceptions import HTTPException
 
 from device_profiles import CommandRejected, format_location
 
-__all__ = ["PROBLEM_JSON", "TITLES", "install_problem_handlers", "problem", "problem_responses"]
+__all__ = [
+    "PROBLEM_JSON",
+    "TITLES",
+    "document_problems",
+    "install_problem_handlers",
+    "problem",
+    "problem_responses",
+]
 
 PROBLEM_JSON = "application/problem+json"
 TITLES = {
@@ -84,3 +91,40 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(CommandRejected, _command_rejected)
+
+
+def _document(operation: dict[str, Any]) -> None:
+    """Add the errors an operation can answer, each as ``application/problem+json``."""
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    params = operation.get("parameters", [])
+    statuses: set[int] = set()
+    if operation.get("security"):
+        statuses |= {401, 403}  # the API key dependency
+    if any(p.get("in") == "path" for p in params):
+        statuses.add(404)  # no such resource
+    if "requestBody" in operation:
+        statuses |= {400, 413, 422}  # unparsable, too large (BodySizeLimit), invalid
+    elif params:
+        statuses.add(422)
+    for status in statuses:
+        responses.setdefault(str(status), {"description": TITLES[status]})
+    for code, response in responses.items():
+        if code[0] in "45":  # every error of this app is a problem (handlers above)
+            response["content"] = {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the app's OpenAPI say what it does: errors (401/403 of API keys, 404 of path ids,
+    400/413/422 of bodies and parameters) are ``application/problem+json``, not FastAPI's
+    default ``application/json`` validation error."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    _document(operation)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented extension

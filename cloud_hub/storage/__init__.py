@@ -2,7 +2,10 @@
 
 from cloud_hub.settings import InfluxV1Settings, StorageSettings
 from cloud_hub.storage.base import (
+    Aggregate,
     LatestValue,
+    Series,
+    SeriesQuery,
     StorageError,
     StorageRejected,
     StorageTooLarge,
@@ -14,8 +17,11 @@ from cloud_hub.storage.influx_v1 import InfluxV1Store
 from cloud_hub.storage.sqlite_store import SqliteStore
 
 __all__ = [
+    "Aggregate",
     "InfluxV1Store",
     "LatestValue",
+    "Series",
+    "SeriesQuery",
     "SqliteStore",
     "StorageError",
     "StorageRejected",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from device_profiles import Value
 
 __all__ = [
+    "Aggregate",
     "LatestValue",
+    "Series",
+    "SeriesQuery",
     "StorageError",
     "StorageRejected",
     "StorageTooLarge",
@@ -54,6 +57,32 @@ class StoredReading:
     values: dict[str, Value]
 
 
+Aggregate = Literal["mean", "min", "max", "last", "count"]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    """Values of some points of some devices (all of one profile) over ``[start_ms, end_ms)``;
+    raw, or aggregated per ``window_ms`` with ``aggregate``; at most ``limit`` values a series."""
+
+    profile: str
+    device_ids: tuple[str, ...]
+    points: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+    window_ms: int | None = None
+    aggregate: Aggregate | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    device_id: str
+    point: str
+    #: (time in ms, value): the edge read time, or the start of the window
+    values: list[tuple[int, Value]]
+
+
 @dataclass(frozen=True, slots=True)
 class LatestValue:
     value: Value
@@ -68,6 +97,9 @@ class TelemetryStore(Protocol):
 
     async def write(self, readings: Sequence[StoredReading]) -> None:
         """Store readings; writing the same reading again changes nothing (idempotent)."""
+
+    async def query(self, query: SeriesQuery) -> list[Series]:
+        """One series per device and point, oldest first (empty ones left out)."""
 
     async def latest(
         self, device_id: str, profile: str, points: Sequence[str]

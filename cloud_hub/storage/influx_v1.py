@@ -7,6 +7,7 @@ the time is the edge read time in milliseconds. A replayed reading overwrites it
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,8 @@ import structlog
 from cloud_hub.settings import InfluxV1Settings
 from cloud_hub.storage.base import (
     LatestValue,
+    Series,
+    SeriesQuery,
     StorageError,
     StorageRejected,
     StorageTooLarge,
@@ -28,6 +31,8 @@ from cloud_hub.storage.line_protocol import encode_lines
 __all__ = ["InfluxV1Store"]
 
 log = structlog.get_logger(__name__)
+
+_INFLUX_AGGREGATES = {"mean": "MEAN", "min": "MIN", "max": "MAX", "last": "LAST", "count": "COUNT"}
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -117,6 +122,41 @@ class InfluxV1Store:
                     if value is not None:
                         out[point] = LatestValue(value=value, ts_ms=int(time_ms))
         return out
+
+    async def query(self, query: SeriesQuery) -> list[Series]:
+        devices = "|".join(re.escape(d) for d in query.device_ids)
+        where = (
+            f"WHERE device_id =~ /^({devices})$/ "
+            f"AND time >= {query.start_ms}ms AND time < {query.end_ms}ms"
+        )
+        if query.aggregate is not None and query.window_ms is not None:
+            function = _INFLUX_AGGREGATES[query.aggregate]
+            fields = ", ".join(
+                f"{function}({_quote_ident(p)}) AS {_quote_ident(p)}" for p in query.points
+            )
+            group = f"GROUP BY time({query.window_ms}ms), device_id fill(none)"
+        else:
+            fields = ", ".join(_quote_ident(p) for p in query.points)
+            group = "GROUP BY device_id"
+        statement = (
+            f"SELECT {fields} FROM {_quote_ident(query.profile)} {where} {group} "  # noqa: S608 - quoted
+            f"ORDER BY time ASC LIMIT {query.limit}"
+        )
+        body = await self._query(statement, epoch="ms")
+        out: list[Series] = []
+        for result in body.get("results", []):
+            for series in result.get("series", []):
+                device_id = series.get("tags", {}).get("device_id", "")
+                columns = series["columns"]
+                for index, point in enumerate(columns[1:], start=1):
+                    values = [
+                        (int(row[0]), row[index])
+                        for row in series["values"]
+                        if row[index] is not None
+                    ]
+                    if values:
+                        out.append(Series(device_id, point, values))
+        return sorted(out, key=lambda s: (s.device_id, s.point))
 
     async def _query(
         self, q: str, *, post: bool = False, epoch: str | None = None

@@ -10,10 +10,26 @@ from collections.abc import Sequence
 import aiosqlite
 
 from cloud_hub.settings import SqliteStoreSettings
-from cloud_hub.storage.base import LatestValue, StorageError, StorageUnavailable, StoredReading
+from cloud_hub.storage.base import (
+    LatestValue,
+    Series,
+    SeriesQuery,
+    StorageError,
+    StorageUnavailable,
+    StoredReading,
+)
 from device_profiles import Value
 
 __all__ = ["SqliteStore"]
+
+#: SQL for each aggregate; ``last`` relies on SQLite returning the bare column of MAX(ts_ms)
+_SQLITE_AGGREGATES = {
+    "mean": "AVG(value)",
+    "min": "MIN(value)",
+    "max": "MAX(value)",
+    "count": "COUNT(value)",
+    "last": "value",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -63,6 +79,31 @@ class SqliteStore:
             await self.db.commit()
         except aiosqlite.Error as exc:
             raise StorageUnavailable(f"SQLite write failed: {exc}") from exc
+
+    async def query(self, query: SeriesQuery) -> list[Series]:
+        marks_d = ",".join("?" * len(query.device_ids))
+        marks_p = ",".join("?" * len(query.points))
+        where = f"device_id IN ({marks_d}) AND point IN ({marks_p}) AND ts_ms >= ? AND ts_ms < ?"
+        args: list[object] = [*query.device_ids, *query.points, query.start_ms, query.end_ms]
+        if query.aggregate is not None and query.window_ms is not None:
+            bucket = f"(ts_ms - (ts_ms % {int(query.window_ms)}))"
+            value = _SQLITE_AGGREGATES[query.aggregate]
+            sql = (
+                f"SELECT device_id, point, {bucket} AS t, {value}, MAX(ts_ms) FROM readings "  # noqa: S608 - no user text
+                f"WHERE {where} GROUP BY device_id, point, t ORDER BY device_id, point, t"
+            )
+        else:
+            sql = (
+                "SELECT device_id, point, ts_ms, value FROM readings "  # noqa: S608 - no user text
+                f"WHERE {where} ORDER BY device_id, point, ts_ms"
+            )
+        cursor = await self.db.execute(sql, args)
+        grouped: dict[tuple[str, str], list[tuple[int, Value]]] = {}
+        for row in await cursor.fetchall():
+            values = grouped.setdefault((row[0], row[1]), [])
+            if len(values) < query.limit:
+                values.append((int(row[2]), row[3]))
+        return [Series(d, p, v) for (d, p), v in grouped.items()]
 
     async def latest(
         self, device_id: str, profile: str, points: Sequence[str]

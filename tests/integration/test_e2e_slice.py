@@ -187,6 +187,21 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
             assert reason in response.json()["detail"]
         assert len(sim.writes) == 1
 
+        # the history: raw and aggregated, through the API
+        history = await api.get(
+            "/api/v1/telemetry", params={"device_id": device_id, "point": ["power", "dimming"]}
+        )
+        assert history.status_code == 200, history.text
+        power = next(s for s in history.json()["series"] if s["point"] == "power")
+        assert power["unit"] == "W" and power["values"][-1][1] == pytest.approx(stored_power)
+        windowed = await api.get(
+            "/api/v1/telemetry",
+            params={"device_id": device_id, "point": "dimming", "window_s": 3600, "agg": "min"},
+        )
+        assert windowed.json()["series"][0]["values"][-1][1] == 40
+        bad = await api.get("/api/v1/telemetry", params={"device_id": device_id, "agg": "mean"})
+        assert bad.status_code == 422
+
         # 4. an alarm from the profile's rules: the cabinet door opens at the pole
         sim.image.set("door_open", True)
 

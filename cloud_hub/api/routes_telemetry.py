@@ -1,0 +1,135 @@
+"""Telemetry queries: time ranges, aggregate windows, several points and devices."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+
+from cloud_hub.api.auth import Principal, require
+from cloud_hub.hub import Hub, UnknownDevice
+from cloud_hub.storage import Aggregate, SeriesQuery
+from device_profiles import DeviceProfile
+
+__all__ = ["router"]
+
+MAX_DEVICES = 100
+DEFAULT_SPAN_MS = 3_600_000
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(_hub)]
+Reader = Annotated[Principal, Depends(require("read"))]
+router = APIRouter(
+    prefix="/api/v1",
+    tags=["telemetry"],
+    responses={
+        401: {"description": "No API key, or an unknown or revoked one"},
+        403: {"description": "The key's role may not do this"},
+    },
+)
+
+
+class SeriesOut(BaseModel):
+    device_id: str
+    point: str
+    unit: str
+    values: list[tuple[int, Any]] = Field(
+        description="[time, value] pairs, oldest first; time in ms since the epoch (UTC): the "
+        "edge read time, or the start of the window when aggregated."
+    )
+
+
+class TelemetryOut(BaseModel):
+    start_ms: int
+    end_ms: int
+    window_s: float | None
+    agg: str | None
+    series: list[SeriesOut]
+
+
+def _ms(value: datetime | None, default: int) -> int:
+    return default if value is None else int(value.timestamp() * 1000)
+
+
+@router.get(
+    "/telemetry",
+    responses={404: {"description": "Unknown device"}, 422: {"description": "Invalid query"}},
+)
+async def query_telemetry(
+    hub: HubDep,
+    _caller: Reader,
+    device_id: Annotated[list[str], Query(min_length=1, max_length=MAX_DEVICES)],
+    point: Annotated[
+        list[str] | None, Query(description="Points; all of the profile if none.")
+    ] = None,
+    start: Annotated[
+        datetime | None, Query(description="From (ISO 8601); 1 h before end if none.")
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(description="Until, exclusive (ISO 8601); now if none.")
+    ] = None,
+    window_s: Annotated[float | None, Query(gt=0, le=31 * 86400)] = None,
+    agg: Annotated[
+        Aggregate | None, Query(description="With window_s: mean, min, max, last or count.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Values per series at most.")] = 1000,
+) -> TelemetryOut:
+    """Values of points of devices over a time range, raw or aggregated per window."""
+    if (window_s is None) != (agg is None):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "give both window_s and agg, or neither"
+        )
+    end_ms = _ms(end, time.time_ns() // 1_000_000)
+    start_ms = _ms(start, end_ms - DEFAULT_SPAN_MS)
+    if start_ms >= end_ms:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "start must be before end")
+    by_profile: dict[str, tuple[DeviceProfile, list[str]]] = {}
+    for device in dict.fromkeys(device_id):
+        try:
+            _, profile = await hub.profile_for(device)
+        except UnknownDevice as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        by_profile.setdefault(profile.name, (profile, []))[1].append(device)
+    wanted = list(dict.fromkeys(point or []))
+    series: list[SeriesOut] = []
+    for profile, devices in by_profile.values():
+        points = [p for p in wanted if p in profile.points] if wanted else list(profile.points)
+        unknown = [
+            p for p in wanted if not any(p in prof.points for prof, _ in by_profile.values())
+        ]
+        if unknown:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"no point {', '.join(map(repr, unknown))} in profile '{profile.name}'",
+            )
+        if not points:
+            continue
+        found = await hub.store.query(
+            SeriesQuery(
+                profile=profile.name,
+                device_ids=tuple(devices),
+                points=tuple(points),
+                start_ms=start_ms,
+                end_ms=end_ms,
+                window_ms=int(window_s * 1000) if window_s else None,
+                aggregate=agg,
+                limit=limit,
+            )
+        )
+        for s in found:
+            spec = profile.points[s.point]
+            values = s.values
+            if agg is None and spec.type == "bool":
+                values = [(t, bool(v)) for t, v in values]
+            series.append(
+                SeriesOut(device_id=s.device_id, point=s.point, unit=spec.unit, values=values)
+            )
+    return TelemetryOut(start_ms=start_ms, end_ms=end_ms, window_s=window_s, agg=agg, series=series)
