@@ -82,6 +82,9 @@ class CommandExecutor:
             writes = device.profile.resolve_command(request.name, dict(request.params))
         except CommandRejected as exc:
             return "rejected", exc.reason
+        if not device.allow_command(time.monotonic()):
+            limit = device.config.commands_per_minute
+            return "rejected", f"rate limited: at most {limit} commands a minute for this device"
         self._report(request, "delivered", "executing")
         async with device.command_lock:
             if request.expires_at is not None and self.clock_ms() >= request.expires_at:

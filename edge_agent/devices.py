@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 
 from device_profiles import DeviceProfile, Value, resolve_profile
@@ -20,6 +21,17 @@ class DeviceRuntime:
     driver: Driver
     #: serialises command execution on this device (the driver serialises bus access)
     command_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: monotonic times of the commands executed in the last minute (the rate limit)
+    recent_commands: deque[float] = field(default_factory=deque)
+
+    def allow_command(self, now: float) -> bool:
+        """Count a command against the device's per-minute limit; False when over it."""
+        while self.recent_commands and now - self.recent_commands[0] >= 60.0:
+            self.recent_commands.popleft()
+        if len(self.recent_commands) >= self.config.commands_per_minute:
+            return False
+        self.recent_commands.append(now)
+        return True
 
     @classmethod
     def from_config(cls, config: DeviceConfig) -> DeviceRuntime:

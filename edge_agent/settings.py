@@ -39,6 +39,12 @@ class DeviceConfig(BaseModel):
     max_silent_s: float = Field(
         default=60.0, gt=0, le=86400, description="Report a point at least this often."
     )
+    commands_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=6000,
+        description="Commands this device executes per minute at most; more are rejected.",
+    )
 
     @field_validator("profile")
     @classmethod

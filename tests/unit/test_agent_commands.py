@@ -18,11 +18,14 @@ pytestmark = pytest.mark.unit
 NOW = 1_700_000_000_000
 
 
-def _setup() -> tuple[CommandExecutor, FakeDriver, Outbox]:
+def _setup(per_minute: int = 30) -> tuple[CommandExecutor, FakeDriver, Outbox]:
     profile = load_builtin_profile("smart_pole")
     driver = FakeDriver(profile)
     config = DeviceConfig(
-        device_id="pole-1", profile="smart_pole", connection=ModbusTcpSettings(host="127.0.0.1")
+        device_id="pole-1",
+        profile="smart_pole",
+        connection=ModbusTcpSettings(host="127.0.0.1"),
+        commands_per_minute=per_minute,
     )
     outbox = Outbox(agent_id="a1")
     device = DeviceRuntime(config, profile, driver)
@@ -109,3 +112,13 @@ async def test_unknown_device_is_rejected() -> None:
     await executor.handle(request)
     [result] = await _results(outbox)
     assert result.status == "rejected"
+
+
+async def test_per_device_rate_limit() -> None:
+    executor, driver, outbox = _setup(per_minute=2)
+    for i in range(3):
+        await executor.handle(_request("lamp_on", command_id=f"c{i}"))
+    finals = [r for r in await _results(outbox) if r.status != "delivered"]
+    assert [r.status for r in finals] == ["succeeded", "succeeded", "rejected"]
+    assert "rate limited" in finals[-1].detail
+    assert len(driver.writes) == 2
