@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from cloud_hub.coap_settings import CoapIngressSettings
 from cloud_hub.provisioning import ProvisioningSettings
 from cloud_hub.webhooks import WebhookSettings
 from iot_runtime import FileAndEnvSettings
@@ -83,6 +84,7 @@ class HubSettings(FileAndEnvSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    coap: CoapIngressSettings = Field(default_factory=CoapIngressSettings)
     command_ttl_s: float = Field(
         default=3600, gt=0, description="Default time a command may wait for its agent."
     )

@@ -16,6 +16,7 @@ from drivers import DriverError
 from edge_agent.commands import CommandExecutor
 from edge_agent.devices import DeviceRuntime
 from edge_agent.health import HealthReporter
+from edge_agent.nbiot_uplink import NbIotUplink, WakingOutbox
 from edge_agent.poller import DevicePoller
 from edge_agent.remote_config import ConfigRejected, load_applied, parse_remote, store_applied
 from edge_agent.settings import AgentSettings
@@ -45,7 +46,7 @@ class Agent:
         configs = applied[1].devices if applied else settings.devices
         self.devices = {d.device_id: DeviceRuntime.from_config(d) for d in configs}
         buffer = settings.buffer
-        self.outbox = DiskOutbox.open(
+        spool = DiskOutbox.open(
             settings.data_dir / "outbox.sqlite3",
             settings.agent_id,
             max_bytes=buffer.max_bytes,
@@ -55,17 +56,35 @@ class Agent:
             flush_max_readings=buffer.flush_max_readings,
             synchronous=buffer.synchronous,
         )
+        # an NB-IoT uplink sleeps between cycles: urgent messages (results, events) wake it
+        self.outbox: DiskOutbox | WakingOutbox = (
+            WakingOutbox(spool) if settings.nbiot is not None else spool
+        )
         self.pollers = [DevicePoller(device, self.outbox) for device in self.devices.values()]
         self.executor = CommandExecutor(self.devices, self.outbox)
-        self.uplink = MqttUplink(
-            settings.agent_id,
-            settings.mqtt,
-            self.outbox,
-            [device.info for device in self.devices.values()],
-            self.executor.handle,
-            software_version=software_version(),
-            on_config=self.apply_config,
-        )
+        devices = [device.info for device in self.devices.values()]
+        self.uplink: MqttUplink | NbIotUplink
+        if settings.nbiot is not None:
+            assert isinstance(self.outbox, WakingOutbox)
+            self.uplink = NbIotUplink(
+                settings.agent_id,
+                settings.nbiot,
+                self.outbox,
+                devices,
+                self.executor.handle,
+                software_version=software_version(),
+                wake=self.outbox.urgent,
+            )
+        else:
+            self.uplink = MqttUplink(
+                settings.agent_id,
+                settings.mqtt,
+                self.outbox,
+                devices,
+                self.executor.handle,
+                software_version=software_version(),
+                on_config=self.apply_config,
+            )
         self._poll_tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._config_lock = asyncio.Lock()
@@ -152,7 +171,8 @@ class Agent:
         store_applied(self.settings.data_dir, desired.version, remote)
         self.config_version = desired.version
         self.uplink.devices[:] = [d.info for d in self.devices.values()]
-        self.uplink.announce()  # the hub learns the new device list from the birth message
+        if isinstance(self.uplink, MqttUplink):
+            self.uplink.announce()  # the hub learns the new device list from the birth message
         return f"{len(changed)} device(s) started or changed, {len(removed)} removed"
 
     async def _stop_device(self, device_id: str) -> None:

@@ -6,13 +6,17 @@ import asyncio
 import resource
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from device_profiles.wire import AgentHealth, Channel, DeviceHealth
 from edge_agent.outbox import OutboxLike
 from edge_agent.poller import DevicePoller
-from edge_agent.uplink import MqttUplink
 
 __all__ = ["HealthReporter", "rss_bytes"]
+
+
+class _Uplink(Protocol):
+    connects: int
 
 
 def rss_bytes() -> int:
@@ -31,7 +35,7 @@ class HealthReporter:
         agent_id: str,
         outbox: OutboxLike,
         pollers: Sequence[DevicePoller],
-        uplink: MqttUplink,
+        uplink: _Uplink,
         interval_s: float,
     ) -> None:
         self.agent_id = agent_id

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from device_profiles import ProfileError, resolve_profile
 from device_profiles.wire import ID_PATTERN
 from drivers import ConnectionSettings
+from edge_agent.nbiot_settings import NbIotUplinkSettings
 from iot_runtime import FileAndEnvSettings
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings
@@ -93,6 +94,11 @@ class AgentSettings(FileAndEnvSettings):
         default=0.2, ge=0, le=60, description="How long a reading may wait for others to batch."
     )
     buffer: BufferSettings = Field(default_factory=BufferSettings)
+    nbiot: NbIotUplinkSettings | None = Field(
+        default=None,
+        description="Send through an NB-IoT modem to the hub's CoAP ingress instead of MQTT "
+        "(a stand-alone sensor that sleeps between uplinks).",
+    )
     health_interval_s: float = Field(
         default=60.0, gt=0, le=86400, description="How often the agent reports its health."
     )

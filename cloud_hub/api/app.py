@@ -26,6 +26,7 @@ from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
+from cloud_hub.coap_ingress import CoapIngress
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
 from cloud_hub.settings import HubSettings
@@ -42,9 +43,15 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         await the_hub.start()
         task = asyncio.create_task(the_hub.run(), name="hub")
         app.state.hub = the_hub
+        ingress = CoapIngress(the_hub, settings.coap) if settings.coap.enabled else None
+        if ingress is not None:
+            await ingress.start()  # NB-IoT devices' uplinks, into the same ingest path
+        app.state.coap = ingress
         try:
             yield
         finally:
+            if ingress is not None:
+                await ingress.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import Principal, Role, require
@@ -20,9 +21,11 @@ from cloud_hub.api.schemas import (
     UtcDateTime,
 )
 from cloud_hub.api_keys import create_api_key
+from cloud_hub.coap_models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.registry import AgentConfigRow, AgentRow
 from device_profiles import Value
+from device_profiles.wire import ID_PATTERN
 
 __all__ = ["router"]
 
@@ -55,9 +58,17 @@ def _agent_out(hub: Hub, row: AgentRow) -> AgentOut:
     return out.model_copy(update={"health": health.model_dump() if health else None})
 
 
+#: Pagination of the lists (ordered by id): ``?limit=&offset=``.
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page at most.")]
+Offset = Annotated[int, Query(ge=0, description="Items to skip (ordered by id).")]
+
+
 @router.get("/agents", tags=["agents"])
-async def list_agents(hub: HubDep, _caller: Reader) -> list[AgentOut]:
-    return [_agent_out(hub, row) for row in await hub.registry.list_agents()]
+async def list_agents(
+    hub: HubDep, _caller: Reader, limit: Limit = 1000, offset: Offset = 0
+) -> list[AgentOut]:
+    rows = await hub.registry.list_agents()
+    return [_agent_out(hub, row) for row in rows[offset : offset + limit]]
 
 
 @router.get("/agents/{agent_id}", tags=["agents"])
@@ -69,8 +80,11 @@ async def get_agent(agent_id: str, hub: HubDep, _caller: Reader) -> AgentOut:
 
 
 @router.get("/devices", tags=["devices"])
-async def list_devices(hub: HubDep, _caller: Reader) -> list[DeviceOut]:
-    return [DeviceOut.model_validate(d) for d in await hub.registry.list_devices()]
+async def list_devices(
+    hub: HubDep, _caller: Reader, limit: Limit = 1000, offset: Offset = 0
+) -> list[DeviceOut]:
+    rows = await hub.registry.list_devices()
+    return [DeviceOut.model_validate(d) for d in rows[offset : offset + limit]]
 
 
 @router.get("/devices/{device_id}", tags=["devices"])
@@ -239,3 +253,22 @@ async def get_config(agent_id: str, hub: HubDep, _caller: Reader) -> AgentConfig
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no configuration pushed to '{agent_id}'")
     return _config_out(row)
+
+
+class CoapSecretOut(BaseModel):
+    agent_id: str
+    secret: str = Field(
+        description="Shown once: the agent's nbiot.secret, authenticating its CoAP uplinks."
+    )
+
+
+@router.post("/agents/{agent_id}/coap-secret", status_code=status.HTTP_201_CREATED, tags=["agents"])
+async def create_coap_secret(agent_id: str, hub: HubDep, caller: Admin) -> CoapSecretOut:
+    """Give an NB-IoT agent a (new) secret for its CoAP uplinks, before or after it first
+    reports (the agent registers itself with its first uplink); an old secret stops working."""
+    if not re.match(ID_PATTERN, agent_id):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"agent id must match {ID_PATTERN}"
+        )
+    secret = await provision_coap_secret(hub.registry, agent_id, actor=caller.key_id)
+    return CoapSecretOut(agent_id=agent_id, secret=secret)

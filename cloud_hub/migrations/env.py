@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
+# each import registers its tables on Base
 import cloud_hub.alarms.models
+import cloud_hub.coap_models
 import cloud_hub.provisioning.models
 import cloud_hub.webhook_models  # noqa: F401
 from cloud_hub.registry.models import Base

@@ -1,0 +1,426 @@
+"""The hub's CoAP ingress for NB-IoT agents: authenticated uplinks into the MQTT ingest path,
+and queued commands back in the responses.
+
+NB-IoT agents (:mod:`edge_agent.nbiot_uplink` has the frame) POST the wire contract's JSON,
+optionally zlib-deflated (Content-Format 11050), to::
+
+    /t                      TelemetryBatch
+    /e/ev /e/st /e/cr /e/he /e/cf   DeviceEvent, AgentState, CommandResult, AgentHealth,
+                            ReportedConfig
+    /p                      no payload: poll for commands
+
+Each request carries option 65000: ``ts (uint32) | HMAC-SHA256(key, ...)[:16] | agent id``;
+the key is the agent's (``coap_credentials``, :mod:`cloud_hub.coap_models`). A request is
+handled exactly as the same message over MQTT would be: ``hub.ingest.handle(topic, payload)``,
+readings through ``hub.writer`` - and the response leaves only once they are stored, so an
+agent whose request was lost or not stored in time sends it again (storage is idempotent) -
+and command results applied through the hub. The 2.04 Changed response carries the commands
+queued for the agent's devices (``{"cmd": [CommandRequest...], "more": bool}``), marked
+``sent``, and a response MAC bound to the request's.
+
+Answers: 2.04; 4.01 Unauthorized (no or bad auth option, unknown or revoked agent, wrong MAC,
+timestamp outside ``max_clock_skew_s``: not signed); 4.00 Bad Request (payload not the
+contract), 4.03 Forbidden (a message about another agent), 4.15 (unknown Content-Format);
+5.03 (readings not stored in ``store_timeout_s``); 5.00 (a bug: logged). Every 4.xx is counted
+as a dead letter with a diagnostic payload; nothing a client sends stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import struct
+import time
+import zlib
+from collections import Counter
+from types import TracebackType
+from typing import Self
+
+import aiocoap
+import structlog
+from aiocoap import resource
+from aiocoap.messagemanager import MessageManager
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import OpaqueOption
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+
+from cloud_hub.coap_models import coap_key
+from cloud_hub.coap_settings import CoapIngressSettings
+from cloud_hub.hub import Hub
+from cloud_hub.ingest import DeadLetter
+from cloud_hub.registry import CommandRow
+from cloud_hub.storage import StoredReading
+from cloud_hub.writer import Pending
+from device_profiles.wire import (
+    ID_PATTERN,
+    AgentHealth,
+    AgentState,
+    Channel,
+    CommandRequest,
+    CommandResult,
+    DeviceEvent,
+    ReportedConfig,
+    WireError,
+    decode,
+    decode_telemetry,
+    topic,
+)
+
+__all__ = ["AUTH_OPTION", "CF_JSON", "CF_JSON_DEFLATE", "CONTROL_PATHS", "CoapIngress"]
+
+log = structlog.get_logger(__name__)
+
+AUTH_OPTION = 65000
+CF_JSON = 50
+CF_JSON_DEFLATE = 11050
+MAC_BYTES = 16
+MAX_BODY = 64 * 1024
+_REQUEST_LABEL = b"citypulse coap request v1\x00"
+_RESPONSE_LABEL = b"citypulse coap response v1\x00"
+_NO_FORMAT = 0xFFFF
+_ID = re.compile(ID_PATTERN)
+# header 4, token <= 8, Content-Format 3, auth option 20, payload marker 1
+_RESPONSE_OVERHEAD = 40
+_MAX_COMMANDS = 50  # looked at per response
+
+#: ``/e/<code>`` of each control channel.
+CONTROL_PATHS: dict[str, Channel] = {
+    "ev": Channel.EVENTS,
+    "st": Channel.STATE,
+    "cr": Channel.COMMAND_RESULTS,
+    "he": Channel.HEALTH,
+    "cf": Channel.CONFIG_REPORTED,
+}
+_MODELS: dict[Channel, type[BaseModel]] = {
+    Channel.EVENTS: DeviceEvent,
+    Channel.STATE: AgentState,
+    Channel.COMMAND_RESULTS: CommandResult,
+    Channel.HEALTH: AgentHealth,
+    Channel.CONFIG_REPORTED: ReportedConfig,
+}
+
+
+class _Refusal(Exception):
+    """A request answered with an error code (internal)."""
+
+    def __init__(self, code: Code, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _Downlink(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    cmd: list[CommandRequest]
+    more: bool | None = None
+
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _cf(content_format: int | None) -> int:
+    return _NO_FORMAT if content_format is None else content_format
+
+
+def _inflate(payload: bytes, content_format: int | None) -> bytes:
+    if content_format == CF_JSON:
+        return payload
+    if content_format != CF_JSON_DEFLATE:
+        raise _Refusal(
+            Code.UNSUPPORTED_CONTENT_FORMAT,
+            f"content format {content_format} (use {CF_JSON} or {CF_JSON_DEFLATE})",
+        )
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(payload, MAX_BODY)
+    except zlib.error as exc:
+        raise _Refusal(Code.BAD_REQUEST, f"payload does not inflate: {exc}") from exc
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise _Refusal(Code.BAD_REQUEST, f"payload truncated or larger than {MAX_BODY} bytes")
+    return body
+
+
+def _text(code: Code, text: str) -> aiocoap.Message:
+    return aiocoap.Message(code=code, payload=text.encode()[:200])
+
+
+class _Endpoint(resource.Resource):  # type: ignore[misc]  # aiocoap is untyped
+    def __init__(self, ingress: CoapIngress, path: str, channel: Channel | None) -> None:
+        super().__init__()
+        self.ingress = ingress
+        self.path = path
+        self.channel = channel
+
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        return await self.ingress.handle(self.path, self.channel, request)
+
+
+class CoapIngress:
+    """An aiocoap server feeding ``hub``; ``async with CoapIngress(hub, settings)`` or
+    ``start()`` / ``stop()``. :attr:`port` is the bound port once started."""
+
+    def __init__(self, hub: Hub, settings: CoapIngressSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.port = settings.port
+        self.stats: Counter[str] = Counter()
+        self._context: aiocoap.Context | None = None
+        self._delivered: dict[str, float] = {}  # command id -> monotonic time returned
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        site = resource.Site()
+        site.add_resource(["t"], _Endpoint(self, "t", Channel.TELEMETRY))
+        for code, channel in CONTROL_PATHS.items():
+            site.add_resource(["e", code], _Endpoint(self, f"e/{code}", channel))
+        site.add_resource(["p"], _Endpoint(self, "p", None))
+        s = self.settings
+        try:
+            context = await aiocoap.Context.create_server_context(
+                site, bind=(s.host, s.port), transports=["udp6"]
+            )
+        except OSError as exc:
+            raise OSError(f"cannot serve CoAP on {s.host}:{s.port}: {exc}") from exc
+        self._context = context
+        self.port = self._bound_port(context)
+        log.info("coap ingress serving", host=s.host, port=self.port)
+
+    async def stop(self) -> None:
+        context, self._context = self._context, None
+        if context is not None:
+            await context.shutdown()
+            log.info("coap ingress stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _bound_port(self, context: aiocoap.Context) -> int:
+        for interface in context.request_interfaces:
+            manager = getattr(interface, "token_interface", None)
+            if isinstance(manager, MessageManager):
+                sock = manager.message_interface.transport.get_extra_info("socket")
+                return int(sock.getsockname()[1])
+        return self.settings.port
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def handle(
+        self, path: str, channel: Channel | None, request: aiocoap.Message
+    ) -> aiocoap.Message:
+        """The response to one POST; never raises (but for cancellation)."""
+        self.stats["requests"] += 1
+        try:
+            agent_id, key, mac = await self._authenticate(path, request)
+        except _Refusal as refusal:
+            self.stats["unauthorized"] += 1
+            self._dead_letter(f"coap:/{path}", refusal.reason, bytes(request.payload))
+            return _text(refusal.code, refusal.reason)
+        except Exception:  # a bug must not take the ingress down
+            log.exception("coap request failed", path=path)
+            self.stats["errors"] += 1
+            return _text(Code.INTERNAL_SERVER_ERROR, "internal error")
+        try:
+            return await self._handle(agent_id, key, mac, channel, request)
+        except _Refusal as refusal:
+            self.stats["bad_requests"] += 1
+            where = topic(agent_id, channel) if channel is not None else f"coap:/{path}"
+            self._dead_letter(where, refusal.reason, bytes(request.payload))
+            return self._signed(key, mac, refusal.code, refusal.reason.encode()[:200], None)
+        except Exception:
+            log.exception("coap request failed", path=path, agent_id=agent_id)
+            self.stats["errors"] += 1
+            return self._signed(key, mac, Code.INTERNAL_SERVER_ERROR, b"internal error", None)
+
+    async def _authenticate(self, path: str, request: aiocoap.Message) -> tuple[str, bytes, bytes]:
+        options = request.opt.get_option(AUTH_OPTION)
+        if len(options) != 1:
+            raise _Refusal(Code.UNAUTHORIZED, "one auth option (65000) is required")
+        value = bytes(options[0].value)
+        if len(value) < 4 + MAC_BYTES + 1:
+            raise _Refusal(Code.UNAUTHORIZED, "auth option too short")
+        (ts,) = struct.unpack("!I", value[:4])
+        mac = value[4 : 4 + MAC_BYTES]
+        try:
+            agent_id = value[4 + MAC_BYTES :].decode("ascii")
+        except UnicodeDecodeError:
+            raise _Refusal(Code.UNAUTHORIZED, "agent id is not ASCII") from None
+        if not _ID.match(agent_id):
+            raise _Refusal(Code.UNAUTHORIZED, "agent id is not a valid id")
+        key = await coap_key(self.hub.registry, agent_id)
+        if key is None:
+            raise _Refusal(Code.UNAUTHORIZED, f"no CoAP credential for agent {agent_id!r}")
+        cf = request.opt.content_format
+        content_format = None if cf is None else int(cf)
+        data = b"".join(
+            (
+                _REQUEST_LABEL,
+                agent_id.encode(),
+                b"\x00",
+                path.encode(),
+                b"\x00",
+                struct.pack("!IH", ts, _cf(content_format)),
+                bytes(request.payload),
+            )
+        )
+        if not hmac.compare_digest(mac, _mac(key, data)):
+            raise _Refusal(Code.UNAUTHORIZED, f"bad MAC for agent {agent_id!r}")
+        skew = abs(time.time() - ts)
+        if skew > self.settings.max_clock_skew_s:
+            raise _Refusal(Code.UNAUTHORIZED, f"timestamp {round(skew)} s off the hub's clock")
+        return agent_id, key, mac
+
+    async def _handle(
+        self,
+        agent_id: str,
+        key: bytes,
+        mac: bytes,
+        channel: Channel | None,
+        request: aiocoap.Message,
+    ) -> aiocoap.Message:
+        if channel is not None:
+            cf = request.opt.content_format
+            body = _inflate(bytes(request.payload), None if cf is None else int(cf))
+            self._check(agent_id, channel, body)
+            accepted = await self.hub.ingest.handle(topic(agent_id, channel), body)
+            if accepted.readings and not await self._store(accepted.readings):
+                self.stats["store_timeouts"] += 1
+                reply = self._signed(
+                    key, mac, Code.SERVICE_UNAVAILABLE, b"readings not stored yet", None
+                )
+                reply.opt.max_age = 30
+                return reply
+            if accepted.command_result is not None:
+                await self.hub._apply_result(
+                    accepted.command_result
+                )  # the hub's own path for results
+            self.stats[f"accepted_{channel.value}"] += 1
+        else:
+            self.stats["polls"] += 1
+        payload, cf_out = await self._commands_payload(agent_id)
+        return self._signed(key, mac, Code.CHANGED, payload, cf_out)
+
+    def _check(self, agent_id: str, channel: Channel, body: bytes) -> None:
+        """Refuse what ingest would only dead-letter: a broken envelope, another agent's."""
+        try:
+            if channel is Channel.TELEMETRY:
+                sender: str | None = decode_telemetry(body)[0].agent_id
+            else:
+                sender = getattr(decode(_MODELS[channel], body), "agent_id", None)
+        except WireError as exc:
+            raise _Refusal(Code.BAD_REQUEST, str(exc)) from exc
+        if sender is not None and sender != agent_id:
+            raise _Refusal(Code.FORBIDDEN, f"message of agent {sender!r} sent by {agent_id!r}")
+
+    async def _store(self, readings: list[StoredReading]) -> bool:
+        """Hand readings to the writer; True once stored, False after store_timeout_s."""
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[None] = loop.create_future()
+
+        def ack() -> None:
+            if not stored.done():
+                stored.set_result(None)
+
+        deadline = loop.time() + self.settings.store_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.hub.writer.submit(Pending(readings, ack))
+                await asyncio.shield(stored)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def _commands_payload(self, agent_id: str) -> tuple[bytes, int | None]:
+        """The commands waiting for ``agent_id`` that fit one response, marked sent."""
+        now_ms = time.time_ns() // 1_000_000
+        async with self.hub.registry.session() as db:
+            query = (
+                select(CommandRow)
+                .where(
+                    CommandRow.agent_id == agent_id,
+                    CommandRow.status.in_(("queued", "sent")),
+                    CommandRow.expires_at_ms > now_ms,
+                )
+                .order_by(CommandRow.created_at)
+                .limit(_MAX_COMMANDS)
+            )
+            rows = list((await db.scalars(query)).all())
+        now = time.monotonic()
+        self._delivered = {
+            c: t for c, t in self._delivered.items() if now - t < self.settings.redeliver_after_s
+        }
+        rows = [r for r in rows if r.command_id not in self._delivered]
+        if not rows:
+            return b"", None
+        budget = self.settings.max_response_bytes - _RESPONSE_OVERHEAD
+        chosen: list[CommandRequest] = []
+        payload, cf = b"", CF_JSON
+        for row in rows:
+            request = CommandRequest(
+                command_id=row.command_id,
+                device_id=row.device_id,
+                name=row.name,
+                params=row.params,
+                issued_at=int(row.created_at.timestamp() * 1000),
+                expires_at=row.expires_at_ms,
+            )
+            more = len(chosen) + 1 < len(rows)
+            candidate, candidate_cf = self._encode([*chosen, request], more=more)
+            if len(candidate) > budget:
+                if not chosen:
+                    log.error("command too large for a CoAP response", command_id=row.command_id)
+                    continue
+                payload, cf = self._encode(chosen, more=True)
+                break
+            chosen.append(request)
+            payload, cf = candidate, candidate_cf
+        for command in chosen:
+            self._delivered[command.command_id] = now
+            before = next(r.status for r in rows if r.command_id == command.command_id)
+            updated = await self.hub.registry.update_command(
+                command.command_id, "sent", "delivered in a CoAP response"
+            )
+            if updated is not None and before == "queued":
+                self.hub._command_event(updated)  # the hub's own path for results
+        self.stats["commands_delivered"] += len(chosen)
+        return (payload, cf) if chosen else (b"", None)
+
+    @staticmethod
+    def _encode(commands: list[CommandRequest], *, more: bool) -> tuple[bytes, int]:
+        raw = _Downlink(cmd=commands, more=more or None).model_dump_json(exclude_none=True)
+        data = raw.encode()
+        packed = zlib.compress(data, 9)
+        return (packed, CF_JSON_DEFLATE) if len(packed) < len(data) else (data, CF_JSON)
+
+    @staticmethod
+    def _signed(
+        key: bytes, request_mac: bytes, code: Code, payload: bytes, content_format: int | None
+    ) -> aiocoap.Message:
+        reply = aiocoap.Message(code=code, payload=payload)
+        if content_format is not None:
+            reply.opt.content_format = content_format
+        data = _RESPONSE_LABEL + request_mac + struct.pack("!BH", int(code), _cf(content_format))
+        reply.opt.add_option(OpaqueOption(AUTH_OPTION, _mac(key, data + payload)))
+        return reply
+
+    def _dead_letter(self, where: str, reason: str, payload: bytes) -> None:
+        ingest = self.hub.ingest
+        ingest.stats["dead_letters"] += 1
+        ingest.dead_letters.append(DeadLetter(where, reason, payload[:4096]))
+        log.warning("coap request refused", where=where, reason=reason)

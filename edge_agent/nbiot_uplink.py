@@ -1,0 +1,714 @@
+"""NB-IoT uplink: the outbox as confirmable CoAP POSTs through the modem's UDP socket.
+
+An NB-IoT sensor sleeps (PSM) and cannot hold an MQTT session, so the uplink works in cycles:
+wake, wait for the network (``wait_registered``), send the birth message once per start, drain
+the outbox one CoAP message per outbox item (telemetry batches split to fit a datagram), run
+the commands the hub returns in its responses and send their results, then sleep
+``uplink_interval_s`` - or wake early when an event or a command result is queued
+(:class:`WakingOutbox`). An item leaves the outbox only after the hub's 2.xx response, which
+the hub sends only once the readings are stored.
+
+CoAP (RFC 7252) is built here over the modem's :class:`~drivers.nbiot.UdpSocket`, with
+aiocoap's message encoding only: confirmable POST, retransmission after ACK_TIMEOUT x
+uniform(1, 1.5), doubling, MAX_RETRANSMIT times; piggybacked or separate responses (an empty
+ACK, then a confirmable response which is acknowledged).
+
+The frame (the hub's :mod:`cloud_hub.coap_ingress` parses the same)::
+
+    POST /t                 TelemetryBatch
+    POST /e/ev /e/st /e/cr /e/he /e/cf   DeviceEvent, AgentState, CommandResult,
+                            AgentHealth, ReportedConfig
+    POST /p                 (no payload) poll for commands
+    Content-Format          50 (application/json: the wire contract's JSON) or
+                            11050 (application/json, deflate: zlib-compressed)
+    option 65000 (elective) ts (uint32 s, big-endian) | mac (16 bytes) | agent id (ASCII)
+    mac  = HMAC-SHA256(key, "citypulse coap request v1\\0" | agent id | "\\0" | path | "\\0"
+                            | ts | content format (uint16, 0xFFFF: none) | payload)[:16]
+    key  = HMAC-SHA256(secret, "citypulse coap key v1")
+
+    2.04 Changed            {"cmd": [CommandRequest, ...], "more": bool} or no payload
+    option 65000            HMAC-SHA256(key, "citypulse coap response v1\\0" | request mac
+                            | code (uint8) | content format (uint16) | payload)[:16]
+
+Every response but 4.01 carries the response MAC, bound to the request's, so a spoofed or
+replayed datagram can neither inject commands nor make the agent drop data. A 4.xx (other than
+4.01) means the hub can never accept the message: it is dropped and counted; 4.01 and 5.xx
+fail the cycle and the message is sent again later.
+
+Errors::
+
+    NbIotUplinkError
+    ├── FramingError        a datagram or payload that is not what the contract says
+    ├── OversizedMessage    a message that does not fit one datagram even alone
+    ├── CoapTimeout         no ACK after MAX_RETRANSMIT, or no separate response in time
+    ├── CoapReset           the hub answered RST
+    ├── CoapRefused         the hub answered 4.xx/5.xx (.code, .diagnostic, .permanent)
+    └── ResponseNotAuthentic the response's MAC does not verify
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import random
+import secrets
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiocoap
+import structlog
+from aiocoap.error import UnparsableMessage
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import Type
+from aiocoap.optiontypes import OpaqueOption
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from device_profiles.wire import (
+    AgentState,
+    Channel,
+    CommandRequest,
+    DeviceInfo,
+    Reading,
+    TelemetryBatch,
+    encode,
+)
+from drivers import DriverError
+from drivers.nbiot import NbIotModem, UdpSocket
+from edge_agent.nbiot_settings import NbIotUplinkSettings
+from edge_agent.outbox import OutboxLike, Outgoing
+
+__all__ = [
+    "AUTH_OPTION",
+    "CF_JSON",
+    "CF_JSON_DEFLATE",
+    "PATHS",
+    "POLL_PATH",
+    "URGENT_CHANNELS",
+    "CoapRefused",
+    "CoapReply",
+    "CoapRequest",
+    "CoapReset",
+    "CoapTimeout",
+    "Downlink",
+    "FramingError",
+    "NbIotUplink",
+    "NbIotUplinkError",
+    "OversizedMessage",
+    "ResponseNotAuthentic",
+    "WakingOutbox",
+    "auth_value",
+    "build_request",
+    "decode_body",
+    "decode_downlink",
+    "derive_key",
+    "encode_body",
+    "parse_datagram",
+    "request_mac",
+    "response_mac",
+    "split_batch",
+]
+
+log = structlog.get_logger(__name__)
+
+AUTH_OPTION = 65000  # experimental range, even: elective (ignored by CoAP nodes unaware of it)
+CF_JSON = 50
+CF_JSON_DEFLATE = 11050
+MAC_BYTES = 16
+TOKEN_BYTES = 4
+ACK_RANDOM_FACTOR = 1.5
+MAX_BODY = 64 * 1024  # an inflated payload larger than this is refused (deflate bombs)
+_KEY_LABEL = b"citypulse coap key v1"
+_REQUEST_LABEL = b"citypulse coap request v1\x00"
+_RESPONSE_LABEL = b"citypulse coap response v1\x00"
+_NO_FORMAT = 0xFFFF
+_MAX_ROUNDS = 20  # drain / linger / poll rounds in one wake at most
+
+#: The Uri-Path of each channel an agent sends.
+PATHS: dict[Channel, tuple[str, ...]] = {
+    Channel.TELEMETRY: ("t",),
+    Channel.EVENTS: ("e", "ev"),
+    Channel.STATE: ("e", "st"),
+    Channel.COMMAND_RESULTS: ("e", "cr"),
+    Channel.HEALTH: ("e", "he"),
+    Channel.CONFIG_REPORTED: ("e", "cf"),
+}
+POLL_PATH: tuple[str, ...] = ("p",)
+#: Control messages that end the PSM sleep early (health waits for the next wake).
+URGENT_CHANNELS = frozenset({Channel.EVENTS, Channel.COMMAND_RESULTS})
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class NbIotUplinkError(Exception):
+    """Base of the NB-IoT uplink's errors."""
+
+
+class FramingError(NbIotUplinkError):
+    """A datagram or payload that is not a CoAP message of the contract."""
+
+
+class OversizedMessage(NbIotUplinkError):
+    """A message that does not fit one datagram even on its own."""
+
+
+class CoapTimeout(NbIotUplinkError):
+    """No ACK after the last retransmission, or no separate response in time."""
+
+
+class CoapReset(NbIotUplinkError):
+    """The hub answered the request with RST (it does not know the exchange)."""
+
+
+class CoapRefused(NbIotUplinkError):
+    """The hub answered with an error code: ``permanent`` (4.xx but 4.01) means the message
+    can never be accepted."""
+
+    def __init__(self, code: int, diagnostic: str) -> None:
+        self.code = code
+        self.diagnostic = diagnostic
+        super().__init__(f"hub answered {Code(code)}: {diagnostic}")
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >> 5 == 4 and self.code != int(Code.UNAUTHORIZED)
+
+
+class ResponseNotAuthentic(NbIotUplinkError):
+    """A response whose MAC is missing or wrong: ignored (it may be spoofed)."""
+
+
+# -- framing ------------------------------------------------------------------------------
+
+
+def derive_key(secret: str) -> bytes:
+    """The HMAC key of an agent's CoAP secret (the hub stores this, never the secret)."""
+    return hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
+
+
+def request_mac(
+    key: bytes, agent_id: str, path: str, ts: int, content_format: int | None, payload: bytes
+) -> bytes:
+    """The MAC of a request (``path`` joined with ``/``, e.g. ``e/cr``)."""
+    data = b"".join(
+        (
+            _REQUEST_LABEL,
+            agent_id.encode(),
+            b"\x00",
+            path.encode(),
+            b"\x00",
+            struct.pack("!IH", ts, _NO_FORMAT if content_format is None else content_format),
+            payload,
+        )
+    )
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def response_mac(
+    key: bytes, request_mac: bytes, code: int, content_format: int | None, payload: bytes
+) -> bytes:
+    """The MAC of the hub's response to the request whose MAC is ``request_mac``."""
+    cf = _NO_FORMAT if content_format is None else content_format
+    data = _RESPONSE_LABEL + request_mac + struct.pack("!BH", code, cf) + payload
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def auth_value(agent_id: str, ts: int, mac: bytes) -> bytes:
+    """The value of the auth option: ts (uint32) | mac | agent id."""
+    return struct.pack("!I", ts) + mac + agent_id.encode("ascii")
+
+
+def encode_body(message: BaseModel, *, compress: bool) -> tuple[bytes, int]:
+    """The payload of ``message`` and its Content-Format: the contract's JSON, deflated
+    (11050) when ``compress`` and that is smaller."""
+    raw = encode(message)
+    if compress:
+        packed = zlib.compress(raw, 9)
+        if len(packed) < len(raw):
+            return packed, CF_JSON_DEFLATE
+    return raw, CF_JSON
+
+
+def decode_body(payload: bytes, content_format: int | None) -> bytes:
+    """The JSON of a payload (inflated if 11050); FramingError if it cannot be."""
+    if content_format == CF_JSON:
+        return payload
+    if content_format != CF_JSON_DEFLATE:
+        raise FramingError(f"unsupported content format {content_format}")
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(payload, MAX_BODY)
+    except zlib.error as exc:
+        raise FramingError(f"payload does not inflate: {exc}") from exc
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise FramingError(f"deflated payload is truncated or inflates beyond {MAX_BODY} bytes")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class CoapRequest:
+    """An encoded confirmable request and what its response is matched and checked with."""
+
+    mid: int
+    token: bytes
+    mac: bytes
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CoapReply:
+    """A parsed datagram from the hub."""
+
+    mtype: int
+    code: int
+    mid: int
+    token: bytes
+    payload: bytes
+    content_format: int | None
+    mac: bytes | None
+
+    @property
+    def is_response(self) -> bool:
+        return 2 <= self.code >> 5 <= 5
+
+
+def build_request(
+    *,
+    key: bytes,
+    agent_id: str,
+    path: Sequence[str],
+    payload: bytes,
+    content_format: int | None,
+    mid: int,
+    token: bytes,
+    ts: int,
+) -> CoapRequest:
+    """A confirmable POST to ``path`` with the auth option."""
+    message = aiocoap.Message(code=Code.POST, payload=payload)
+    message.mtype = Type.CON
+    message.mid = mid
+    message.token = token
+    message.opt.uri_path = tuple(path)
+    if content_format is not None:
+        message.opt.content_format = content_format
+    mac = request_mac(key, agent_id, "/".join(path), ts, content_format, payload)
+    message.opt.add_option(OpaqueOption(AUTH_OPTION, auth_value(agent_id, ts, mac)))
+    return CoapRequest(mid=mid, token=token, mac=mac, datagram=message.encode())
+
+
+def _empty(mtype: Type, mid: int) -> bytes:
+    message = aiocoap.Message(code=Code.EMPTY)
+    message.mtype = mtype
+    message.mid = mid
+    encoded: bytes = message.encode()
+    return encoded
+
+
+def parse_datagram(data: bytes) -> CoapReply:
+    """A datagram as a CoAP message; FramingError if it is not one."""
+    try:
+        message = aiocoap.Message.decode(data)
+        options = message.opt.get_option(AUTH_OPTION)
+        mac = bytes(options[0].value) if options else None
+        cf = message.opt.content_format
+        return CoapReply(
+            mtype=int(message.mtype),
+            code=int(message.code),
+            mid=int(message.mid),
+            token=bytes(message.token),
+            payload=bytes(message.payload),
+            content_format=None if cf is None else int(cf),
+            mac=mac,
+        )
+    except (UnparsableMessage, ValueError, TypeError, IndexError, struct.error) as exc:
+        raise FramingError(f"not a CoAP message: {exc}") from exc
+
+
+class Downlink(BaseModel):
+    """The payload of a 2.xx response: commands for the agent's devices."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cmd: list[CommandRequest] = Field(default_factory=list)
+    more: bool = False
+
+
+def decode_downlink(payload: bytes, content_format: int | None) -> Downlink:
+    """The commands of a response payload (none when it is empty)."""
+    if not payload:
+        return Downlink()
+    body = decode_body(payload, content_format)
+    try:
+        return Downlink.model_validate_json(body)
+    except ValidationError as exc:
+        raise FramingError(f"response payload: {exc.error_count()} problem(s): {exc}") from exc
+
+
+def split_batch(
+    batch: TelemetryBatch, fits: Callable[[TelemetryBatch], bool]
+) -> list[TelemetryBatch]:
+    """``batch`` as parts (same agent id and seq) that each ``fit``, halving as needed;
+    OversizedMessage if a single reading does not fit."""
+    if fits(batch):
+        return [batch]
+    readings: list[Reading] = batch.readings
+    if len(readings) == 1:
+        raise OversizedMessage(
+            f"reading of {readings[0].device_id} at {readings[0].ts} does not fit one datagram"
+        )
+    half = len(readings) // 2
+    first = batch.model_copy(update={"readings": readings[:half]})
+    second = batch.model_copy(update={"readings": readings[half:]})
+    return split_batch(first, fits) + split_batch(second, fits)
+
+
+# -- outbox wake-up -----------------------------------------------------------------------
+
+
+class WakingOutbox:
+    """An :class:`~edge_agent.outbox.OutboxLike` around another whose :attr:`urgent` is set
+    while control messages of an urgent channel wait to be sent (to end the PSM sleep early,
+    and not to wake again for what the last cycle already sent). Everything else (``close``,
+    ``bytes_used``) is the wrapped outbox's."""
+
+    def __init__(
+        self, inner: OutboxLike, urgent_channels: frozenset[Channel] = URGENT_CHANNELS
+    ) -> None:
+        self.inner = inner
+        self.urgent_channels = urgent_channels
+        self.urgent = asyncio.Event()
+        self._urgent_waiting = 0
+
+    @property
+    def agent_id(self) -> str:
+        return self.inner.agent_id
+
+    @property
+    def depth(self) -> int:
+        return self.inner.depth
+
+    @property
+    def dropped_readings(self) -> int:
+        return self.inner.dropped_readings
+
+    def put_reading(self, reading: Reading) -> None:
+        self.inner.put_reading(reading)
+
+    def put_control(self, channel: Channel, message: BaseModel) -> None:
+        self.inner.put_control(channel, message)
+        if channel in self.urgent_channels:
+            self._urgent_waiting += 1
+            self.urgent.set()
+
+    async def next(self) -> Outgoing:
+        return await self.inner.next()
+
+    def ack(self, item: Outgoing) -> None:
+        self.inner.ack(item)
+        if item.channel in self.urgent_channels and self._urgent_waiting > 0:
+            self._urgent_waiting -= 1
+            if self._urgent_waiting == 0:
+                self.urgent.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+# -- the uplink ---------------------------------------------------------------------------
+
+
+class NbIotUplink:
+    """The agent's uplink over an NB-IoT modem; same role as :class:`MqttUplink`.
+
+    ``connected`` is set while the last cycle reached the hub; ``connects`` counts the
+    times it went from not reaching the hub to reaching it; ``asleep`` is set between cycles.
+    ``wake`` (e.g. :attr:`WakingOutbox.urgent`) ends the sleep early.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        settings: NbIotUplinkSettings,
+        outbox: OutboxLike,
+        devices: list[DeviceInfo],
+        on_command: Callable[[CommandRequest], Coroutine[Any, Any, None]],
+        software_version: str = "",
+        *,
+        wake: asyncio.Event | None = None,
+        modem: NbIotModem | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.settings = settings
+        self.outbox = outbox
+        self.devices = devices
+        self.on_command = on_command
+        self.software_version = software_version
+        self.wake = wake if wake is not None else asyncio.Event()
+        self.modem = modem
+        self.connected = asyncio.Event()
+        #: Set while the uplink sleeps between cycles (the modem may enter PSM).
+        self.asleep = asyncio.Event()
+        self.connects = 0
+        self.cycles = 0
+        self.messages_sent = 0
+        self.retransmissions = 0
+        self.rejected_messages = 0
+        self.oversized_messages = 0
+        self.bad_responses = 0
+        self.commands_received = 0
+        self._key = derive_key(settings.secret.get_secret_value())
+        self._host = str(settings.hub_host)
+        self._mid = random.randrange(0x10000)  # noqa: S311 - message ids need no secrecy
+        self._recent_tokens: deque[bytes] = deque(maxlen=32)
+        self._born = False
+        self._more = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the cycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Wake, send, sleep; until cancelled."""
+        s = self.settings
+        modem = self.modem if self.modem is not None else NbIotModem(s.modem)
+        failures = 0
+        try:
+            while True:
+                try:
+                    await self._cycle(modem)
+                except (DriverError, NbIotUplinkError, TimeoutError) as exc:
+                    failures += 1
+                    self.connected.clear()
+                    delay = min(s.uplink_interval_s, s.retry_min_s * 2 ** (failures - 1))
+                    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+                    (log.warning if failures == 1 else log.debug)(
+                        "nbiot uplink cycle failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=round(delay, 2),
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                self.asleep.set()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), s.uplink_interval_s)
+                finally:
+                    self.asleep.clear()
+        finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.modem is None:
+                await modem.close()
+
+    async def _cycle(self, modem: NbIotModem) -> None:
+        s = self.settings
+        self.cycles += 1
+        self.wake.clear()
+        status = await modem.wait_registered(s.register_timeout_s)
+        log.debug("nbiot awake", rssi_dbm=status.rssi_dbm, roaming=status.roaming)
+        async with await modem.open_udp(s.local_port) as sock:
+            self._more = False
+            need_poll = True
+            if not self._born:
+                await self._send(sock, Channel.STATE, self._birth())
+                self._born = True
+                need_poll = self._more
+                self._mark_connected()
+            for _ in range(_MAX_ROUNDS):
+                if await self._drain(sock):
+                    need_poll = self._more
+                if self._tasks:
+                    _, pending = await asyncio.wait(self._tasks, timeout=s.command_linger_s)
+                    if pending:
+                        break  # their results go up in a later cycle
+                    continue
+                if not need_poll:
+                    break
+                await self._post(sock, POLL_PATH, b"", None)
+                need_poll = self._more
+        self._mark_connected()
+
+    def _mark_connected(self) -> None:
+        if not self.connected.is_set():
+            self.connects += 1
+            self.connected.set()
+            log.info("nbiot uplink reached the hub", hub=f"{self._host}:{self.settings.hub_port}")
+
+    def _birth(self) -> AgentState:
+        return AgentState(
+            agent_id=self.agent_id,
+            state="online",
+            ts=time.time_ns() // 1_000_000,
+            software_version=self.software_version,
+            devices=self.devices,
+        )
+
+    async def _drain(self, sock: UdpSocket) -> int:
+        """Send outbox items until none comes for ``drain_idle_s``; how many were sent."""
+        count = 0
+        while True:
+            try:
+                item = await asyncio.wait_for(self.outbox.next(), self.settings.drain_idle_s)
+            except TimeoutError:
+                return count
+            await self._send_item(sock, item)
+            self.outbox.ack(item)
+            count += 1
+
+    async def _send_item(self, sock: UdpSocket, item: Outgoing) -> None:
+        try:
+            if item.channel is Channel.TELEMETRY and isinstance(item.message, TelemetryBatch):
+                for part in split_batch(item.message, self._fits):
+                    await self._send(sock, Channel.TELEMETRY, part)
+            else:
+                await self._send(sock, item.channel, item.message)
+        except OversizedMessage as exc:
+            self.oversized_messages += 1
+            log.error("message dropped: too large for NB-IoT", channel=item.channel, error=str(exc))
+        except CoapRefused as exc:
+            if not exc.permanent:
+                raise
+            self.rejected_messages += 1
+            log.error("message refused by the hub, dropped", channel=item.channel, error=str(exc))
+
+    def _fits(self, batch: TelemetryBatch) -> bool:
+        payload, cf = encode_body(batch, compress=self.settings.compress)
+        request = self._request(PATHS[Channel.TELEMETRY], payload, cf, mid=0)
+        return len(request.datagram) <= self.settings.max_datagram
+
+    async def _send(self, sock: UdpSocket, channel: Channel, message: BaseModel) -> None:
+        path = PATHS.get(channel)
+        if path is None:
+            raise OversizedMessage(f"channel {channel.value!r} cannot go over CoAP")
+        payload, cf = encode_body(message, compress=self.settings.compress)
+        await self._post(sock, path, payload, cf)
+        self.messages_sent += 1
+
+    # -- one exchange -----------------------------------------------------------------
+
+    def _request(
+        self, path: Sequence[str], payload: bytes, cf: int | None, mid: int | None = None
+    ) -> CoapRequest:
+        if mid is None:
+            self._mid = (self._mid + 1) & 0xFFFF
+            mid = self._mid
+        return build_request(
+            key=self._key,
+            agent_id=self.agent_id,
+            path=path,
+            payload=payload,
+            content_format=cf,
+            mid=mid,
+            token=secrets.token_bytes(TOKEN_BYTES),
+            ts=int(time.time()),
+        )
+
+    async def _post(
+        self, sock: UdpSocket, path: Sequence[str], payload: bytes, cf: int | None
+    ) -> None:
+        """POST and handle the response: commands run, ``_more`` noted."""
+        request = self._request(path, payload, cf)
+        if len(request.datagram) > self.settings.max_datagram:
+            raise OversizedMessage(
+                f"{len(request.datagram)}-byte datagram exceeds {self.settings.max_datagram}"
+            )
+        self._recent_tokens.append(request.token)
+        reply = await self._exchange(sock, request)
+        if reply.code == int(Code.UNAUTHORIZED):
+            raise CoapRefused(reply.code, reply.payload.decode("utf-8", "replace"))
+        expected = response_mac(
+            self._key, request.mac, reply.code, reply.content_format, reply.payload
+        )
+        if reply.mac is None or not hmac.compare_digest(reply.mac, expected):
+            self.bad_responses += 1
+            raise ResponseNotAuthentic(f"response {Code(reply.code)} has no valid MAC")
+        if reply.code >> 5 != 2:
+            raise CoapRefused(reply.code, reply.payload.decode("utf-8", "replace"))
+        try:
+            downlink = decode_downlink(reply.payload, reply.content_format)
+        except FramingError:
+            self.bad_responses += 1
+            raise
+        self._more = downlink.more
+        for command in downlink.cmd:
+            self.commands_received += 1
+            log.info("command received over CoAP", command_id=command.command_id)
+            task = asyncio.create_task(
+                self.on_command(command), name=f"command-{command.command_id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _exchange(self, sock: UdpSocket, request: CoapRequest) -> CoapReply:
+        """Send ``request`` with CoAP's retransmissions; the response (piggybacked or
+        separate)."""
+        s = self.settings
+        timeout = random.uniform(s.ack_timeout_s, s.ack_timeout_s * ACK_RANDOM_FACTOR)  # noqa: S311
+        loop = asyncio.get_running_loop()
+        for attempt in range(s.max_retransmit + 1):
+            if attempt:
+                self.retransmissions += 1
+                log.debug("coap retransmission", mid=request.mid, attempt=attempt)
+            await sock.send(self._host, s.hub_port, request.datagram)
+            outcome = await self._await_reply(sock, request, loop.time() + timeout)
+            if isinstance(outcome, CoapReply):
+                return outcome
+            if outcome == "acked":
+                break
+            timeout *= 2
+        else:
+            raise CoapTimeout(
+                f"no ACK for MID {request.mid} after {s.max_retransmit} retransmissions"
+            )
+        outcome = await self._await_reply(sock, request, loop.time() + s.response_timeout_s)
+        if isinstance(outcome, CoapReply):
+            return outcome
+        raise CoapTimeout(f"no separate response for MID {request.mid} in {s.response_timeout_s} s")
+
+    async def _await_reply(
+        self, sock: UdpSocket, request: CoapRequest, deadline: float
+    ) -> CoapReply | Literal["acked"] | None:
+        """The response to ``request``, "acked" on an empty ACK, None at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                host, port, data = await sock.receive(remaining)
+            except TimeoutError:
+                return None
+            if host != self._host or port != self.settings.hub_port:
+                log.debug("datagram from a stranger ignored", host=host, port=port)
+                continue
+            try:
+                reply = parse_datagram(data)
+            except FramingError as exc:
+                self.bad_responses += 1
+                log.debug("unparsable datagram ignored", error=str(exc))
+                continue
+            if reply.mtype == Type.ACK and reply.mid == request.mid:
+                if reply.code == int(Code.EMPTY):
+                    return "acked"
+                if reply.token == request.token and reply.is_response:
+                    return reply
+            elif reply.mtype == Type.RST and reply.mid == request.mid:
+                raise CoapReset(f"hub reset MID {request.mid}")
+            elif reply.mtype in (Type.CON, Type.NON) and reply.is_response:
+                known = reply.token in self._recent_tokens
+                if reply.mtype == Type.CON:  # acknowledge (or reset) a separate response
+                    answer = Type.ACK if known else Type.RST
+                    await sock.send(self._host, port, _empty(answer, reply.mid))
+                if reply.token == request.token:
+                    return reply
