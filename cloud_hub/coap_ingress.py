@@ -28,12 +28,9 @@ as a dead letter with a diagnostic payload; nothing a client sends stops the ser
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import re
-import struct
 import time
-import zlib
 from collections import Counter
 from types import TracebackType
 from typing import Self
@@ -68,32 +65,29 @@ from device_profiles.wire import (
     decode_telemetry,
     topic,
 )
+from device_profiles.wire.coap import (
+    AUTH_OPTION,
+    CF_JSON,
+    CONTROL_PATHS,
+    BodyError,
+    UnsupportedContentFormat,
+    decode_body,
+    encode_body,
+    parse_auth_value,
+    request_mac,
+    response_mac,
+)
 
-__all__ = ["AUTH_OPTION", "CF_JSON", "CF_JSON_DEFLATE", "CONTROL_PATHS", "CoapIngress"]
+__all__ = ["CoapIngress"]
 
 log = structlog.get_logger(__name__)
 
-AUTH_OPTION = 65000
-CF_JSON = 50
-CF_JSON_DEFLATE = 11050
-MAC_BYTES = 16
-MAX_BODY = 64 * 1024
-_REQUEST_LABEL = b"citypulse coap request v1\x00"
-_RESPONSE_LABEL = b"citypulse coap response v1\x00"
-_NO_FORMAT = 0xFFFF
 _ID = re.compile(ID_PATTERN)
 # header 4, token <= 8, Content-Format 3, auth option 20, payload marker 1
 _RESPONSE_OVERHEAD = 40
 _MAX_COMMANDS = 50  # looked at per response
 
 #: ``/e/<code>`` of each control channel.
-CONTROL_PATHS: dict[str, Channel] = {
-    "ev": Channel.EVENTS,
-    "st": Channel.STATE,
-    "cr": Channel.COMMAND_RESULTS,
-    "he": Channel.HEALTH,
-    "cf": Channel.CONFIG_REPORTED,
-}
 _MODELS: dict[Channel, type[BaseModel]] = {
     Channel.EVENTS: DeviceEvent,
     Channel.STATE: AgentState,
@@ -119,30 +113,13 @@ class _Downlink(BaseModel):
     more: bool | None = None
 
 
-def _mac(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
-
-
-def _cf(content_format: int | None) -> int:
-    return _NO_FORMAT if content_format is None else content_format
-
-
 def _inflate(payload: bytes, content_format: int | None) -> bytes:
-    if content_format == CF_JSON:
-        return payload
-    if content_format != CF_JSON_DEFLATE:
-        raise _Refusal(
-            Code.UNSUPPORTED_CONTENT_FORMAT,
-            f"content format {content_format} (use {CF_JSON} or {CF_JSON_DEFLATE})",
-        )
-    inflater = zlib.decompressobj()
     try:
-        body = inflater.decompress(payload, MAX_BODY)
-    except zlib.error as exc:
-        raise _Refusal(Code.BAD_REQUEST, f"payload does not inflate: {exc}") from exc
-    if inflater.unconsumed_tail or not inflater.eof:
-        raise _Refusal(Code.BAD_REQUEST, f"payload truncated or larger than {MAX_BODY} bytes")
-    return body
+        return decode_body(payload, content_format)
+    except UnsupportedContentFormat as exc:
+        raise _Refusal(Code.UNSUPPORTED_CONTENT_FORMAT, str(exc)) from exc
+    except BodyError as exc:
+        raise _Refusal(Code.BAD_REQUEST, str(exc)) from exc
 
 
 def _text(code: Code, text: str) -> aiocoap.Message:
@@ -250,34 +227,20 @@ class CoapIngress:
         options = request.opt.get_option(AUTH_OPTION)
         if len(options) != 1:
             raise _Refusal(Code.UNAUTHORIZED, "one auth option (65000) is required")
-        value = bytes(options[0].value)
-        if len(value) < 4 + MAC_BYTES + 1:
-            raise _Refusal(Code.UNAUTHORIZED, "auth option too short")
-        (ts,) = struct.unpack("!I", value[:4])
-        mac = value[4 : 4 + MAC_BYTES]
         try:
-            agent_id = value[4 + MAC_BYTES :].decode("ascii")
-        except UnicodeDecodeError:
-            raise _Refusal(Code.UNAUTHORIZED, "agent id is not ASCII") from None
+            agent_id, ts, mac = parse_auth_value(bytes(options[0].value))
+        except WireError as exc:
+            raise _Refusal(Code.UNAUTHORIZED, str(exc)) from exc
         if not _ID.match(agent_id):
             raise _Refusal(Code.UNAUTHORIZED, "agent id is not a valid id")
         key = await coap_key(self.hub.registry, agent_id)
         if key is None:
             raise _Refusal(Code.UNAUTHORIZED, f"no CoAP credential for agent {agent_id!r}")
         cf = request.opt.content_format
-        content_format = None if cf is None else int(cf)
-        data = b"".join(
-            (
-                _REQUEST_LABEL,
-                agent_id.encode(),
-                b"\x00",
-                path.encode(),
-                b"\x00",
-                struct.pack("!IH", ts, _cf(content_format)),
-                bytes(request.payload),
-            )
+        expected = request_mac(
+            key, agent_id, path, ts, None if cf is None else int(cf), bytes(request.payload)
         )
-        if not hmac.compare_digest(mac, _mac(key, data)):
+        if not hmac.compare_digest(mac, expected):
             raise _Refusal(Code.UNAUTHORIZED, f"bad MAC for agent {agent_id!r}")
         skew = abs(time.time() - ts)
         if skew > self.settings.max_clock_skew_s:
@@ -404,9 +367,7 @@ class CoapIngress:
     @staticmethod
     def _encode(commands: list[CommandRequest], *, more: bool) -> tuple[bytes, int]:
         raw = _Downlink(cmd=commands, more=more or None).model_dump_json(exclude_none=True)
-        data = raw.encode()
-        packed = zlib.compress(data, 9)
-        return (packed, CF_JSON_DEFLATE) if len(packed) < len(data) else (data, CF_JSON)
+        return encode_body(raw.encode(), compress=True)
 
     @staticmethod
     def _signed(
@@ -415,8 +376,8 @@ class CoapIngress:
         reply = aiocoap.Message(code=code, payload=payload)
         if content_format is not None:
             reply.opt.content_format = content_format
-        data = _RESPONSE_LABEL + request_mac + struct.pack("!BH", int(code), _cf(content_format))
-        reply.opt.add_option(OpaqueOption(AUTH_OPTION, _mac(key, data + payload)))
+        mac = response_mac(key, request_mac, int(code), content_format, payload)
+        reply.opt.add_option(OpaqueOption(AUTH_OPTION, mac))
         return reply
 
     def _dead_letter(self, where: str, reason: str, payload: bytes) -> None:

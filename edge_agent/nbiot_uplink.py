@@ -50,13 +50,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import random
 import secrets
 import struct
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -79,6 +77,19 @@ from device_profiles.wire import (
     TelemetryBatch,
     encode,
 )
+from device_profiles.wire.coap import (
+    AUTH_OPTION,
+    CF_JSON,
+    CF_JSON_DEFLATE,
+    CONTROL_PATHS,
+    BodyError,
+    auth_value,
+    derive_key,
+    request_mac,
+    response_mac,
+)
+from device_profiles.wire.coap import decode_body as decode_coap_body
+from device_profiles.wire.coap import encode_body as encode_coap_body
 from drivers import DriverError
 from drivers.nbiot import NbIotModem, UdpSocket
 from edge_agent.nbiot_settings import NbIotUplinkSettings
@@ -117,27 +128,14 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-AUTH_OPTION = 65000  # experimental range, even: elective (ignored by CoAP nodes unaware of it)
-CF_JSON = 50
-CF_JSON_DEFLATE = 11050
-MAC_BYTES = 16
 TOKEN_BYTES = 4
 ACK_RANDOM_FACTOR = 1.5
-MAX_BODY = 64 * 1024  # an inflated payload larger than this is refused (deflate bombs)
-_KEY_LABEL = b"citypulse coap key v1"
-_REQUEST_LABEL = b"citypulse coap request v1\x00"
-_RESPONSE_LABEL = b"citypulse coap response v1\x00"
-_NO_FORMAT = 0xFFFF
 _MAX_ROUNDS = 20  # drain / linger / poll rounds in one wake at most
 
 #: The Uri-Path of each channel an agent sends.
 PATHS: dict[Channel, tuple[str, ...]] = {
     Channel.TELEMETRY: ("t",),
-    Channel.EVENTS: ("e", "ev"),
-    Channel.STATE: ("e", "st"),
-    Channel.COMMAND_RESULTS: ("e", "cr"),
-    Channel.HEALTH: ("e", "he"),
-    Channel.CONFIG_REPORTED: ("e", "cf"),
+    **{channel: ("e", code) for code, channel in CONTROL_PATHS.items()},
 }
 POLL_PATH: tuple[str, ...] = ("p",)
 #: Control messages that end the PSM sleep early (health waits for the next wake).
@@ -188,68 +186,17 @@ class ResponseNotAuthentic(NbIotUplinkError):
 # -- framing ------------------------------------------------------------------------------
 
 
-def derive_key(secret: str) -> bytes:
-    """The HMAC key of an agent's CoAP secret (the hub stores this, never the secret)."""
-    return hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
-
-
-def request_mac(
-    key: bytes, agent_id: str, path: str, ts: int, content_format: int | None, payload: bytes
-) -> bytes:
-    """The MAC of a request (``path`` joined with ``/``, e.g. ``e/cr``)."""
-    data = b"".join(
-        (
-            _REQUEST_LABEL,
-            agent_id.encode(),
-            b"\x00",
-            path.encode(),
-            b"\x00",
-            struct.pack("!IH", ts, _NO_FORMAT if content_format is None else content_format),
-            payload,
-        )
-    )
-    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
-
-
-def response_mac(
-    key: bytes, request_mac: bytes, code: int, content_format: int | None, payload: bytes
-) -> bytes:
-    """The MAC of the hub's response to the request whose MAC is ``request_mac``."""
-    cf = _NO_FORMAT if content_format is None else content_format
-    data = _RESPONSE_LABEL + request_mac + struct.pack("!BH", code, cf) + payload
-    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
-
-
-def auth_value(agent_id: str, ts: int, mac: bytes) -> bytes:
-    """The value of the auth option: ts (uint32) | mac | agent id."""
-    return struct.pack("!I", ts) + mac + agent_id.encode("ascii")
-
-
 def encode_body(message: BaseModel, *, compress: bool) -> tuple[bytes, int]:
-    """The payload of ``message`` and its Content-Format: the contract's JSON, deflated
-    (11050) when ``compress`` and that is smaller."""
-    raw = encode(message)
-    if compress:
-        packed = zlib.compress(raw, 9)
-        if len(packed) < len(raw):
-            return packed, CF_JSON_DEFLATE
-    return raw, CF_JSON
+    """The payload of ``message`` and its Content-Format (see device_profiles.wire.coap)."""
+    return encode_coap_body(encode(message), compress=compress)
 
 
 def decode_body(payload: bytes, content_format: int | None) -> bytes:
-    """The JSON of a payload (inflated if 11050); FramingError if it cannot be."""
-    if content_format == CF_JSON:
-        return payload
-    if content_format != CF_JSON_DEFLATE:
-        raise FramingError(f"unsupported content format {content_format}")
-    inflater = zlib.decompressobj()
+    """The JSON of a response payload; FramingError if it cannot be read."""
     try:
-        body = inflater.decompress(payload, MAX_BODY)
-    except zlib.error as exc:
-        raise FramingError(f"payload does not inflate: {exc}") from exc
-    if inflater.unconsumed_tail or not inflater.eof:
-        raise FramingError(f"deflated payload is truncated or inflates beyond {MAX_BODY} bytes")
-    return body
+        return decode_coap_body(payload, content_format)
+    except BodyError as exc:
+        raise FramingError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from aiocoap.optiontypes import OpaqueOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.coap_ingress import CONTROL_PATHS, CoapIngress
+from cloud_hub.coap_ingress import CoapIngress
 from cloud_hub.coap_models import (
     coap_key,
     derive_coap_key,
@@ -39,6 +39,7 @@ from device_profiles.wire import (
     TelemetryBatch,
     encode,
 )
+from device_profiles.wire.coap import CONTROL_PATHS
 from drivers.nbiot import Datagram, NbIotModemSettings
 from edge_agent.nbiot_settings import NbIotUplinkSettings
 from edge_agent.nbiot_uplink import (
