@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -145,26 +145,34 @@ class Registry:
             return await db.get(CommandRow, command_id)
 
     async def update_command(self, command_id: str, status: str, detail: str) -> CommandRow | None:
-        """Move a command forward; terminal states and backward moves are ignored."""
-        async with self.session.begin() as db:
-            row = await db.get(CommandRow, command_id, with_for_update=True)
-            if row is None or row.status in TERMINAL_STATUSES:
-                return row
-            if status in _PROGRESS and _PROGRESS[status] <= _PROGRESS.get(row.status, 0):
-                return row
-            row.status = status
-            row.detail = detail
-            row.updated_at = utcnow()
-            return row
+        """Move a command forward; terminal states and backward moves are ignored.
+
+        One conditional UPDATE (compare and set), so concurrent updates (a PUBACK's ``sent``
+        racing the agent's result) can never move a command backwards, whatever the database.
+        """
+        if status in _PROGRESS:
+            allowed = [s for s, rank in _PROGRESS.items() if rank < _PROGRESS[status]]
+        else:
+            allowed = list(_PROGRESS)
+        row, _ = await self._move(command_id, allowed, status, detail)
+        return row
 
     async def cancel_command(self, command_id: str, detail: str) -> tuple[CommandRow | None, bool]:
         """Cancel a command that has no final status yet: (the command or None, cancelled now)."""
+        return await self._move(command_id, list(_PROGRESS), "cancelled", detail)
+
+    async def _move(
+        self, command_id: str, allowed: Sequence[str], status: str, detail: str
+    ) -> tuple[CommandRow | None, bool]:
+        """Set ``status`` if the command is in one of ``allowed``: (the command, moved)."""
         async with self.session.begin() as db:
-            row = await db.get(CommandRow, command_id, with_for_update=True)
-            if row is None or row.status in TERMINAL_STATUSES:
-                return row, False
-            row.status, row.detail, row.updated_at = "cancelled", detail, utcnow()
-            return row, True
+            result: CursorResult[Any] = await db.execute(  # type: ignore[assignment]  # DML gives a CursorResult
+                update(CommandRow)
+                .where(CommandRow.command_id == command_id, CommandRow.status.in_(allowed))
+                .values(status=status, detail=detail, updated_at=utcnow())
+            )
+            row = await db.get(CommandRow, command_id, populate_existing=True)
+            return row, result.rowcount == 1
 
     async def select_devices(
         self,
@@ -224,13 +232,21 @@ class Registry:
                     & (CommandRow.expires_at_ms <= now_ms - RESULT_GRACE_MS),
                 )
             )
-            for row in await db.scalars(query.with_for_update()):
-                if row.status == "queued":
-                    row.status, row.detail = "expired", "expired before it reached the agent"
-                else:
-                    row.status, row.detail = "timed_out", "no result from the agent before expiry"
-                row.updated_at = utcnow()
-                changed.append(row)
+            candidates = list(await db.scalars(query))
+        for row in candidates:
+            if row.status == "queued":
+                moved, done = await self._move(
+                    row.command_id, ["queued"], "expired", "expired before it reached the agent"
+                )
+            else:
+                moved, done = await self._move(
+                    row.command_id,
+                    ["sent", "delivered"],
+                    "timed_out",
+                    "no result from the agent before expiry",
+                )
+            if moved is not None and done:
+                changed.append(moved)
         return changed
 
     # -- remote configuration ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,38 @@ async def test_an_unmigrated_database_is_refused_without_auto_migrate(tmp_path: 
     with pytest.raises(RegistryError, match=f"run `cloud-hub migrate`.*|.*{head_revision()}"):
         await registry.start()
     await registry.close()
+
+
+async def test_concurrent_status_updates_never_move_a_command_backwards(registry_url: str) -> None:
+    """A PUBACK's ``sent`` racing the agent's ``delivered``/``succeeded`` (found by the bench)."""
+    registry = Registry(registry_url)
+    await registry.start()
+    try:
+        await registry.agent_state(
+            "a1", "online", "1.0", [DeviceInfo(device_id="p1", profile="smart_pole")]
+        )
+        for i in range(40):
+            command_id = f"race-{i}"
+            await registry.add_command(
+                registry.command_row(
+                    command_id=command_id,
+                    device_id="p1",
+                    agent_id="a1",
+                    name="lamp_on",
+                    params={},
+                    status="queued",
+                    expires_at_ms=1,
+                )
+            )
+
+            async def agent_reports(command_id: str = command_id) -> None:
+                await registry.update_command(command_id, "delivered", "executing")
+                await registry.update_command(command_id, "succeeded", "ok")
+
+            await asyncio.gather(
+                registry.update_command(command_id, "sent", "published"), agent_reports()
+            )
+            row = await registry.get_command(command_id)
+            assert row is not None and row.status == "succeeded", (i, row and row.status)
+    finally:
+        await registry.close()
