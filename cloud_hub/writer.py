@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -33,6 +34,11 @@ from cloud_hub.storage import (
 )
 
 __all__ = ["Pending", "TelemetryWriter"]
+
+
+async def _nothing() -> None:
+    return None
+
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +62,7 @@ class TelemetryWriter:
     max_batch_readings: int = 5000
     linger_s: float = 0.05
     max_queued_messages: int = 2000
+    max_in_flight: int = 2
     stats: Counter[str] = field(default_factory=Counter)
     queue: asyncio.Queue[Pending] = field(init=False)
 
@@ -67,29 +74,59 @@ class TelemetryWriter:
         await self.queue.put(pending)
 
     async def run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            count = len(batch[0].readings)
-            deadline = time.monotonic() + self.linger_s
-            while count < self.max_batch_readings:
+        """Write batches, up to ``max_in_flight`` at once (the store works on one while the
+        next is gathered), acknowledging their messages strictly in arrival order."""
+        in_flight: deque[tuple[asyncio.Future[None], list[Pending]]] = deque()
+        getter: asyncio.Future[Pending] | None = None
+        try:
+            while True:
+                while in_flight and in_flight[0][0].done():
+                    written, batch = in_flight.popleft()
+                    written.result()  # _write only returns when the readings are stored
+                    for item in batch:
+                        item.ack()
+                    self.stats["messages_acked"] += len(batch)
+                if len(in_flight) >= self.max_in_flight:
+                    await asyncio.wait({in_flight[0][0]})
+                    continue
+                if getter is None:
+                    getter = asyncio.ensure_future(self.queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter}
+                if in_flight:
+                    waiting.add(in_flight[0][0])
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    continue
+                batch = await self._gather(getter.result())
+                getter = None
+                readings = [r for item in batch for r in item.readings]
+                written = asyncio.ensure_future(self._write(readings) if readings else _nothing())
+                in_flight.append((written, batch))
+        finally:
+            for written, _ in in_flight:
+                written.cancel()
+            if getter is not None:
+                getter.cancel()
+
+    async def _gather(self, first: Pending) -> list[Pending]:
+        """``first`` and whatever else arrives within ``linger_s``, up to the batch size."""
+        batch = [first]
+        count = len(first.readings)
+        deadline = time.monotonic() + self.linger_s
+        while count < self.max_batch_readings:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                batch.append(item)
-                count += len(item.readings)
-            readings = [r for item in batch for r in item.readings]
-            if readings:
-                await self._write(readings)
-            for item in batch:
-                item.ack()
-            self.stats["messages_acked"] += len(batch)
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            count += len(item.readings)
+        return batch
 
     async def _write(self, readings: list[StoredReading]) -> None:
         failures = 0

@@ -52,6 +52,7 @@ async def _run(writer: TelemetryWriter, items: list[Pending]) -> None:
     task = asyncio.create_task(writer.run())
     for item in items:
         await writer.submit(item)
+
     async def all_acked() -> bool | None:
         return True if writer.stats["messages_acked"] >= len(items) else None
 
@@ -100,3 +101,25 @@ async def test_messages_without_readings_are_acked_without_a_write() -> None:
     await _run(writer, [Pending([], lambda: acked.append(True))])
     assert acked == [True]
     assert store.calls == 0
+
+
+async def test_two_writes_in_flight_still_ack_in_arrival_order() -> None:
+    class SlowFirst(FakeStore):
+        async def write(self, readings: Sequence[StoredReading]) -> None:
+            if readings[0].ts_ms == 0:
+                await asyncio.sleep(0.2)  # the first batch is slow at the store
+            await super().write(readings)
+
+    store = SlowFirst([])
+    acked: list[int] = []
+    writer = TelemetryWriter(
+        store,
+        on_stored=lambda r: None,
+        on_rejected=lambda r, why: None,
+        linger_s=0,
+        max_batch_readings=3,
+    )
+    items = [Pending(_readings(3, i * 10), lambda i=i: acked.append(i)) for i in range(4)]
+    await _run(writer, items)
+    assert acked == [0, 1, 2, 3]
+    assert store.calls >= 2
