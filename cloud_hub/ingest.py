@@ -17,7 +17,7 @@ import structlog
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.registry import Registry
 from cloud_hub.storage import StoredReading
-from device_profiles import DeviceProfile, ProfileError, Value, resolve_profile
+from device_profiles import DeviceProfile, Point, ProfileError, Value, resolve_profile
 from device_profiles.wire import (
     AgentHealth,
     AgentState,
@@ -63,30 +63,46 @@ NOTHING = Accepted()
 class _DeviceMeta:
     agent_id: str
     profile: DeviceProfile
+    #: point name -> the Python type its values are stored as (the hot path's lookup)
+    kinds: dict[str, type] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kinds = {name: _kind(point) for name, point in self.profile.points.items()}
 
 
-def check_reading(profile: DeviceProfile, reading: Reading) -> dict[str, Value]:
-    """The reading's values typed as the profile says, or ValueError naming the bad point."""
+def _kind(point: Point) -> type:
+    if point.type == "bool":
+        return bool
+    if point.type == "string":
+        return str
+    return int if point.is_integral else float
+
+
+def check_reading(
+    profile: DeviceProfile, reading: Reading, kinds: dict[str, type] | None = None
+) -> dict[str, Value]:
+    """The reading's values typed as the profile says, or ValueError naming the bad point.
+
+    Integers are accepted for float points (stored as floats: a field keeps one type in
+    InfluxDB) and whole floats for integer points; nothing else is converted.
+    """
+    kinds = kinds if kinds is not None else _DeviceMeta("", profile).kinds
     out: dict[str, Value] = {}
-    for name, given in reading.values.items():
-        value = given
-        point = profile.points.get(name)
-        if point is None:
+    for name, value in reading.values.items():
+        kind = kinds.get(name)
+        if kind is None:
             raise ValueError(f"point '{name}' is not in profile '{profile.name}'")
-        if point.type == "bool":
-            ok = isinstance(value, bool)
-        elif point.type == "string":
-            ok = isinstance(value, str)
+        given = type(value)
+        if given is kind:
+            out[name] = value
+        elif kind is float and given is int:
+            out[name] = float(value)
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)
         else:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if ok and not point.is_integral:
-                value = float(value)  # a float field must stay a float in InfluxDB
-            elif ok and isinstance(value, float):
-                ok = value.is_integer()
-                value = int(value)
-        if not ok:
-            raise ValueError(f"point '{name}' expects a {point.type} value, got {given!r}")
-        out[name] = value
+            raise ValueError(
+                f"point '{name}' expects a {profile.points[name].type} value, got {value!r}"
+            )
     return out
 
 
@@ -258,7 +274,7 @@ class Ingest:
                 self._dead_letter(topic, f"seq {batch.seq} reading {index}: {reason}", payload)
                 continue
             try:
-                values = check_reading(meta.profile, reading)
+                values = check_reading(meta.profile, reading, meta.kinds)
             except ValueError as exc:
                 self._dead_letter(topic, f"seq {batch.seq} reading {index}: {exc}", payload)
                 continue

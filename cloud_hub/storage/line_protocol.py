@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 
 from cloud_hub.storage.base import StoredReading
 from device_profiles import Value
@@ -13,28 +14,39 @@ _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
 
 
+@cache
 def escape_key(text: str) -> str:
-    """Escape a tag key, tag value or field key."""
+    """Escape a tag key, tag value or field key (cached: names repeat in every batch)."""
     return text.translate(_KEY_ESCAPES)
 
 
 def field_value(value: Value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:
         return repr(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return f"{value}i"
+    assert isinstance(value, str)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@cache
+def _series(profile: str, agent_id: str, device_id: str) -> str:
+    return (
+        f"{profile.translate(_MEASUREMENT_ESCAPES)},agent_id={escape_key(agent_id)},"
+        f"device_id={escape_key(device_id)} "
+    )
 
 
 def encode_lines(readings: Iterable[StoredReading]) -> bytes:
     """Line protocol for readings: measurement = profile, tags = device/agent, ms timestamps."""
-    lines = []
-    for r in readings:
-        fields = ",".join(f"{escape_key(k)}={field_value(v)}" for k, v in r.values.items())
-        lines.append(
-            f"{r.profile.translate(_MEASUREMENT_ESCAPES)},agent_id={escape_key(r.agent_id)},"
-            f"device_id={escape_key(r.device_id)} {fields} {r.ts_ms}"
-        )
-    return ("\n".join(lines) + "\n").encode()
+    lines = [
+        _series(r.profile, r.agent_id, r.device_id)
+        + ",".join([f"{escape_key(k)}={field_value(v)}" for k, v in r.values.items()])
+        + f" {r.ts_ms}"
+        for r in readings
+    ]
+    lines.append("")
+    return "\n".join(lines).encode()
