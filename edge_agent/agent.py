@@ -13,6 +13,7 @@ import structlog
 from device_profiles import ProfileError
 from device_profiles.wire import Channel, DesiredConfig, ReportedConfig
 from drivers import DriverError
+from edge_agent.command_journal import CommandJournal
 from edge_agent.commands import CommandExecutor
 from edge_agent.devices import DeviceRuntime
 from edge_agent.health import HealthReporter
@@ -61,7 +62,8 @@ class Agent:
             WakingOutbox(spool) if settings.nbiot is not None else spool
         )
         self.pollers = [DevicePoller(device, self.outbox) for device in self.devices.values()]
-        self.executor = CommandExecutor(self.devices, self.outbox)
+        self.journal = CommandJournal(settings.data_dir / "commands.jsonl")
+        self.executor = CommandExecutor(self.devices, self.outbox, journal=self.journal)
         devices = [device.info for device in self.devices.values()]
         self.uplink: MqttUplink | NbIotUplink
         if settings.nbiot is not None:
@@ -100,6 +102,7 @@ class Agent:
             for device in self.devices.values():
                 stack.push_async_callback(device.driver.close)
             stack.callback(self.outbox.close)  # commits the last readings
+            stack.callback(self.journal.close)
             stack.push_async_callback(self._close_drivers)
             async with asyncio.TaskGroup() as group:
                 self._group = group

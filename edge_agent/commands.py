@@ -17,6 +17,7 @@ import structlog
 from device_profiles import CommandRejected, Point, PointWrite, Value
 from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus
 from drivers import DriverError
+from edge_agent.command_journal import CommandJournal
 from edge_agent.devices import DeviceRuntime
 from edge_agent.outbox import OutboxLike
 
@@ -37,24 +38,42 @@ class CommandExecutor:
         devices: dict[str, DeviceRuntime],
         outbox: OutboxLike,
         clock_ms: Callable[[], int] = _now_ms,
+        journal: CommandJournal | None = None,
     ) -> None:
         self.devices = devices
         self.outbox = outbox
         self.clock_ms = clock_ms
-        # command id -> final result, so a duplicate delivery re-reports instead of re-running
-        self._done: OrderedDict[str, CommandResult] = OrderedDict()
+        # command id -> final result, so a duplicate delivery re-reports instead of re-running;
+        # with a journal on disk this holds across restarts
+        self.journal = journal
+        self._done: OrderedDict[str, CommandResult | None] = (
+            journal.entries if journal is not None else OrderedDict()
+        )
         self._running: set[str] = set()
 
     async def handle(self, request: CommandRequest) -> None:
         command_id = request.command_id
         if command_id in self._running:
             return
-        previous = self._done.get(command_id)
-        if previous is not None:
+        if command_id in self._done:
+            previous = self._done[command_id]
+            if previous is None:  # started before a restart, never finished: never again
+                previous = CommandResult(
+                    command_id=command_id,
+                    device_id=request.device_id,
+                    status="failed",
+                    detail="interrupted by an agent restart; not executed again",
+                    ts=self.clock_ms(),
+                )
+                self._record(previous)
             log.info("duplicate command, reporting its result again", command_id=command_id)
             self.outbox.put_control(Channel.COMMAND_RESULTS, previous)
             return
         self._running.add(command_id)
+        if self.journal is not None:
+            self.journal.started(command_id)
+        else:
+            self._done[command_id] = None
         try:
             status, detail = await self._execute(request)
         finally:
@@ -66,11 +85,17 @@ class CommandExecutor:
             detail=detail,
             ts=self.clock_ms(),
         )
-        self._done[command_id] = result
-        while len(self._done) > _REMEMBERED:
-            self._done.popitem(last=False)
+        self._record(result)
         log.info("command finished", command_id=command_id, status=status, detail=detail)
         self.outbox.put_control(Channel.COMMAND_RESULTS, result)
+
+    def _record(self, result: CommandResult) -> None:
+        if self.journal is not None:
+            self.journal.finished(result)
+            return
+        self._done[result.command_id] = result
+        while len(self._done) > _REMEMBERED:
+            self._done.popitem(last=False)
 
     async def _execute(self, request: CommandRequest) -> tuple[CommandStatus, str]:
         if request.expires_at is not None and self.clock_ms() >= request.expires_at:

@@ -111,3 +111,4 @@ async def test_pushed_configuration_adds_and_removes_devices_live(
         assert list(restarted.devices) == [second]
         assert restarted.config_version == 3
         restarted.outbox.close()
+        restarted.journal.close()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from device_profiles import load_builtin_profile
 from device_profiles.wire import CommandRequest, CommandResult
 from drivers import DriverTimeout, ModbusTcpSettings
 from drivers.fake import FakeDriver
+from edge_agent.command_journal import CommandJournal
 from edge_agent.commands import CommandExecutor
 from edge_agent.devices import DeviceRuntime
 from edge_agent.outbox import Outbox
@@ -122,3 +125,28 @@ async def test_per_device_rate_limit() -> None:
     assert [r.status for r in finals] == ["succeeded", "succeeded", "rejected"]
     assert "rate limited" in finals[-1].detail
     assert len(driver.writes) == 2
+
+
+async def test_command_ids_stay_idempotent_across_a_restart(tmp_path: Path) -> None:
+    executor, driver, outbox = _setup()
+    executor = CommandExecutor(
+        executor.devices, outbox, clock_ms=lambda: NOW, journal=CommandJournal(tmp_path / "j.jsonl")
+    )
+    await executor.handle(_request("set_dimming", {"level": 30}, command_id="once"))
+    executor.journal.started("died-mid-way")  # type: ignore[union-attr]  # a crash between start and result
+    executor.journal.close()  # type: ignore[union-attr]
+    await _results(outbox)
+
+    restarted = CommandExecutor(
+        executor.devices, outbox, clock_ms=lambda: NOW, journal=CommandJournal(tmp_path / "j.jsonl")
+    )
+    await restarted.handle(_request("set_dimming", {"level": 30}, command_id="once"))
+    await restarted.handle(_request("lamp_off", command_id="died-mid-way"))
+    results = await _results(outbox)
+    assert [(r.command_id, r.status) for r in results] == [
+        ("once", "succeeded"),
+        ("died-mid-way", "failed"),
+    ]
+    assert "interrupted by an agent restart" in results[1].detail
+    assert len(driver.writes) == 1  # neither ran again
+    restarted.journal.close()  # type: ignore[union-attr]
