@@ -329,7 +329,9 @@ async def audit_log(
     _: Admin,
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    before: Annotated[int | None, Query(description="Entries older than this id.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, lt=2**63, description="Entries older than this id.")
+    ] = None,
     action: str | None = None,
     target: str | None = None,
 ) -> AuditPage:

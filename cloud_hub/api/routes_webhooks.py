@@ -5,13 +5,13 @@ The signing secret is returned once, by create.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import require
+from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.events import EventKind
 from cloud_hub.webhook_models import WebhookRow
 from cloud_hub.webhooks import WebhookDispatcher
@@ -48,14 +48,14 @@ class WebhookOut(BaseModel):
     webhook_id: str
     url: str
     kinds: list[str]
-    created_at: datetime
+    created_at: UtcDateTime
     active: bool
     delivered: int = Field(description="Deliveries since this hub process started.")
     retries: int = Field(description="Retried attempts since this hub process started.")
     dropped: int = Field(description="Events dropped because the webhook's queue was full.")
     failed_deliveries: int = Field(description="Deliveries given up on, ever.")
     last_error: str | None
-    last_failure_at: datetime | None
+    last_failure_at: UtcDateTime | None
 
 
 class WebhookCreated(WebhookOut):

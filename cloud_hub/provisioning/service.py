@@ -560,6 +560,15 @@ def parse_bulk_csv(
     text: str, site_scope: str | None, max_rows: int
 ) -> dict[str, tuple[str | None, list[DeviceSpec]]]:
     """Agent id → (site, devices) from a bulk CSV; InvalidRequest lists every bad row."""
+    try:
+        return _parse_bulk_csv(text, site_scope, max_rows)
+    except csv.Error as exc:  # e.g. a bare CR in an unquoted field, a field over the limit
+        raise InvalidRequest(f"not valid CSV: {exc}") from exc
+
+
+def _parse_bulk_csv(
+    text: str, site_scope: str | None, max_rows: int
+) -> dict[str, tuple[str | None, list[DeviceSpec]]]:
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
     header = [h.strip() for h in reader.fieldnames or []]
     reader.fieldnames = header
