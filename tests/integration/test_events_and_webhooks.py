@@ -123,8 +123,10 @@ async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> bool | N
 
 
 @pytest.fixture
-async def rig(mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIterator[Rig]:
-    async with running(mosquitto, tmp_path, unique_id) as rig:
+async def rig(mosquitto_private: Any, tmp_path: Path, unique_id: str) -> AsyncIterator[Rig]:
+    # a broker of its own: the session broker holds other tests' retained agent states, whose
+    # offline alarms would mix with the ones these tests count
+    async with running(mosquitto_private, tmp_path, unique_id) as rig:
         await rig.birth("pole-1", "pole-2")
         yield rig
 
