@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal, Role, require
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import (
@@ -124,7 +125,7 @@ async def latest_telemetry(device_id: str, hub: HubDep, _caller: Reader) -> Late
     responses=problem_responses(422, s422="Unknown command, bad parameters or out-of-range values"),
 )
 async def send_command(
-    device_id: str, body: CommandCreate, hub: HubDep, _caller: Commander
+    device_id: str, body: CommandCreate, hub: HubDep, _caller: Commander, request: Request
 ) -> CommandOut:
     """Validate a command against the device's profile, queue it and send it to its agent.
 
@@ -134,6 +135,14 @@ async def send_command(
         row = await hub.send_command(device_id, body.name, body.params, body.ttl_s)
     except UnknownDevice as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    await audit(
+        request,
+        "command.send",
+        f"device:{device_id}",
+        command_id=row.command_id,
+        name=body.name,
+        params=body.params,
+    )
     return CommandOut.model_validate(row)
 
 
@@ -163,8 +172,11 @@ class ApiKeyCreated(ApiKeyOut):
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, tags=["api keys"])
-async def create_key(body: ApiKeyCreate, hub: HubDep, _caller: Admin) -> ApiKeyCreated:
+async def create_key(
+    body: ApiKeyCreate, hub: HubDep, _caller: Admin, request: Request
+) -> ApiKeyCreated:
     row, secret = await create_api_key(hub.registry, body.name, body.role, body.site)
+    await audit(request, "api_key.create", f"api_key:{row.key_id}", name=row.name, role=row.role)
     return ApiKeyCreated(
         key_id=row.key_id, name=row.name, role=row.role, site=row.site, secret=secret
     )
@@ -180,9 +192,10 @@ async def list_keys(hub: HubDep, _caller: Admin) -> list[ApiKeyOut]:
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"])
-async def revoke_key(key_id: str, hub: HubDep, _caller: Admin) -> Response:
+async def revoke_key(key_id: str, hub: HubDep, _caller: Admin, request: Request) -> Response:
     if not await hub.registry.revoke_api_key(key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active API key '{key_id}'")
+    await audit(request, "api_key.revoke", f"api_key:{key_id}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -237,13 +250,14 @@ def _config_out(row: AgentConfigRow) -> AgentConfigOut:
 
 @router.put("/agents/{agent_id}/config", status_code=status.HTTP_202_ACCEPTED, tags=["agents"])
 async def push_config(
-    agent_id: str, body: AgentConfigIn, hub: HubDep, _caller: Admin
+    agent_id: str, body: AgentConfigIn, hub: HubDep, _caller: Admin, request: Request
 ) -> AgentConfigOut:
     """Push a new configuration to an agent; it applies it without restarting."""
     try:
         row = await hub.push_config(agent_id, body.config)
     except UnknownDevice as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    await audit(request, "agent.config", f"agent:{agent_id}", version=row.version)
     return _config_out(row)
 
 

@@ -15,6 +15,7 @@ from cloud_hub.alarms import (
     AlarmOut,
     InvalidCursor,
 )
+from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.problems import problem
 from device_profiles import AlarmRule
@@ -106,11 +107,13 @@ async def acknowledge_alarm(
     body: AlarmAck,
     engine: AlarmsDep,
     principal: Annotated[Principal, Depends(require("alarm:ack"))],
+    request: Request,
 ) -> Any:
     """An operator has seen the alarm. An active alarm becomes ``acknowledged``; a cleared one
     stays ``cleared`` and records the acknowledgement."""
     try:
         row = await engine.acknowledge(alarm_id, principal.name, body.note)
+        await audit(request, "alarm.acknowledge", f"alarm:{alarm_id}", note=body.note)
     except AlarmNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except AlarmAlreadyAcknowledged as exc:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import CommandOut
@@ -108,11 +109,21 @@ async def _group_out(hub: Hub, group_id: str) -> GroupOut:
 
 
 @router.post("/command-groups", status_code=status.HTTP_202_ACCEPTED)
-async def create_group(body: GroupCreate, hub: HubDep, caller: Commander) -> GroupOut:
+async def create_group(
+    body: GroupCreate, hub: HubDep, caller: Commander, request: Request
+) -> GroupOut:
     """Send one command to every selected device; follow the aggregated progress."""
     selector = body.selector.model_dump(exclude_none=True)
     group = await hub.send_group_command(
         selector, body.name, body.params, body.ttl_s, created_by=caller.key_id
+    )
+    await audit(
+        request,
+        "command_group.send",
+        f"group:{group.group_id}",
+        name=body.name,
+        params=body.params,
+        selector=selector,
     )
     return await _group_out(hub, group.group_id)
 
@@ -126,11 +137,15 @@ async def get_group(group_id: str, hub: HubDep, _caller: Reader) -> GroupOut:
     "/commands/{command_id}/cancel",
     responses=problem_responses(409, s409="The command already has a final status"),
 )
-async def cancel_command(command_id: str, hub: HubDep, _caller: Commander) -> CommandOut:
+async def cancel_command(
+    command_id: str, hub: HubDep, _caller: Commander, request: Request
+) -> CommandOut:
     """Cancel a command that has no final status yet."""
     row, cancelled = await hub.cancel_command(command_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")
-    if not cancelled:
+    if cancelled:
+        await audit(request, "command.cancel", f"command:{command_id}")
+    else:
         raise HTTPException(status.HTTP_409_CONFLICT, f"command is already {row.status}")
     return CommandOut.model_validate(row)

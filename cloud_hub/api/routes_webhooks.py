@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import require
 from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.events import EventKind
@@ -82,9 +83,12 @@ def _out(row: WebhookRow, dispatcher: WebhookDispatcher) -> WebhookOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_webhook(body: WebhookCreate, dispatcher: WebhooksDep) -> WebhookCreated:
+async def create_webhook(
+    body: WebhookCreate, dispatcher: WebhooksDep, request: Request
+) -> WebhookCreated:
     """Start delivering events to a URL. The response holds the signing secret, once."""
     row = await dispatcher.create(str(body.url), body.kinds)
+    await audit(request, "webhook.create", f"webhook:{row.webhook_id}", url=str(body.url))
     return WebhookCreated(**_out(row, dispatcher).model_dump(), secret=row.secret)
 
 
@@ -94,7 +98,8 @@ async def list_webhooks(dispatcher: WebhooksDep) -> list[WebhookOut]:
 
 
 @router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_webhook(webhook_id: str, dispatcher: WebhooksDep) -> Response:
+async def delete_webhook(webhook_id: str, dispatcher: WebhooksDep, request: Request) -> Response:
     if not await dispatcher.remove(webhook_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no webhook '{webhook_id}'")
+    await audit(request, "webhook.delete", f"webhook:{webhook_id}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -186,6 +186,8 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
             assert response.headers["content-type"] == "application/problem+json"
             assert reason in response.json()["detail"]
         assert len(sim.writes) == 1
+        sent = (await api.get("/api/v1/audit", params={"action": "command.send"})).json()["items"]
+        assert [e["detail"]["command_id"] for e in sent] == [command["command_id"]]
 
         # the history: raw and aggregated, through the API
         history = await api.get(
@@ -269,6 +271,15 @@ async def test_api_keys_and_roles_are_enforced(
         revoked = await api.delete(f"/api/v1/api-keys/{created.json()['key_id']}")
         assert revoked.status_code == 204
         assert (await api.get("/api/v1/devices", headers=operator)).status_code == 401
+
+        # every mutation is in the audit log, with who did it
+        log = (await api.get("/api/v1/audit")).json()["items"]
+        actions = {(entry["action"], entry["target"]) for entry in log}
+        key_id = created.json()["key_id"]
+        assert ("api_key.create", f"api_key:{key_id}") in actions
+        assert ("api_key.revoke", f"api_key:{key_id}") in actions
+        assert all(entry["actor"] for entry in log)
+        assert (await api.get("/api/v1/audit", headers=viewer)).status_code == 403
 
         metrics = await api.get("/metrics")
         assert metrics.status_code == 200
