@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -133,3 +134,11 @@ def pg_url(postgres: PostgresServer) -> Iterator[str]:
 def unique_id() -> str:
     """Short unique string for topics, client ids, agent ids, database names."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+async def dynsec_broker(mosquitto_factory: Callable[..., MosquittoServer], tmp_path: Path) -> Any:
+    """A private Mosquitto with the dynamic-security plugin (``tests.harness.dynsec.Broker``)."""
+    from tests.harness.dynsec import start_dynsec_broker  # noqa: PLC0415 - imports the hub
+
+    return await start_dynsec_broker(mosquitto_factory, tmp_path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,12 +32,10 @@ from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.hub import Hub
 from cloud_hub.provisioning import (
     DynsecAdminSettings,
-    MosquittoDynsec,
     ProvisioningService,
     ProvisioningSettings,
     ProvisioningTokenRow,
 )
-from cloud_hub.provisioning.broker import hub_acls
 from cloud_hub.registry import utcnow
 from cloud_hub.registry.models import ApiKeyRow
 from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
@@ -45,49 +43,14 @@ from device_profiles.wire import agent_client_id
 from edge_agent.provision import claim, write_credentials
 from edge_agent.settings import AgentSettings
 from iot_runtime import load_settings
-from iot_runtime.mqtt import MqttSettings, make_client
-from tests.harness import MosquittoServer, free_port
+from iot_runtime.mqtt import make_client
+from tests.harness import free_port
+from tests.harness.dynsec import Broker
 
 pytestmark = pytest.mark.integration
 
-DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 NOT_AUTHORIZED = 0x87
 TIMEOUT = 10.0
-
-
-@dataclass
-class Broker:
-    server: MosquittoServer
-    admin: MqttSettings  # the dynamic-security admin (may subscribe to '#', publish nothing)
-    hub: MqttSettings  # the hub's own user: iot/v1/# only
-
-
-@pytest.fixture
-async def dynsec_broker(
-    mosquitto_factory: Callable[..., MosquittoServer], tmp_path: Path
-) -> Broker:
-    config = tmp_path / "dynsec.json"
-    admin_password = secrets.token_urlsafe(16)
-    init = await asyncio.create_subprocess_exec(
-        "mosquitto_ctrl", "dynsec", "init", str(config), "admin", admin_password,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(init.communicate(), TIMEOUT)
-    assert init.returncode == 0, output.decode()
-    server = mosquitto_factory(
-        extra_config=f"plugin {DYNSEC_PLUGIN}\nplugin_opt_config_file {config}\n",
-        allow_anonymous=False,
-    )
-    admin = MqttSettings(
-        host=server.host, port=server.port, username="admin", password=admin_password
-    )
-    hub_password = secrets.token_urlsafe(16)
-    await MosquittoDynsec(admin).create_user("cloud-hub", hub_password, hub_acls())
-    hub = MqttSettings(
-        host=server.host, port=server.port, username="cloud-hub", password=hub_password
-    )
-    return Broker(server, admin, hub)
 
 
 class _Server(uvicorn.Server):
