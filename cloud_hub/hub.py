@@ -173,9 +173,13 @@ class Hub:
             await self._publish_config(config)
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            accepted = await self.ingest.handle(str(message.topic), payload)
-            if accepted.command_result is not None:
-                await self._apply_result(accepted.command_result)
+            try:
+                accepted = await self.ingest.handle(str(message.topic), payload)
+                if accepted.command_result is not None:
+                    await self._apply_result(accepted.command_result)
+            except Exception as exc:  # one message must never stop the loop
+                log.exception("control message failed", topic=str(message.topic))
+                self.ingest.dead_letter(str(message.topic), f"hub error: {exc!r}", payload)
 
     async def _telemetry_session(self, client: aiomqtt.Client) -> None:
         topic_filter = subscription(Channel.TELEMETRY)
@@ -191,7 +195,13 @@ class Hub:
                 self.ingest.learn_devices(str(message.topic), payload)
                 ack(client, message)
                 continue
-            accepted = await self.ingest.handle(str(message.topic), payload)
+            try:
+                accepted = await self.ingest.handle(str(message.topic), payload)
+            except Exception as exc:  # a poison message is dead-lettered, never retried forever
+                log.exception("telemetry message failed", topic=str(message.topic))
+                self.ingest.dead_letter(str(message.topic), f"hub error: {exc!r}", payload)
+                ack(client, message)
+                continue
             await self.writer.submit(
                 Pending(accepted.readings, lambda m=message: ack(client, m))  # type: ignore[misc]
             )

@@ -133,6 +133,10 @@ class Ingest:
         meta = self._devices.get(device_id)
         return meta.profile if meta else None
 
+    def dead_letter(self, topic: str, reason: str, payload: bytes) -> None:
+        """Count and keep a refused message or reading with the reason (never raises)."""
+        self._dead_letter(topic, reason, payload)
+
     def _dead_letter(self, topic: str, reason: str, payload: bytes) -> None:
         self.stats["dead_letters"] += 1
         self.dead_letters.append(DeadLetter(topic, reason, payload[:4096]))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -79,6 +80,19 @@ class Registry:
     # -- agents and devices ---------------------------------------------------------------
 
     async def agent_state(
+        self, agent_id: str, state: str, software_version: str, devices: Sequence[DeviceInfo]
+    ) -> None:
+        """Record an agent's state and devices. Several hub processes may record the same
+        birth message at once: a lost insert race is retried as an update."""
+        for attempt in range(3):
+            try:
+                await self._agent_state(agent_id, state, software_version, devices)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+
+    async def _agent_state(
         self, agent_id: str, state: str, software_version: str, devices: Sequence[DeviceInfo]
     ) -> None:
         now = utcnow()
