@@ -21,6 +21,7 @@ from cloud_hub.api.schemas import (
     PointValue,
     UtcDateTime,
 )
+from cloud_hub.api.scope import device_in_scope, in_scope
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.coap_models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
@@ -82,23 +83,21 @@ async def get_agent(agent_id: str, hub: HubDep, _caller: Reader) -> AgentOut:
 
 @router.get("/devices", tags=["devices"])
 async def list_devices(
-    hub: HubDep, _caller: Reader, limit: Limit = 1000, offset: Offset = 0
+    hub: HubDep, caller: Reader, limit: Limit = 1000, offset: Offset = 0
 ) -> list[DeviceOut]:
-    rows = await hub.registry.list_devices()
+    rows = [d for d in await hub.registry.list_devices() if in_scope(caller, d)]
     return [DeviceOut.model_validate(d) for d in rows[offset : offset + limit]]
 
 
 @router.get("/devices/{device_id}", tags=["devices"])
-async def get_device(device_id: str, hub: HubDep, _caller: Reader) -> DeviceOut:
-    device = await hub.registry.get_device(device_id)
-    if device is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device '{device_id}'")
-    return DeviceOut.model_validate(device)
+async def get_device(device_id: str, hub: HubDep, caller: Reader) -> DeviceOut:
+    return DeviceOut.model_validate(await device_in_scope(hub, caller, device_id))
 
 
 @router.get("/devices/{device_id}/telemetry/latest", tags=["telemetry"])
-async def latest_telemetry(device_id: str, hub: HubDep, _caller: Reader) -> LatestTelemetry:
+async def latest_telemetry(device_id: str, hub: HubDep, caller: Reader) -> LatestTelemetry:
     """The newest stored value of each point of a device, with the time the edge read it."""
+    await device_in_scope(hub, caller, device_id)
     try:
         _, profile = await hub.profile_for(device_id)
     except UnknownDevice as exc:
@@ -125,12 +124,13 @@ async def latest_telemetry(device_id: str, hub: HubDep, _caller: Reader) -> Late
     responses=problem_responses(422, s422="Unknown command, bad parameters or out-of-range values"),
 )
 async def send_command(
-    device_id: str, body: CommandCreate, hub: HubDep, _caller: Commander, request: Request
+    device_id: str, body: CommandCreate, hub: HubDep, caller: Commander, request: Request
 ) -> CommandOut:
     """Validate a command against the device's profile, queue it and send it to its agent.
 
     Follow its progress at ``GET /api/v1/commands/{command_id}``.
     """
+    await device_in_scope(hub, caller, device_id)
     try:
         row = await hub.send_command(device_id, body.name, body.params, body.ttl_s)
     except UnknownDevice as exc:
@@ -146,10 +146,17 @@ async def send_command(
     return CommandOut.model_validate(row)
 
 
+async def _device_visible(hub: Hub, caller: Principal, device_id: str) -> bool:
+    device = await hub.registry.get_device(device_id)
+    return device is not None and in_scope(caller, device)
+
+
 @router.get("/commands/{command_id}", tags=["commands"])
-async def get_command(command_id: str, hub: HubDep, _caller: Reader) -> CommandOut:
+async def get_command(command_id: str, hub: HubDep, caller: Reader) -> CommandOut:
     row = await hub.registry.get_command(command_id)
-    if row is None:
+    if row is None or (
+        caller.site is not None and not await _device_visible(hub, caller, row.device_id)
+    ):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")
     return CommandOut.model_validate(row)
 

@@ -11,6 +11,7 @@ from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import CommandOut
+from cloud_hub.api.scope import device_in_scope
 from cloud_hub.hub import Hub
 from cloud_hub.registry import TERMINAL_STATUSES
 
@@ -112,8 +113,16 @@ async def _group_out(hub: Hub, group_id: str) -> GroupOut:
 async def create_group(
     body: GroupCreate, hub: HubDep, caller: Commander, request: Request
 ) -> GroupOut:
-    """Send one command to every selected device; follow the aggregated progress."""
+    """Send one command to every selected device; follow the aggregated progress.
+
+    A key scoped to a site selects within its site only."""
     selector = body.selector.model_dump(exclude_none=True)
+    if caller.site is not None:
+        if selector.get("site", caller.site) != caller.site:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this key is limited to site '{caller.site}'"
+            )
+        selector["site"] = caller.site
     group = await hub.send_group_command(
         selector, body.name, body.params, body.ttl_s, created_by=caller.key_id
     )
@@ -138,9 +147,12 @@ async def get_group(group_id: str, hub: HubDep, _caller: Reader) -> GroupOut:
     responses=problem_responses(409, s409="The command already has a final status"),
 )
 async def cancel_command(
-    command_id: str, hub: HubDep, _caller: Commander, request: Request
+    command_id: str, hub: HubDep, caller: Commander, request: Request
 ) -> CommandOut:
     """Cancel a command that has no final status yet."""
+    found = await hub.registry.get_command(command_id)
+    if found is not None:
+        await device_in_scope(hub, caller, found.device_id)
     row, cancelled = await hub.cancel_command(command_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.scope import device_in_scope
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.storage import Aggregate, SeriesQuery
 from device_profiles import DeviceProfile
@@ -65,7 +66,7 @@ def _ms(value: datetime | None, default: int) -> int:
 )
 async def query_telemetry(
     hub: HubDep,
-    _caller: Reader,
+    caller: Reader,
     device_id: Annotated[list[str], Query(min_length=1, max_length=MAX_DEVICES)],
     point: Annotated[
         list[str] | None, Query(description="Points; all of the profile if none.")
@@ -94,6 +95,7 @@ async def query_telemetry(
     by_profile: dict[str, tuple[DeviceProfile, list[str]]] = {}
     for device in dict.fromkeys(device_id):
         try:
+            await device_in_scope(hub, caller, device)
             _, profile = await hub.profile_for(device)
         except UnknownDevice as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

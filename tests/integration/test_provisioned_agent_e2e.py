@@ -88,6 +88,34 @@ async def test_token_to_running_agent_to_telemetry_and_command(
 
             assert await eventually(done) == "succeeded"
             assert sim.image.get("lamp_on") is False
+
+            # object-level checks: a technician of another site does not see this device
+            async def key(site: str) -> dict[str, str]:
+                body = {"name": f"tech {site}", "role": "technician", "site": site}
+                created = await hub.api.post("/api/v1/api-keys", json=body)
+                return {"Authorization": f"Bearer {created.json()['secret']}"}
+
+            south, north = await key("south"), await key("north")
+            for method, path in [
+                ("GET", f"/api/v1/devices/{device_id}"),
+                ("GET", f"/api/v1/devices/{device_id}/telemetry/latest"),
+                ("POST", f"/api/v1/devices/{device_id}/commands"),
+                ("GET", f"/api/v1/commands/{command_id}"),
+                ("GET", f"/api/v1/telemetry?device_id={device_id}"),
+            ]:
+                refused = await hub.api.request(
+                    method, path, headers=south, json={"name": "lamp_on"}
+                )
+                assert refused.status_code == 404, (path, refused.text)
+            assert (await hub.api.get("/api/v1/devices", headers=south)).json() == []
+            group = {"selector": {"site": "north"}, "name": "lamp_on"}
+            assert (
+                await hub.api.post("/api/v1/command-groups", json=group, headers=south)
+            ).status_code == 403
+            ok = await hub.api.post(
+                f"/api/v1/devices/{device_id}/commands", json={"name": "lamp_on"}, headers=north
+            )
+            assert ok.status_code == 202, ok.text
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
