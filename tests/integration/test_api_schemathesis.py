@@ -87,6 +87,7 @@ PUBLIC = {
 VIEWER_FORBIDDEN_GETS = {
     "GET /api/v1/api-keys",
     "GET /api/v1/audit",
+    "GET /api/v1/dead-letters",
     "GET /api/v1/provisioning/tokens",
     "GET /api/v1/events/stream",
     "GET /api/v1/webhooks",
