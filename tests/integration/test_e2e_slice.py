@@ -14,7 +14,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -34,7 +34,6 @@ from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 PROFILE = load_builtin_profile("smart_pole")
 
 
