@@ -9,14 +9,22 @@ registers need ``max_gap=0``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from device_profiles import ModbusTable, Point
+from device_profiles import ModbusTable, Point, Value
 from drivers.errors import ConfigurationError
-from drivers.modbus.codec import register_count
+from drivers.modbus.codec import decode, register_count
 
-__all__ = ["DEFAULT_MAX_GAP", "MAX_READ_BITS", "MAX_READ_REGISTERS", "ReadBlock", "plan_reads"]
+__all__ = [
+    "DEFAULT_MAX_GAP",
+    "MAX_READ_BITS",
+    "MAX_READ_REGISTERS",
+    "PlanCache",
+    "ReadBlock",
+    "decode_block",
+    "plan_reads",
+]
 
 DEFAULT_MAX_GAP = 8
 MAX_READ_REGISTERS = 125
@@ -90,3 +98,34 @@ def _coalesce(
     if names:
         blocks.append(ReadBlock(table, start, end - start, tuple(names)))
     return blocks
+
+
+class PlanCache:
+    """Read plans by the tuple of point names asked for: a poller asks the same set every
+    cycle, so planning happens once (at most ``size`` plans kept)."""
+
+    def __init__(self, max_gap: int = DEFAULT_MAX_GAP, size: int = 64) -> None:
+        self.max_gap = max_gap
+        self.size = size
+        self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
+
+    def blocks(self, points: Mapping[str, Point]) -> list[ReadBlock]:
+        key = tuple(points)
+        found = self._plans.get(key)
+        if found is None:
+            if len(self._plans) >= self.size:
+                self._plans.clear()
+            found = self._plans[key] = plan_reads(points, max_gap=self.max_gap)
+        return found
+
+
+def decode_block(
+    points: Mapping[str, Point], block: ReadBlock, data: Sequence[int]
+) -> dict[str, Value]:
+    """The raw values of ``block``'s points from the registers (or bits) read for it."""
+    out: dict[str, Value] = {}
+    for name in block.points:
+        point = points[name]
+        offset = point.modbus.address - block.start
+        out[name] = decode(point, data[offset : offset + register_count(point)])
+    return out

@@ -31,8 +31,8 @@ from device_profiles import DeviceProfile, Value
 from drivers.base import Driver
 from drivers.errors import DriverError, ProtocolError
 from drivers.modbus.bus import ModbusSerialBus, Request, acquire_bus, release_bus
-from drivers.modbus.codec import decode, encode, register_count
-from drivers.modbus.plan import ReadBlock, plan_reads
+from drivers.modbus.codec import encode
+from drivers.modbus.plan import PlanCache, ReadBlock, decode_block
 from drivers.modbus.rtu_settings import ModbusRtuSettings
 
 __all__ = ["ModbusRtuDriver"]
@@ -40,7 +40,6 @@ __all__ = ["ModbusRtuDriver"]
 log = structlog.get_logger(__name__)
 
 _READ_FUNCTION = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
-_PLAN_CACHE_SIZE = 64  # read plans kept, by the tuple of names asked for
 
 
 class ModbusRtuDriver(Driver):
@@ -51,7 +50,7 @@ class ModbusRtuDriver(Driver):
         self.settings = settings
         self._bus: ModbusSerialBus | None = None
         self._lock = asyncio.Lock()
-        self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
+        self._plans = PlanCache(max_gap=settings.max_gap)
 
     @property
     def endpoint(self) -> str:
@@ -88,19 +87,10 @@ class ModbusRtuDriver(Driver):
         points = {name: self.point(name) for name in wanted}
         if not points:
             return {}
-        blocks = self._plans.get(wanted)
-        if blocks is None:
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            blocks = self._plans[wanted] = plan_reads(points, max_gap=self.settings.max_gap)
         raw: dict[str, Value] = {}
         async with self._lock:
-            for block in blocks:
-                data = await self._read_block(block)
-                for name in block.points:
-                    point = points[name]
-                    offset = point.modbus.address - block.start
-                    raw[name] = decode(point, data[offset : offset + register_count(point)])
+            for block in self._plans.blocks(points):
+                raw.update(decode_block(points, block, await self._read_block(block)))
         return {name: raw[name] for name in wanted}
 
     async def write(self, name: str, raw: Value) -> None:

@@ -36,8 +36,8 @@ from drivers.errors import (
     DriverTimeout,
     ProtocolError,
 )
-from drivers.modbus.codec import decode, encode, register_count
-from drivers.modbus.plan import ReadBlock, plan_reads
+from drivers.modbus.codec import encode
+from drivers.modbus.plan import PlanCache, ReadBlock, decode_block
 from drivers.settings import ModbusTcpSettings
 
 __all__ = ["ModbusTcpDriver"]
@@ -45,7 +45,6 @@ __all__ = ["ModbusTcpDriver"]
 log = structlog.get_logger(__name__)
 
 _READ_FUNCTION = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
-_PLAN_CACHE_SIZE = 64  # read plans kept, by the tuple of names asked for
 # pymodbus raises ModbusIOException for both "no answer" and "wrong answer"; only the text
 # tells them apart (pymodbus/transaction/transaction.py, checked against 3.16).
 _NO_RESPONSE = "No response received"
@@ -60,7 +59,7 @@ class ModbusTcpDriver(Driver):
         self._client: AsyncModbusTcpClient | None = None
         self._lost = asyncio.Event()  # set when the current client's connection drops
         self._lock = asyncio.Lock()
-        self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
+        self._plans = PlanCache(max_gap=settings.max_gap)
         self._rx = b""  # the receive buffer as last seen, during the request in flight
 
     @property
@@ -84,20 +83,11 @@ class ModbusTcpDriver(Driver):
         points = {name: self.point(name) for name in wanted}
         if not points:
             return {}
-        blocks = self._plans.get(wanted)
-        if blocks is None:
-            if len(self._plans) >= _PLAN_CACHE_SIZE:
-                self._plans.clear()
-            blocks = self._plans[wanted] = plan_reads(points, max_gap=self.settings.max_gap)
         raw: dict[str, Value] = {}
         async with self._lock:
             client = await self._connected_client()
-            for block in blocks:
-                data = await self._read_block(client, block)
-                for name in block.points:
-                    point = points[name]
-                    offset = point.modbus.address - block.start
-                    raw[name] = decode(point, data[offset : offset + register_count(point)])
+            for block in self._plans.blocks(points):
+                raw.update(decode_block(points, block, await self._read_block(client, block)))
         return {name: raw[name] for name in wanted}
 
     async def write(self, name: str, raw: Value) -> None:
