@@ -6,11 +6,12 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.audit import audit
-from cloud_hub.api.auth import Principal, Role, require
+from cloud_hub.api.auth import Principal, Role
+from cloud_hub.api.deps import Admin, Commander, HubDep, Reader
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import (
     AgentOut,
@@ -32,15 +33,6 @@ from device_profiles.wire import ID_PATTERN
 __all__ = ["router"]
 
 
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
-HubDep = Annotated[Hub, Depends(_hub)]
-Reader = Annotated[Principal, Depends(require("read"))]
-Commander = Annotated[Principal, Depends(require("command"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
 _ERRORS = problem_responses(
     400,
     401,

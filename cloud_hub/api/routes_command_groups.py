@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_hub.api.audit import audit
-from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.deps import Commander, HubDep, Reader
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import CommandOut
 from cloud_hub.api.scope import device_in_scope
@@ -18,14 +18,6 @@ from cloud_hub.registry import TERMINAL_STATUSES
 __all__ = ["router"]
 
 
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
-HubDep = Annotated[Hub, Depends(_hub)]
-Commander = Annotated[Principal, Depends(require("command"))]
-Reader = Annotated[Principal, Depends(require("read"))]
 router = APIRouter(
     prefix="/api/v1",
     tags=["commands"],

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.deps import Admin
 from cloud_hub.api.problems import TITLES, problem, problem_responses
 from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.provisioning import (
@@ -43,7 +44,6 @@ def _service(request: Request) -> ProvisioningService:
 
 ServiceDep = Annotated[ProvisioningService, Depends(_service)]
 Provisioner = Annotated[Principal, Depends(require("provision"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
 router = APIRouter(prefix="/api/v1", responses=problem_responses(400, 401, 403, 422))
 
 

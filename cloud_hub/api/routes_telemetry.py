@@ -6,12 +6,12 @@ import time
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.deps import HubDep, Reader
 from cloud_hub.api.scope import device_in_scope
-from cloud_hub.hub import Hub, UnknownDevice
+from cloud_hub.hub import UnknownDevice
 from cloud_hub.storage import Aggregate, SeriesQuery
 from device_profiles import DeviceProfile
 
@@ -21,13 +21,6 @@ MAX_DEVICES = 100
 DEFAULT_SPAN_MS = 3_600_000
 
 
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
-HubDep = Annotated[Hub, Depends(_hub)]
-Reader = Annotated[Principal, Depends(require("read"))]
 router = APIRouter(
     prefix="/api/v1",
     tags=["telemetry"],
