@@ -106,6 +106,8 @@ class Seeded:
 @contextlib.asynccontextmanager
 async def seeded_hub(mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIterator[Seeded]:
     """The hub, with one online agent (birth message over MQTT) behind which are 3 poles."""
+    # a broker of its own (the caller's mosquitto_private): the session broker holds other
+    # tests' retained agent states, which would show up in the lists checked here
     mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
     port = free_port()
     settings = HubSettings(
@@ -201,9 +203,9 @@ def _fuzz(seeded: Seeded) -> list[str]:
 
 
 async def test_every_operation_conforms_to_its_schema(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    async with seeded_hub(mosquitto, tmp_path, unique_id) as seeded:
+    async with seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded:
         failures = await asyncio.to_thread(_fuzz, seeded)
     assert not failures, "\n\n".join(failures)
 
@@ -226,10 +228,10 @@ def _routes(openapi: dict[str, Any], seeded: Seeded) -> list[tuple[str, str, str
 
 
 async def test_every_route_but_the_public_ones_needs_a_key_and_viewers_only_read(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str
 ) -> None:
     async with (
-        seeded_hub(mosquitto, tmp_path, unique_id) as seeded,
+        seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded,
         httpx.AsyncClient(base_url=seeded.base_url, timeout=10) as anonymous,
     ):
         openapi = (await seeded.hub.api.get("/openapi.json")).json()
@@ -259,9 +261,9 @@ async def test_every_route_but_the_public_ones_needs_a_key_and_viewers_only_read
 
 
 async def test_bodies_over_the_limit_are_refused_with_413(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    async with seeded_hub(mosquitto, tmp_path, unique_id) as seeded:
+    async with seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded:
         api = seeded.hub.api
         url = f"/api/v1/devices/{seeded.device_id}/commands"
         padding = "x" * MAX_BODY_BYTES
@@ -318,9 +320,9 @@ async def test_bodies_over_the_limit_are_refused_with_413(
 
 
 async def test_device_and_agent_lists_are_paginated_by_id(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    async with seeded_hub(mosquitto, tmp_path, unique_id) as seeded:
+    async with seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded:
         api = seeded.hub.api
         everything = [d["device_id"] for d in (await api.get("/api/v1/devices")).json()]
         assert everything == sorted(everything) and len(everything) == 3
@@ -340,11 +342,11 @@ async def test_device_and_agent_lists_are_paginated_by_id(
 
 
 async def test_times_carry_an_offset_and_errors_are_documented_problems(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str
 ) -> None:
     """SQLite gave naive times (not RFC 3339 ``date-time``); 404, 400 and 422 answers were
     undocumented or documented as ``application/json``."""
-    async with seeded_hub(mosquitto, tmp_path, unique_id) as seeded:
+    async with seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded:
         api = seeded.hub.api
         agents = (await api.get("/api/v1/agents")).json()
         assert agents[0]["last_seen"].endswith(("Z", "+00:00"))
@@ -366,10 +368,10 @@ async def test_times_carry_an_offset_and_errors_are_documented_problems(
 
 
 async def test_an_audit_cursor_beyond_64_bits_is_invalid_not_a_server_error(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str
 ) -> None:
     """``?before=-38402623234994667520`` overflowed SQLite's INTEGER: 500."""
-    async with seeded_hub(mosquitto, tmp_path, unique_id) as seeded:
+    async with seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded:
         for before in ("-38402623234994667520", str(2**63), "0"):
             response = await seeded.hub.api.get("/api/v1/audit", params={"before": before})
             assert response.status_code == 422, (before, response.text)
@@ -386,9 +388,9 @@ async def test_an_audit_cursor_beyond_64_bits_is_invalid_not_a_server_error(
     ids=["huge-field", "bare-cr"],
 )
 async def test_a_malformed_bulk_csv_is_invalid_not_a_server_error(
-    mosquitto: Any, tmp_path: Path, unique_id: str, csv: str
+    mosquitto_private: Any, tmp_path: Path, unique_id: str, csv: str
 ) -> None:
-    async with seeded_hub(mosquitto, tmp_path, unique_id) as seeded:
+    async with seeded_hub(mosquitto_private, tmp_path, unique_id) as seeded:
         response = await seeded.hub.api.post(
             "/api/v1/provisioning/bulk", content=csv, headers={"Content-Type": "text/csv"}
         )
