@@ -1,6 +1,6 @@
 """Telemetry storage backends behind one interface (:class:`TelemetryStore`)."""
 
-from cloud_hub.settings import InfluxV1Settings, StorageSettings
+from cloud_hub.settings import InfluxV1Settings, InfluxV2Settings, StorageSettings
 from cloud_hub.storage.base import (
     Aggregate,
     LatestValue,
@@ -14,11 +14,13 @@ from cloud_hub.storage.base import (
     TelemetryStore,
 )
 from cloud_hub.storage.influx_v1 import InfluxV1Store
+from cloud_hub.storage.influx_v2 import InfluxV2Store
 from cloud_hub.storage.sqlite_store import SqliteStore
 
 __all__ = [
     "Aggregate",
     "InfluxV1Store",
+    "InfluxV2Store",
     "LatestValue",
     "Series",
     "SeriesQuery",
@@ -36,4 +38,6 @@ __all__ = [
 def open_store(settings: StorageSettings) -> TelemetryStore:
     if isinstance(settings, InfluxV1Settings):
         return InfluxV1Store(settings)
+    if isinstance(settings, InfluxV2Settings):
+        return InfluxV2Store(settings)
     return SqliteStore(settings)

@@ -1,4 +1,5 @@
-"""Telemetry queries on both stores (real InfluxDB 1.x, embedded SQLite): raw ranges,
+"""Telemetry queries on every store (real InfluxDB 1.x; InfluxDB 2.x's API through
+``influxdb-client`` in front of it, with InfluxQL queries; embedded SQLite): raw ranges,
 aggregate windows, several devices and points, limits, idempotent replays."""
 
 from __future__ import annotations
@@ -9,20 +10,41 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import InfluxV1Settings, SqliteStoreSettings
-from cloud_hub.storage import InfluxV1Store, SeriesQuery, SqliteStore, StoredReading, TelemetryStore
+from cloud_hub.settings import InfluxV1Settings, InfluxV2Settings, SqliteStoreSettings
+from cloud_hub.storage import (
+    InfluxV1Store,
+    InfluxV2Store,
+    SeriesQuery,
+    SqliteStore,
+    StoredReading,
+    TelemetryStore,
+)
+from tests.harness.influx_v2_front import InfluxV2Front
 
 pytestmark = pytest.mark.integration
 
 T0 = 29_333_333 * 60_000  # on a whole minute (windows align to the epoch)
 
 
-@pytest.fixture(params=["influxdb", "sqlite"])
+@pytest.fixture(params=["influxdb", "influxdb2-api", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TelemetryStore]:
     chosen: TelemetryStore
+    front: InfluxV2Front | None = None
     if request.param == "influxdb":
         db: Any = request.getfixturevalue("influx_db")
         chosen = InfluxV1Store(InfluxV1Settings(url=db.url, database=db.name))
+    elif request.param == "influxdb2-api":
+        db = request.getfixturevalue("influx_db")
+        front = await InfluxV2Front(db.url, buckets={db.name}).start()
+        chosen = InfluxV2Store(
+            InfluxV2Settings(
+                url=front.url,
+                org=front.org,
+                bucket=db.name,
+                token=front.token,  # type: ignore[arg-type]
+                query_language="influxql",
+            )
+        )
     else:
         chosen = SqliteStore(SqliteStoreSettings(path=tmp_path / "t.db"))
     await chosen.start()
@@ -41,6 +63,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await chosen.write(readings[:5])  # a replay changes nothing
     yield chosen
     await chosen.close()
+    if front is not None:
+        assert front.writes == 2  # both writes went through /api/v2/write
+        await front.close()
 
 
 async def test_raw_range_of_several_devices_and_points(store: TelemetryStore) -> None:
@@ -72,3 +97,11 @@ async def test_limit_per_series(store: TelemetryStore) -> None:
     )
     assert [len(s.values) for s in found] == [3, 3]
     assert found[0].values[0][0] == T0  # the oldest first
+
+
+async def test_latest_values_with_their_times(store: TelemetryStore) -> None:
+    latest = await store.latest("p2", "smart_pole", ["power", "lamp_on", "voltage"])
+    assert set(latest) == {"power", "lamp_on"}  # no voltage was ever stored
+    assert latest["power"].value == pytest.approx(12.0)
+    assert latest["power"].ts_ms == T0 + 11 * 10_000
+    assert bool(latest["lamp_on"].value) is False
