@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.coap.settings import CoapSettings
 from drivers.hj212.settings import Hj212SerialSettings, Hj212TcpSettings
+from drivers.modbus.plan import DEFAULT_MAX_GAP, MaxGap
 from drivers.modbus.rtu_settings import ModbusRtuSettings
 
 __all__ = [
@@ -42,13 +43,7 @@ class ModbusTcpSettings(BaseModel):
     retries: int = Field(
         default=1, ge=0, le=10, description="Re-sends of a request that got no answer."
     )
-    max_gap: int = Field(
-        default=8,
-        ge=0,
-        le=124,
-        description="Unused registers a coalesced read may span; 0 for devices that refuse "
-        "reads of unmapped addresses.",
-    )
+    max_gap: MaxGap = DEFAULT_MAX_GAP
 
     @property
     def endpoint(self) -> str:

@@ -35,15 +35,11 @@ replayed datagram can neither inject commands nor make the agent drop data. A 4.
 4.01) means the hub can never accept the message: it is dropped and counted; 4.01 and 5.xx
 fail the cycle and the message is sent again later.
 
-Errors::
+Errors: :class:`NbIotUplinkError` and its subclasses (the tree: :mod:`edge_agent.nbiot_coap`).
 
-    NbIotUplinkError
-    ├── FramingError        a datagram or payload that is not what the contract says
-    ├── OversizedMessage    a message that does not fit one datagram even alone
-    ├── CoapTimeout         no ACK after MAX_RETRANSMIT, or no separate response in time
-    ├── CoapReset           the hub answered RST
-    ├── CoapRefused         the hub answered 4.xx/5.xx (.code, .diagnostic, .permanent)
-    └── ResponseNotAuthentic the response's MAC does not verify
+The pieces: :mod:`edge_agent.nbiot_coap` (the messages: requests, datagrams, payloads, errors),
+:mod:`edge_agent.waking_outbox` (:class:`WakingOutbox`), and :class:`NbIotUplink` (the cycle and
+the exchange) here; this module also gathers the others' public names.
 """
 
 from __future__ import annotations
@@ -53,47 +49,52 @@ import contextlib
 import hmac
 import random
 import secrets
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiocoap
 import structlog
-from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
-from aiocoap.optiontypes import OpaqueOption
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 
-from device_profiles.wire import (
-    AgentState,
-    Channel,
-    CommandRequest,
-    DeviceInfo,
-    Reading,
-    TelemetryBatch,
-    encode,
-)
+from device_profiles.wire import AgentState, Channel, CommandRequest, DeviceInfo, TelemetryBatch
 from device_profiles.wire.coap import (
     AUTH_OPTION,
     CF_JSON,
     CF_JSON_DEFLATE,
-    CONTROL_PATHS,
-    BodyError,
     auth_value,
     derive_key,
     request_mac,
     response_mac,
 )
-from device_profiles.wire.coap import decode_body as decode_coap_body
-from device_profiles.wire.coap import encode_body as encode_coap_body
 from drivers import DriverError
 from drivers.nbiot import NbIotModem, UdpSocket
+from edge_agent.nbiot_coap import (
+    PATHS,
+    POLL_PATH,
+    CoapRefused,
+    CoapReply,
+    CoapRequest,
+    CoapReset,
+    CoapTimeout,
+    Downlink,
+    FramingError,
+    NbIotUplinkError,
+    OversizedMessage,
+    ResponseNotAuthentic,
+    build_request,
+    decode_body,
+    decode_downlink,
+    empty_message,
+    encode_body,
+    parse_datagram,
+    split_batch,
+)
 from edge_agent.nbiot_settings import NbIotUplinkSettings
 from edge_agent.outbox import OutboxLike, Outgoing
+from edge_agent.waking_outbox import URGENT_CHANNELS, WakingOutbox
 
 __all__ = [
     "AUTH_OPTION",
@@ -131,246 +132,6 @@ log = structlog.get_logger(__name__)
 TOKEN_BYTES = 4
 ACK_RANDOM_FACTOR = 1.5
 _MAX_ROUNDS = 20  # drain / linger / poll rounds in one wake at most
-
-#: The Uri-Path of each channel an agent sends.
-PATHS: dict[Channel, tuple[str, ...]] = {
-    Channel.TELEMETRY: ("t",),
-    **{channel: ("e", code) for code, channel in CONTROL_PATHS.items()},
-}
-POLL_PATH: tuple[str, ...] = ("p",)
-#: Control messages that end the PSM sleep early (health waits for the next wake).
-URGENT_CHANNELS = frozenset({Channel.EVENTS, Channel.COMMAND_RESULTS})
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class NbIotUplinkError(Exception):
-    """Base of the NB-IoT uplink's errors."""
-
-
-class FramingError(NbIotUplinkError):
-    """A datagram or payload that is not a CoAP message of the contract."""
-
-
-class OversizedMessage(NbIotUplinkError):
-    """A message that does not fit one datagram even on its own."""
-
-
-class CoapTimeout(NbIotUplinkError):
-    """No ACK after the last retransmission, or no separate response in time."""
-
-
-class CoapReset(NbIotUplinkError):
-    """The hub answered the request with RST (it does not know the exchange)."""
-
-
-class CoapRefused(NbIotUplinkError):
-    """The hub answered with an error code: ``permanent`` (4.xx but 4.01) means the message
-    can never be accepted."""
-
-    def __init__(self, code: int, diagnostic: str) -> None:
-        self.code = code
-        self.diagnostic = diagnostic
-        super().__init__(f"hub answered {Code(code)}: {diagnostic}")
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >> 5 == 4 and self.code != int(Code.UNAUTHORIZED)
-
-
-class ResponseNotAuthentic(NbIotUplinkError):
-    """A response whose MAC is missing or wrong: ignored (it may be spoofed)."""
-
-
-# -- framing ------------------------------------------------------------------------------
-
-
-def encode_body(message: BaseModel, *, compress: bool) -> tuple[bytes, int]:
-    """The payload of ``message`` and its Content-Format (see device_profiles.wire.coap)."""
-    return encode_coap_body(encode(message), compress=compress)
-
-
-def decode_body(payload: bytes, content_format: int | None) -> bytes:
-    """The JSON of a response payload; FramingError if it cannot be read."""
-    try:
-        return decode_coap_body(payload, content_format)
-    except BodyError as exc:
-        raise FramingError(str(exc)) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class CoapRequest:
-    """An encoded confirmable request and what its response is matched and checked with."""
-
-    mid: int
-    token: bytes
-    mac: bytes
-    datagram: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class CoapReply:
-    """A parsed datagram from the hub."""
-
-    mtype: int
-    code: int
-    mid: int
-    token: bytes
-    payload: bytes
-    content_format: int | None
-    mac: bytes | None
-
-    @property
-    def is_response(self) -> bool:
-        return 2 <= self.code >> 5 <= 5
-
-
-def build_request(
-    *,
-    key: bytes,
-    agent_id: str,
-    path: Sequence[str],
-    payload: bytes,
-    content_format: int | None,
-    mid: int,
-    token: bytes,
-    ts: int,
-) -> CoapRequest:
-    """A confirmable POST to ``path`` with the auth option."""
-    message = aiocoap.Message(code=Code.POST, payload=payload)
-    message.mtype = Type.CON
-    message.mid = mid
-    message.token = token
-    message.opt.uri_path = tuple(path)
-    if content_format is not None:
-        message.opt.content_format = content_format
-    mac = request_mac(key, agent_id, "/".join(path), ts, content_format, payload)
-    message.opt.add_option(OpaqueOption(AUTH_OPTION, auth_value(agent_id, ts, mac)))
-    return CoapRequest(mid=mid, token=token, mac=mac, datagram=message.encode())
-
-
-def _empty(mtype: Type, mid: int) -> bytes:
-    message = aiocoap.Message(code=Code.EMPTY)
-    message.mtype = mtype
-    message.mid = mid
-    encoded: bytes = message.encode()
-    return encoded
-
-
-def parse_datagram(data: bytes) -> CoapReply:
-    """A datagram as a CoAP message; FramingError if it is not one."""
-    try:
-        message = aiocoap.Message.decode(data)
-        options = message.opt.get_option(AUTH_OPTION)
-        mac = bytes(options[0].value) if options else None
-        cf = message.opt.content_format
-        return CoapReply(
-            mtype=int(message.mtype),
-            code=int(message.code),
-            mid=int(message.mid),
-            token=bytes(message.token),
-            payload=bytes(message.payload),
-            content_format=None if cf is None else int(cf),
-            mac=mac,
-        )
-    except (UnparsableMessage, ValueError, TypeError, IndexError, struct.error) as exc:
-        raise FramingError(f"not a CoAP message: {exc}") from exc
-
-
-class Downlink(BaseModel):
-    """The payload of a 2.xx response: commands for the agent's devices."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    cmd: list[CommandRequest] = Field(default_factory=list)
-    more: bool = False
-
-
-def decode_downlink(payload: bytes, content_format: int | None) -> Downlink:
-    """The commands of a response payload (none when it is empty)."""
-    if not payload:
-        return Downlink()
-    body = decode_body(payload, content_format)
-    try:
-        return Downlink.model_validate_json(body)
-    except ValidationError as exc:
-        raise FramingError(f"response payload: {exc.error_count()} problem(s): {exc}") from exc
-
-
-def split_batch(
-    batch: TelemetryBatch, fits: Callable[[TelemetryBatch], bool]
-) -> list[TelemetryBatch]:
-    """``batch`` as parts (same agent id and seq) that each ``fit``, halving as needed;
-    OversizedMessage if a single reading does not fit."""
-    if fits(batch):
-        return [batch]
-    readings: list[Reading] = batch.readings
-    if len(readings) == 1:
-        raise OversizedMessage(
-            f"reading of {readings[0].device_id} at {readings[0].ts} does not fit one datagram"
-        )
-    half = len(readings) // 2
-    first = batch.model_copy(update={"readings": readings[:half]})
-    second = batch.model_copy(update={"readings": readings[half:]})
-    return split_batch(first, fits) + split_batch(second, fits)
-
-
-# -- outbox wake-up -----------------------------------------------------------------------
-
-
-class WakingOutbox:
-    """An :class:`~edge_agent.outbox.OutboxLike` around another whose :attr:`urgent` is set
-    while control messages of an urgent channel wait to be sent (to end the PSM sleep early,
-    and not to wake again for what the last cycle already sent). Everything else (``close``,
-    ``bytes_used``) is the wrapped outbox's."""
-
-    def __init__(
-        self, inner: OutboxLike, urgent_channels: frozenset[Channel] = URGENT_CHANNELS
-    ) -> None:
-        self.inner = inner
-        self.urgent_channels = urgent_channels
-        self.urgent = asyncio.Event()
-        self._urgent_waiting = 0
-
-    @property
-    def agent_id(self) -> str:
-        return self.inner.agent_id
-
-    @property
-    def depth(self) -> int:
-        return self.inner.depth
-
-    @property
-    def dropped_readings(self) -> int:
-        return self.inner.dropped_readings
-
-    def put_reading(self, reading: Reading) -> None:
-        self.inner.put_reading(reading)
-
-    def put_control(self, channel: Channel, message: BaseModel) -> None:
-        self.inner.put_control(channel, message)
-        if channel in self.urgent_channels:
-            self._urgent_waiting += 1
-            self.urgent.set()
-
-    async def next(self) -> Outgoing:
-        return await self.inner.next()
-
-    def ack(self, item: Outgoing) -> None:
-        self.inner.ack(item)
-        if item.channel in self.urgent_channels and self._urgent_waiting > 0:
-            self._urgent_waiting -= 1
-            if self._urgent_waiting == 0:
-                self.urgent.clear()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (copy, pickle): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-
-# -- the uplink ---------------------------------------------------------------------------
 
 
 class NbIotUplink:
@@ -656,6 +417,6 @@ class NbIotUplink:
                 known = reply.token in self._recent_tokens
                 if reply.mtype == Type.CON:  # acknowledge (or reset) a separate response
                     answer = Type.ACK if known else Type.RST
-                    await sock.send(self._host, port, _empty(answer, reply.mid))
+                    await sock.send(self._host, port, empty_message(answer, reply.mid))
                 if reply.token == request.token:
                     return reply

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 
 from device_profiles.wire import Channel, Reading, TelemetryBatch
 
-__all__ = ["Outbox", "OutboxLike", "Outgoing"]
+__all__ = ["Outbox", "OutboxLike", "Outgoing", "gather_burst"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,29 @@ class OutboxLike(Protocol):
     def put_control(self, channel: Channel, message: BaseModel) -> None: ...
     async def next(self) -> Outgoing: ...
     def ack(self, item: Outgoing) -> None: ...
+
+
+async def gather_burst(
+    changed: asyncio.Event,
+    delay_s: float,
+    *,
+    full: Callable[[], bool],
+    after_wake: Callable[[], None] | None = None,
+) -> None:
+    """Let a burst of readings gather into one message, but never wait past ``delay_s``: wait
+    on ``changed`` until ``full()`` (calling ``after_wake`` after each wake-up) or time is up."""
+    deadline = time.monotonic() + delay_s
+    while not full():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), remaining)
+        except TimeoutError:
+            return
+        if after_wake is not None:
+            after_wake()
 
 
 @dataclass
@@ -87,17 +111,11 @@ class Outbox:
         if self._control:
             self._inflight = self._control.popleft()
             return self._inflight
-        # let a burst of readings gather into one message, but never wait past the delay
-        deadline = time.monotonic() + self.batch_max_delay_s
-        while len(self._readings) < self.batch_max_readings and not self._control:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                break
+        await gather_burst(
+            self._changed,
+            self.batch_max_delay_s,
+            full=lambda: len(self._readings) >= self.batch_max_readings or bool(self._control),
+        )
         count = min(len(self._readings), self.batch_max_readings)
         readings = [self._readings.popleft() for _ in range(count)]
         batch = TelemetryBatch(agent_id=self.agent_id, seq=self._next_seq, readings=readings)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from device_profiles import ProfileError, validation_issues
 from drivers import DriverError
-from edge_agent.settings import DeviceConfig
+from edge_agent.settings import DeviceConfig, check_unique_device_ids
 
 __all__ = ["ConfigRejected", "RemoteConfig", "load_applied", "parse_remote", "store_applied"]
 
@@ -40,11 +40,7 @@ class RemoteConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> RemoteConfig:
-        seen: set[str] = set()
-        for index, device in enumerate(self.devices):
-            if device.device_id in seen:
-                raise ValueError(f"devices[{index}].device_id {device.device_id!r} is used twice")
-            seen.add(device.device_id)
+        check_unique_device_ids(self.devices)
         return self
 
 

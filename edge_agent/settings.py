@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +17,7 @@ from iot_runtime import FileAndEnvSettings
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings
 
-__all__ = ["AgentSettings", "DeviceConfig"]
+__all__ = ["AgentSettings", "DeviceConfig", "check_unique_device_ids"]
 
 WireId = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -77,6 +78,15 @@ class BufferSettings(BaseModel):
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
 
+def check_unique_device_ids(devices: Sequence[DeviceConfig]) -> None:
+    """ValueError naming the first device whose ``device_id`` an earlier one already has."""
+    seen: set[str] = set()
+    for index, device in enumerate(devices):
+        if device.device_id in seen:
+            raise ValueError(f"devices[{index}].device_id {device.device_id!r} is used twice")
+        seen.add(device.device_id)
+
+
 class AgentSettings(FileAndEnvSettings):
     """Settings of one edge agent."""
 
@@ -108,9 +118,5 @@ class AgentSettings(FileAndEnvSettings):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> AgentSettings:
-        seen: set[str] = set()
-        for index, device in enumerate(self.devices):
-            if device.device_id in seen:
-                raise ValueError(f"devices[{index}].device_id {device.device_id!r} is used twice")
-            seen.add(device.device_id)
+        check_unique_device_ids(self.devices)
         return self

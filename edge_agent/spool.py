@@ -64,69 +64,52 @@ Recovery
     A stored message that no longer parses (a reading, or a control message whose model is
     gone) is deleted, logged with its content at ERROR and counted (``corrupt_readings``,
     ``corrupt_control``), so one bad row never blocks the uplink.
+
+Modules
+    :mod:`edge_agent.spool_file` opens the SQLite file (WAL, lock, check, setting a bad one
+    aside) and keeps the row counts and counters in step with it; :mod:`edge_agent.spool_batches`
+    reads control messages and telemetry batches back out of it. This module decides what goes
+    in, what comes out when, and what is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from device_profiles.wire import (
     MAX_READINGS_PER_BATCH,
     MESSAGE_TYPES,
     Channel,
     Reading,
-    TelemetryBatch,
 )
-from edge_agent.outbox import Outgoing
+from edge_agent.outbox import Outgoing, gather_burst
+from edge_agent.spool_batches import SpoolBatch, SpoolReader
+from edge_agent.spool_file import SCHEMA_VERSION, SpoolError, SpoolFile, Synchronous, spool_files
 
-__all__ = ["DiskOutbox", "SpoolError", "SpoolMetrics", "Synchronous"]
+__all__ = [
+    "MIN_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "DiskOutbox",
+    "SpoolError",
+    "SpoolMetrics",
+    "Synchronous",
+]
 
 log = structlog.get_logger(__name__)
 
-Synchronous = Literal["NORMAL", "FULL"]
-
-SCHEMA_VERSION = 1
 MIN_MAX_BYTES = 256 * 1024
 _WAL_MIN = 64 * 1024
 _WAL_MAX = 1024 * 1024
 _NO_RANGE = (0, -1)
-_CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-_LOCKED_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _WIRE_MODELS: tuple[type[BaseModel], ...] = MESSAGE_TYPES
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS control (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, kind TEXT NOT NULL,
-    body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-"""
-_COUNTERS = (
-    "next_seq",
-    "dropped_readings",
-    "corrupt_files_set_aside",
-    "corrupt_readings",
-    "corrupt_control",
-)
-
-
-class SpoolError(Exception):
-    """The spool cannot be used: locked by another process, unwritable, or closed."""
-
-
-class _Corrupt(Exception):
-    """The file is not a usable spool (internal: it is set aside)."""
 
 
 @dataclass(frozen=True)
@@ -144,15 +127,10 @@ class SpoolMetrics:
     corrupt_control: int
 
 
-@dataclass(frozen=True)
-class _Batch:
-    seq: int
-    lo: int
-    hi: int
-
-
 class DiskOutbox:
     """A store-and-forward outbox in one SQLite file; see the module docstring."""
+
+    _closed = False
 
     def __init__(
         self,
@@ -197,35 +175,29 @@ class DiskOutbox:
         self._timer: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
         self._inflight: Outgoing | None = None
-        self._batch: _Batch | None = None  # the telemetry batch handed out and not acked
+        self._batch: SpoolBatch | None = None  # the telemetry batch handed out and not acked
         self._control_id = 0  # the control message handed out and not acked
-        self._live_turn = True
         self._over_cap = False
         self._failing = False  # the last flush failed (disk full, I/O error): retry on a timer
-        self._db = self._open_or_replace()
-        self._page_size = self._pragma("page_size")
-        counts = self._db.execute(
-            "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM control), "
-            "(SELECT coalesce(max(id), 0) FROM readings)"
-        ).fetchone()
-        self._disk_rows, self._control_rows, self._live_floor = (int(c) for c in counts)
-        self._counters = self._load_counters()
-        seq, lo, hi = (self._meta(k, -1) for k in ("batch_seq", "batch_lo", "batch_hi"))
+        self._file = SpoolFile(self.path, synchronous=synchronous, wal_bytes=self._wal_bytes)
+        self._db = self._file.db
+        self._reader = SpoolReader(self._file, self._models)
+        seq, lo, hi = (self._file.meta(k, -1) for k in ("batch_seq", "batch_lo", "batch_hi"))
         if seq >= 0:
-            self._batch = _Batch(seq, lo, hi)
-        stored_agent = self._meta("agent_id", agent_id)
+            self._batch = SpoolBatch(seq, lo, hi)
+        stored_agent = self._file.meta("agent_id", agent_id)
         if stored_agent != agent_id:
             log.warning(
                 "spool was written by another agent id", path=str(self.path), was=stored_agent
             )
-        with self._tx():
-            self._set_meta("agent_id", agent_id)
+        with self._file.tx():
+            self._file.set_meta("agent_id", agent_id)
         log.info(
             "spool opened",
             path=str(self.path),
-            readings=self._disk_rows,
-            control=self._control_rows,
-            next_seq=self._counters["next_seq"],
+            readings=self._file.disk_rows,
+            control=self._file.control_rows,
+            next_seq=self._file.counters["next_seq"],
         )
 
     @classmethod
@@ -251,7 +223,7 @@ class DiskOutbox:
             raise SpoolError(f"{kind} is not a known wire model; pass it in control_models")
         body = message.model_dump_json().encode()
         try:
-            with self._tx():
+            with self._file.tx():
                 self._insert_pending()
                 self._db.execute(
                     "INSERT INTO control (channel, kind, body) VALUES (?, ?, ?)",
@@ -260,7 +232,7 @@ class DiskOutbox:
                 self._enforce_cap()
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot store a control message in {self.path}: {exc}") from exc
-        self._control_rows += 1
+        self._file.control_rows += 1
         self._after_commit()
         self._changed.set()
 
@@ -270,7 +242,7 @@ class DiskOutbox:
         if not self._pending or self._closed:
             return 0
         try:
-            with self._tx():
+            with self._file.tx():
                 count = self._insert_pending()
         except sqlite3.Error as exc:
             self._keep_pending_bounded()
@@ -300,27 +272,22 @@ class DiskOutbox:
             if item.readings:
                 return item
             self.ack(item)
-        while not self._control_rows and not self.depth:
+        while not self._file.control_rows and not self.depth:
             self._changed.clear()
             await self._changed.wait()
             self._check_open()
         if control := self._next_control():
             return control
         # let a burst gather into one message (unless a backlog waits), never past the delay
-        deadline = time.monotonic() + self.batch_max_delay_s
-        while self.depth < self.batch_max_readings and not self._control_rows:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                break
-            self._check_open()
+        await gather_burst(
+            self._changed,
+            self.batch_max_delay_s,
+            full=lambda: self.depth >= self.batch_max_readings or bool(self._file.control_rows),
+            after_wake=self._check_open,
+        )
         if control := self._next_control():
             return control
-        while self.flush() == 0 and not self._disk_rows:  # the disk refused the readings
+        while self.flush() == 0 and not self._file.disk_rows:  # the disk refused the readings
             await asyncio.sleep(self.flush_interval_s)  # retry later; they stay in memory
             self._check_open()
         return self._next_telemetry()
@@ -330,55 +297,55 @@ class DiskOutbox:
         if item is not self._inflight or self._closed:
             return
         try:
-            with self._tx():
+            with self._file.tx():
                 if self._batch is not None:
                     cur = self._db.execute(
                         "DELETE FROM readings WHERE id BETWEEN ? AND ?",
                         (self._batch.lo, self._batch.hi),
                     )
                     for key in ("batch_seq", "batch_lo", "batch_hi"):
-                        self._set_meta(key, -1)
+                        self._file.set_meta(key, -1)
                 else:
                     cur = self._db.execute("DELETE FROM control WHERE id = ?", (self._control_id,))
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot remove a published message from {self.path}: {exc}") from exc
         if self._batch is not None:
-            self._disk_rows -= cur.rowcount
+            self._file.disk_rows -= cur.rowcount
             self._batch = None
         else:
-            self._control_rows -= cur.rowcount
+            self._file.control_rows -= cur.rowcount
         self._inflight = None
 
     # -- metrics -----------------------------------------------------------------------------
     @property
     def depth(self) -> int:
         """Readings waiting (including those in the message being published)."""
-        return self._disk_rows + len(self._pending)
+        return self._file.disk_rows + len(self._pending)
 
     @property
     def backlog_readings(self) -> int:
         """Readings committed to the spool and not yet acknowledged."""
-        return self._disk_rows
+        return self._file.disk_rows
 
     @property
     def dropped_readings(self) -> int:
         """Oldest readings dropped to stay within ``max_bytes`` (over the spool's lifetime)."""
-        return self._counters["dropped_readings"]
+        return self._file.counters["dropped_readings"]
 
     @property
     def corrupt_files_set_aside(self) -> int:
-        return self._counters["corrupt_files_set_aside"]
+        return self._file.counters["corrupt_files_set_aside"]
 
     @property
     def bytes_used(self) -> int:
         """Bytes of the database holding data (free pages excluded; the WAL not counted)."""
         self._check_open()
-        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
+        return self._file.bytes_used()
 
     @property
     def file_bytes(self) -> int:
         """Size of the spool's files on disk (database and WAL)."""
-        return sum(p.stat().st_size for p in self._files(self.path) if p.exists())
+        return sum(p.stat().st_size for p in spool_files(self.path) if p.exists())
 
     @property
     def oldest_ts(self) -> int | None:
@@ -397,11 +364,11 @@ class DiskOutbox:
             file_bytes=self.file_bytes,
             dropped_readings=self.dropped_readings,
             oldest_ts=self.oldest_ts,
-            control_waiting=self._control_rows,
+            control_waiting=self._file.control_rows,
             control_over_cap=self.control_over_cap,
             corrupt_files_set_aside=self.corrupt_files_set_aside,
-            corrupt_readings=self._counters["corrupt_readings"],
-            corrupt_control=self._counters["corrupt_control"],
+            corrupt_readings=self._file.counters["corrupt_readings"],
+            corrupt_control=self._file.counters["corrupt_control"],
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -411,7 +378,7 @@ class DiskOutbox:
             return
         self.flush()
         self._cancel_timer()
-        self._db.close()
+        self._file.close()
         self._closed = True
         self._changed.set()  # wake a waiting next(), which then raises SpoolError
 
@@ -429,48 +396,23 @@ class DiskOutbox:
 
     # -- batches -----------------------------------------------------------------------------
     def _next_control(self) -> Outgoing | None:
-        """The oldest control message; one that cannot be read back is deleted and counted."""
-        while self._control_rows:
-            row_id, channel, kind, body = self._db.execute(
-                "SELECT id, channel, kind, body FROM control ORDER BY id LIMIT 1"
-            ).fetchone()
-            model = self._models.get(kind)
-            error = f"unknown message type {kind}; pass it in control_models"
-            if model is not None:
-                try:
-                    item = Outgoing(Channel(channel), model.model_validate_json(body))
-                except (ValidationError, ValueError) as exc:
-                    error = str(exc)
-                else:
-                    self._control_id = row_id
-                    self._inflight = item
-                    return item
-            log.error(
-                "unreadable control message in the spool deleted",
-                kind=kind,
-                channel=channel,
-                body=str(body[:500]),
-                error=error,
-            )
-            try:
-                with self._tx():
-                    self._db.execute("DELETE FROM control WHERE id = ?", (row_id,))
-                    self._control_rows -= 1
-                    self._bump("corrupt_control", 1)
-            except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: deleting a bad row failed: {exc}") from exc
-        return None
+        """The oldest control message (unreadable ones are deleted and counted), in flight."""
+        found = self._reader.oldest_control()
+        if found is None:
+            return None
+        self._control_id, self._inflight = found
+        return self._inflight
 
     def _next_telemetry(self) -> Outgoing:
         while True:
-            lo, hi = self._pick_range()
-            batch = _Batch(self._counters["next_seq"], lo, hi)
+            lo, hi = self._reader.next_range(self.batch_max_readings)
+            batch = SpoolBatch(self._file.counters["next_seq"], lo, hi)
             try:
-                with self._tx():
-                    self._set_meta("batch_seq", batch.seq)
-                    self._set_meta("batch_lo", lo)
-                    self._set_meta("batch_hi", hi)
-                    self._bump("next_seq", 1)
+                with self._file.tx():
+                    self._file.set_meta("batch_seq", batch.seq)
+                    self._file.set_meta("batch_lo", lo)
+                    self._file.set_meta("batch_hi", hi)
+                    self._file.bump("next_seq", 1)
             except sqlite3.Error as exc:
                 raise SpoolError(f"cannot record a batch in {self.path}: {exc}") from exc
             self._batch = batch
@@ -479,69 +421,10 @@ class DiskOutbox:
                 return item
             self.ack(item)  # every row of the range was unreadable (counted); try the next
 
-    def _pick_range(self) -> tuple[int, int]:
-        """The ids of the next batch: live and backlog in turn (see the module docstring)."""
-        floor, size = self._live_floor, self.batch_max_readings
-        sql = "SELECT min(id), max(id) FROM (SELECT id FROM readings WHERE id {} ? ORDER BY id {} LIMIT ?)"
-        has_backlog = self._query("SELECT 1 FROM readings WHERE id <= ? LIMIT 1", floor)
-        live = self._query(
-            "SELECT count(*) FROM (SELECT 1 FROM readings WHERE id > ? LIMIT ?)",
-            floor,
-            2 * size + 1,
-        )
-        if live and (not has_backlog or self._live_turn):
-            self._live_turn = False
-            # fallen behind by more than two batches: the newest first, the rest join the backlog
-            order = "DESC" if live > 2 * size else "ASC"
-            lo, hi = self._db.execute(sql.format(">", order), (floor, size)).fetchone()
-            self._live_floor = hi
-        else:
-            self._live_turn = True
-            lo, hi = self._db.execute(sql.format("<=", "ASC"), (floor, size)).fetchone()
-        return int(lo), int(hi)
-
-    def _query(self, sql: str, *args: int) -> int:
-        row = self._db.execute(sql, args).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def _telemetry(self, batch: _Batch) -> Outgoing:
-        rows = self._db.execute(
-            "SELECT id, body FROM readings WHERE id BETWEEN ? AND ? ORDER BY id",
-            (batch.lo, batch.hi),
-        ).fetchall()
-        head = json.dumps({"agent_id": self.agent_id, "seq": batch.seq})[:-1].encode()
-        try:  # one parse for the whole batch; row by row only if some row is bad
-            bodies = b",".join(r[1] for r in rows)
-            message = TelemetryBatch.model_validate_json(head + b', "readings": [' + bodies + b"]}")
-        except (TypeError, ValidationError):
-            message = self._salvage(batch, rows)
+    def _telemetry(self, batch: SpoolBatch) -> Outgoing:
+        message = self._reader.load(batch, self.agent_id)
         self._inflight = Outgoing(Channel.TELEMETRY, message, readings=len(message.readings))
         return self._inflight
-
-    def _salvage(self, batch: _Batch, rows: list[tuple[int, bytes]]) -> TelemetryBatch:
-        good: list[Reading] = []
-        bad: list[tuple[int]] = []
-        sample = ""
-        for row_id, body in rows:
-            try:
-                good.append(Reading.model_validate_json(body))
-            except (ValidationError, TypeError, ValueError):
-                bad.append((row_id,))
-                sample = sample or str(body[:500])
-        if bad:  # never sendable: delete and count them (the batch keeps its other readings)
-            log.error(
-                "unreadable readings in the spool deleted",
-                seq=batch.seq,
-                count=len(bad),
-                first=sample,
-            )
-            with contextlib.suppress(sqlite3.Error), self._tx():
-                self._db.executemany("DELETE FROM readings WHERE id = ?", bad)
-                self._disk_rows -= len(bad)
-                self._bump("corrupt_readings", len(bad))
-        return TelemetryBatch.model_construct(
-            v=1, agent_id=self.agent_id, seq=batch.seq, readings=good
-        )
 
     # -- writes ------------------------------------------------------------------------------
     def _insert_pending(self) -> int:
@@ -551,7 +434,7 @@ class DiskOutbox:
             # make room first, so freed pages are reused and the file does not overshoot
             self._enforce_cap(incoming=sum(len(body) + 24 for _, body in self._pending))
             self._db.executemany("INSERT INTO readings (ts, body) VALUES (?, ?)", self._pending)
-            self._disk_rows += count
+            self._file.disk_rows += count
             self._enforce_cap()
         return count
 
@@ -572,7 +455,7 @@ class DiskOutbox:
             if excess <= 0:
                 self._over_cap = False
                 return
-            per_row = max(1, used // max(1, self._disk_rows + self._control_rows))
+            per_row = max(1, used // max(1, self._file.disk_rows + self._file.control_rows))
             cur = self._db.execute(
                 "DELETE FROM readings WHERE id IN (SELECT id FROM readings "
                 "WHERE id NOT BETWEEN ? AND ? ORDER BY id LIMIT ?)",
@@ -580,8 +463,8 @@ class DiskOutbox:
             )
             if cur.rowcount <= 0:
                 break
-            self._disk_rows -= cur.rowcount
-            self._bump("dropped_readings", cur.rowcount)
+            self._file.disk_rows -= cur.rowcount
+            self._file.bump("dropped_readings", cur.rowcount)
         if not self._over_cap:
             self._over_cap = True
             self.control_over_cap += 1
@@ -590,7 +473,7 @@ class DiskOutbox:
                 path=str(self.path),
                 bytes_used=self.bytes_used,
                 max_bytes=self.max_bytes,
-                control_waiting=self._control_rows,
+                control_waiting=self._file.control_rows,
             )
 
     def _keep_pending_bounded(self) -> None:
@@ -598,38 +481,7 @@ class DiskOutbox:
         excess = len(self._pending) - 20 * self.flush_max_readings
         if excess > 0:
             del self._pending[:excess]
-            self._counters["dropped_readings"] += excess
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One transaction; on failure the in-memory counts are restored with the file."""
-        saved = (self._disk_rows, self._control_rows, dict(self._counters))
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            self._disk_rows, self._control_rows, self._counters = saved
-            raise
-
-    def _bump(self, key: str, by: int) -> None:
-        self._counters[key] += by
-        self._set_meta(key, self._counters[key])
-
-    def _set_meta(self, key: str, value: int | str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-    def _meta(self, key: str, default: Any) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else row[0]
-
-    def _load_counters(self) -> dict[str, int]:
-        return {key: int(self._meta(key, 0)) for key in _COUNTERS}
-
-    def _pragma(self, name: str) -> int:
-        return int(self._db.execute(f"PRAGMA {name}").fetchone()[0])
+            self._file.counters["dropped_readings"] += excess
 
     def _schedule_flush(self) -> None:
         try:
@@ -648,83 +500,3 @@ class DiskOutbox:
     def _check_open(self) -> None:
         if self._closed:
             raise SpoolError(f"spool {self.path} is closed")
-
-    # -- opening -----------------------------------------------------------------------------
-    _closed = False
-
-    def _open_or_replace(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return self._connect()
-        except _Corrupt as exc:
-            aside = self._set_aside()
-            log.error(
-                "spool unreadable; set aside, starting a fresh one",
-                path=str(self.path),
-                moved_to=str(aside),
-                error=str(exc),
-            )
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('corrupt_files_set_aside', "
-            "coalesce((SELECT value FROM meta WHERE key = 'corrupt_files_set_aside'), 0) + 1)"
-        )
-        db.execute("COMMIT")
-        return db
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-        except sqlite3.Error as exc:
-            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
-        try:
-            self._prepare(db)
-        except (_Corrupt, SpoolError):
-            db.close()
-            raise
-        except sqlite3.Error as exc:
-            db.close()
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if code in _LOCKED_CODES:
-                raise SpoolError(f"spool {self.path} is in use by another process") from exc
-            if code in _CORRUPT_CODES or not isinstance(exc, sqlite3.OperationalError):
-                raise _Corrupt(str(exc)) from exc
-            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
-        return db
-
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA locking_mode = EXCLUSIVE")  # one process per spool
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise SpoolError(f"spool {self.path}: cannot use WAL mode (got {mode})")
-        db.execute(f"PRAGMA synchronous = {self.synchronous}")
-        db.execute(f"PRAGMA wal_autocheckpoint = {self._wal_bytes // 4096}")
-        db.execute(f"PRAGMA journal_size_limit = {self._wal_bytes}")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise _Corrupt(f"unknown spool schema version {version}")
-        check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
-        if check != "ok":
-            raise _Corrupt(f"quick_check: {check}")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _set_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-        for source in self._files(self.path):
-            if source.exists():
-                suffix = source.name[len(self.path.name) :]
-                source.rename(aside.with_name(aside.name + suffix))
-        return aside
-
-    @staticmethod
-    def _files(path: Path) -> list[Path]:
-        return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]

@@ -54,6 +54,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
 from device_profiles import DeviceProfile, Value, load_builtin_profile
+from firmware_sim.ticking import ticking
 
 __all__ = [
     "CoapFaults",
@@ -562,13 +563,8 @@ async def run_manhole_sensor(
         model=ManholeCoverModel(seed=seed), host=host, port=port, max_age_s=max_age_s
     )
     await sim.start()
-    ticker = None
-    if tick_s is not None:
-        ticker = asyncio.create_task(sim.run(tick_s), name="manhole sensor tick")
     try:
-        yield sim
+        async with ticking(sim.run, tick_s, name="manhole sensor tick"):
+            yield sim
     finally:
-        if ticker is not None:
-            ticker.cancel()
-            await asyncio.wait([ticker])
         await sim.stop()

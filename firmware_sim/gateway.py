@@ -39,9 +39,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from device_profiles import Value, load_builtin_profile
-from firmware_sim.faults import FaultInjector, TrafficLog
-from firmware_sim.modbus_rtu_server import ModbusRtuSimServer, UnitWrite
+from firmware_sim.modbus_rtu_server import ModbusRtuSimServer, RtuLineViews, UnitWrite
 from firmware_sim.register_image import RegisterImage, WriteRecord
+from firmware_sim.ticking import ticking
 
 __all__ = [
     "DEFAULT_UNITS",
@@ -349,21 +349,13 @@ _MODELS: dict[str, type[DeviceModel]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayBusSim:
-    """A running gateway bus: the line, and each device's image and model."""
+class GatewayBusSim(RtuLineViews):
+    """A running gateway bus: the line, and each device's image and model (``port_path``,
+    ``devices``, ``faults``, ``traffic``: :class:`RtuLineViews`)."""
 
     server: ModbusRtuSimServer
     models: dict[str, DeviceModel]
     units: dict[str, int]
-
-    @property
-    def port_path(self) -> str:
-        return self.server.port_path
-
-    @property
-    def devices(self) -> dict[int, RegisterImage]:
-        """Unit id -> image."""
-        return self.server.devices
 
     def image(self, unit_id: int) -> RegisterImage:
         return self.server.image(unit_id)
@@ -374,14 +366,6 @@ class GatewayBusSim:
     @property
     def writes(self) -> list[UnitWrite]:
         return self.server.writes
-
-    @property
-    def faults(self) -> FaultInjector:
-        return self.server.faults
-
-    @property
-    def traffic(self) -> TrafficLog:
-        return self.server.traffic
 
     def step(self) -> None:
         """Advance every device's physics to the clock."""
@@ -423,13 +407,5 @@ async def run_gateway_bus(
         {wanted[n]: m.image for n, m in models.items()}, name=name, directory=directory, seed=seed
     )
     sim = GatewayBusSim(server=server, models=models, units=wanted)
-    async with server:
-        ticker = None
-        if tick_s is not None:
-            ticker = asyncio.create_task(sim.run(tick_s), name="gateway bus tick")
-        try:
-            yield sim
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-                await asyncio.wait([ticker])
+    async with server, ticking(sim.run, tick_s, name="gateway bus tick"):
+        yield sim

@@ -36,7 +36,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from pymodbus.simulator.simcore import SimCore
 
-from device_profiles import DeviceProfile, load_builtin_profile
+from device_profiles import load_builtin_profile
 from firmware_sim.faults import (
     Fault,
     FaultInjector,
@@ -48,9 +48,16 @@ from firmware_sim.faults import (
 )
 from firmware_sim.register_image import RegisterImage, WriteRecord
 from firmware_sim.serial_link import PtyLink
-from firmware_sim.smart_pole import SmartPoleModel
+from firmware_sim.smart_pole import SmartPoleModel, SmartPoleViews
+from firmware_sim.ticking import ticking
 
-__all__ = ["ModbusRtuSimServer", "SmartPoleRtuSim", "UnitWrite", "run_smart_pole_rtu"]
+__all__ = [
+    "ModbusRtuSimServer",
+    "RtuLineViews",
+    "SmartPoleRtuSim",
+    "UnitWrite",
+    "run_smart_pole_rtu",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -297,17 +304,16 @@ class ModbusRtuSimServer:
             self.traffic.add("answer", unit, function, frame, fault)
 
 
-# -- the smart pole over RTU ----------------------------------------------------------------
+# -- running simulators on the line --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SmartPoleRtuSim:
-    """A running smart pole simulator on a simulated RS-485 line."""
+class RtuLineViews:
+    """Accessors of a running simulator on a simulated line (a frozen dataclass with a
+    ``server`` field): the smart pole over RTU and the gateway bus."""
+
+    __slots__ = ()
 
     server: ModbusRtuSimServer
-    image: RegisterImage
-    model: SmartPoleModel
-    unit_id: int
 
     @property
     def port_path(self) -> str:
@@ -315,6 +321,7 @@ class SmartPoleRtuSim:
 
     @property
     def devices(self) -> dict[int, RegisterImage]:
+        """Unit id -> image."""
         return self.server.devices
 
     @property
@@ -325,13 +332,17 @@ class SmartPoleRtuSim:
     def traffic(self) -> TrafficLog:
         return self.server.traffic
 
-    @property
-    def writes(self) -> list[WriteRecord]:
-        return self.image.writes
 
-    @property
-    def profile(self) -> DeviceProfile:
-        return self.image.profile
+@dataclass(frozen=True, slots=True)
+class SmartPoleRtuSim(SmartPoleViews, RtuLineViews):
+    """A running smart pole simulator on a simulated RS-485 line (``writes``, ``profile``:
+    :class:`SmartPoleViews`; ``port_path``, ``devices``, ``faults``, ``traffic``:
+    :class:`RtuLineViews`)."""
+
+    server: ModbusRtuSimServer
+    image: RegisterImage
+    model: SmartPoleModel
+    unit_id: int
 
 
 @asynccontextmanager
@@ -352,13 +363,5 @@ async def run_smart_pole_rtu(
     image = RegisterImage(load_builtin_profile("smart_pole"), clock=clock)
     model = SmartPoleModel(image, seed=seed, clock=clock, utc_offset_h=utc_offset_h)
     server = ModbusRtuSimServer({unit_id: image}, name=name, directory=directory, seed=seed)
-    async with server:
-        ticker = None
-        if tick_s is not None:
-            ticker = asyncio.create_task(model.run(tick_s), name="smart_pole rtu tick")
-        try:
-            yield SmartPoleRtuSim(server=server, image=image, model=model, unit_id=unit_id)
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-                await asyncio.wait([ticker])
+    async with server, ticking(model.run, tick_s, name="smart_pole rtu tick"):
+        yield SmartPoleRtuSim(server=server, image=image, model=model, unit_id=unit_id)

@@ -11,23 +11,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from device_profiles import DeviceProfile, load_builtin_profile
+from device_profiles import load_builtin_profile
 from firmware_sim.modbus_server import ModbusSimServer
-from firmware_sim.register_image import RegisterImage, WriteRecord
-from firmware_sim.smart_pole import SmartPoleModel
+from firmware_sim.register_image import RegisterImage
+from firmware_sim.smart_pole import SmartPoleModel, SmartPoleViews
+from firmware_sim.ticking import ticking
 
 __all__ = ["SmartPoleSim", "run_smart_pole"]
 
 
 @dataclass(frozen=True, slots=True)
-class SmartPoleSim:
-    """A running smart pole simulator."""
+class SmartPoleSim(SmartPoleViews):
+    """A running smart pole simulator (``writes``, ``profile``: :class:`SmartPoleViews`)."""
 
     server: ModbusSimServer
     image: RegisterImage
@@ -45,14 +45,6 @@ class SmartPoleSim:
     @property
     def endpoint(self) -> str:
         return self.server.endpoint
-
-    @property
-    def writes(self) -> list[WriteRecord]:
-        return self.image.writes
-
-    @property
-    def profile(self) -> DeviceProfile:
-        return self.image.profile
 
 
 @asynccontextmanager
@@ -75,13 +67,5 @@ async def run_smart_pole(
     image = RegisterImage(load_builtin_profile("smart_pole"), clock=clock)
     model = SmartPoleModel(image, seed=seed, clock=clock, utc_offset_h=utc_offset_h)
     server = ModbusSimServer(image, host=host, port=port, unit_ids=(unit_id,))
-    async with server:
-        ticker = None
-        if tick_s is not None:
-            ticker = asyncio.create_task(model.run(tick_s), name="smart_pole tick")
-        try:
-            yield SmartPoleSim(server=server, image=image, model=model, unit_id=unit_id)
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-                await asyncio.wait([ticker])
+    async with server, ticking(model.run, tick_s, name="smart_pole tick"):
+        yield SmartPoleSim(server=server, image=image, model=model, unit_id=unit_id)

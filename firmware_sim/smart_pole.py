@@ -12,6 +12,10 @@ Deterministic for a given ``seed`` and ``clock``: every random draw comes from o
   next tick; :meth:`SmartPoleModel.run` ticks every ``tick_s`` seconds;
 * status: door closed, one-key alarm off, no faults; :meth:`SmartPoleModel.force` pins any
   point to a value (open the door, press the alarm, tilt the pole) until released.
+
+:class:`SmartPoleViews` is what the running pole simulators (Modbus TCP:
+:class:`~firmware_sim.runner.SmartPoleSim`, RTU: :class:`~firmware_sim.modbus_rtu_server.SmartPoleRtuSim`)
+show of their image and model alike.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import random
 import time
 from collections.abc import Callable
 
-from device_profiles import Value
+from device_profiles import DeviceProfile, Value
 from firmware_sim.register_image import RegisterImage, WriteRecord
 
-__all__ = ["SmartPoleModel"]
+__all__ = ["SmartPoleModel", "SmartPoleViews"]
 
 _DAY_S = 86400.0
 _LAMP_POINTS = ("lamp_on", "dimming")
@@ -155,3 +159,22 @@ class SmartPoleModel:
             if point.max is not None:
                 value = min(point.max, value)
         self.image.set(name, value)
+
+
+class SmartPoleViews:
+    """Accessors of a running smart pole simulator (a frozen dataclass with these fields)."""
+
+    __slots__ = ()
+
+    image: RegisterImage
+    model: SmartPoleModel
+    unit_id: int
+
+    @property
+    def writes(self) -> list[WriteRecord]:
+        """What Modbus clients wrote to the pole."""
+        return self.image.writes
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return self.image.profile

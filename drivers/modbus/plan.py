@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from device_profiles import ModbusTable, Point, Value
 from drivers.errors import ConfigurationError
@@ -20,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_GAP",
     "MAX_READ_BITS",
     "MAX_READ_REGISTERS",
+    "MaxGap",
     "PlanCache",
     "ReadBlock",
     "decode_block",
@@ -29,6 +33,16 @@ __all__ = [
 DEFAULT_MAX_GAP = 8
 MAX_READ_REGISTERS = 125
 MAX_READ_BITS = 2000
+#: The ``max_gap`` setting of a Modbus device (TCP and RTU alike).
+MaxGap = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_READ_REGISTERS - 1,
+        description="Unused registers a coalesced read may span; 0 for devices that refuse "
+        "reads of unmapped addresses.",
+    ),
+]
 _TABLE_ORDER: tuple[ModbusTable, ...] = (
     "coil",
     "discrete_input",

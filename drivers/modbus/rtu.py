@@ -3,8 +3,8 @@
 The points to read are planned into the same coalesced blocks as over TCP
 (:func:`drivers.modbus.plan.plan_reads`, the same ``max_gap``) and decoded with the same codec;
 on a serial line coalescing matters most (at 9600 Bd one 125-register read moves ~400
-registers/s against ~40 for single-register reads). Writes: FC5 for a coil, FC6 for one
-register, FC16 for several, FC3 + FC6 for a bool in one bit of a holding register.
+registers/s against ~40 for single-register reads). The requests a read or a write sends are
+the same as over TCP (:mod:`drivers.modbus.requests`).
 
 Each request is one transaction on the port's :class:`~drivers.modbus.bus.ModbusSerialBus`,
 shared with the other devices on the line; the bus does the timing, retries and the translation
@@ -21,25 +21,22 @@ of failures. A driver holds its bus from ``connect()`` (or its first read or wri
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 
 import structlog
-from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.pdu import ModbusPDU
 
 from device_profiles import DeviceProfile, Value
 from drivers.base import Driver
-from drivers.errors import DriverError, ProtocolError
+from drivers.errors import DriverError
 from drivers.modbus.bus import ModbusSerialBus, Request, acquire_bus, release_bus
-from drivers.modbus.codec import encode
-from drivers.modbus.plan import PlanCache, ReadBlock, decode_block
+from drivers.modbus.plan import PlanCache
+from drivers.modbus.requests import ModbusWrite, read_points
 from drivers.modbus.rtu_settings import ModbusRtuSettings
 
 __all__ = ["ModbusRtuDriver"]
 
 log = structlog.get_logger(__name__)
-
-_READ_FUNCTION = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
 
 
 class ModbusRtuDriver(Driver):
@@ -83,37 +80,18 @@ class ModbusRtuDriver(Driver):
                 await release_bus(bus)
 
     async def read(self, names: Sequence[str]) -> dict[str, Value]:
-        wanted = tuple(dict.fromkeys(names))
-        points = {name: self.point(name) for name in wanted}
+        points = {name: self.point(name) for name in dict.fromkeys(names)}
         if not points:
             return {}
-        raw: dict[str, Value] = {}
         async with self._lock:
-            for block in self._plans.blocks(points):
-                raw.update(decode_block(points, block, await self._read_block(block)))
-        return {name: raw[name] for name in wanted}
+            return await read_points(
+                self._call, self.settings.unit_id, points, self._plans.blocks(points)
+            )
 
     async def write(self, name: str, raw: Value) -> None:
-        point = self.writable_point(name)
-        loc = point.modbus
-        unit = self.settings.unit_id
-        bit_in_register = point.type == "bool" and not loc.is_bit_table
-        registers = encode(point, raw, current=[0] if bit_in_register else None)  # check early
+        write = ModbusWrite.encode(name, self.writable_point(name), raw)  # check early
         async with self._lock:
-            if loc.table == "coil":
-                await self._call(5, lambda c: c.write_coil(loc.address, bool(raw), device_id=unit))
-            elif bit_in_register:
-                current = await self._read_block(ReadBlock(loc.table, loc.address, 1, (name,)))
-                value = encode(point, raw, current=current)[0]
-                await self._call(6, lambda c: c.write_register(loc.address, value, device_id=unit))
-            elif len(registers) == 1:
-                await self._call(
-                    6, lambda c: c.write_register(loc.address, registers[0], device_id=unit)
-                )
-            else:
-                await self._call(
-                    16, lambda c: c.write_registers(loc.address, registers, device_id=unit)
-                )
+            await write.run(self._call, self.settings.unit_id)
         log.debug("modbus write", endpoint=self.endpoint, point=name, raw=raw)
 
     # -- internals ----------------------------------------------------------------------
@@ -129,28 +107,3 @@ class ModbusRtuDriver(Driver):
         return await bus.transact(
             s.unit_id, function, request, timeout_s=s.timeout_s, retries=s.retries
         )
-
-    async def _read_block(self, block: ReadBlock) -> list[int]:
-        unit = self.settings.unit_id
-        start, count = block.start, block.count
-
-        def request(client: AsyncModbusSerialClient) -> Awaitable[ModbusPDU]:
-            readers = {
-                "coil": client.read_coils,
-                "discrete_input": client.read_discrete_inputs,
-                "holding_register": client.read_holding_registers,
-                "input_register": client.read_input_registers,
-            }
-            return readers[block.table](start, count=count, device_id=unit)
-
-        function = _READ_FUNCTION[block.table]
-        response = await self._call(function, request)
-        if function in (1, 2):
-            bits = list(response.bits)
-            if len(bits) < count:  # answers are padded to whole bytes
-                raise ProtocolError(f"asked {count} bits from {start}, got {len(bits)}")
-            return [int(bit) for bit in bits[:count]]
-        registers = list(response.registers)
-        if len(registers) != count:
-            raise ProtocolError(f"asked {count} registers from {start}, got {len(registers)}")
-        return registers

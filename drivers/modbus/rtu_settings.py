@@ -18,6 +18,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers.modbus.plan import DEFAULT_MAX_GAP, MaxGap
+
 __all__ = ["MIN_FRAME_GAP_S", "ModbusRtuSettings", "character_time_s", "default_frame_gap_s"]
 
 #: The fixed inter-frame silence the Modbus serial line spec asks for above 19200 Bd.
@@ -78,13 +80,7 @@ class ModbusRtuSettings(BaseModel):
         description="Silence kept on the line between frames; default 3.5 character times "
         "(1.75 ms above 19200 Bd).",
     )
-    max_gap: int = Field(
-        default=8,
-        ge=0,
-        le=124,
-        description="Unused registers a coalesced read may span; 0 for devices that refuse "
-        "reads of unmapped addresses.",
-    )
+    max_gap: MaxGap = DEFAULT_MAX_GAP
 
     @model_validator(mode="after")
     def _one_port(self) -> Self:

@@ -1,10 +1,9 @@
 """Modbus TCP driver on pymodbus's ``AsyncModbusTcpClient``.
 
-Reads are planned into coalesced blocks (:mod:`drivers.modbus.plan`), one request per block
-(FC1 coils, FC2 discrete inputs, FC3 holding registers, FC4 input registers), and the points are
-decoded from the blocks (:mod:`drivers.modbus.codec`). Writes use FC5 for a coil, FC6 for one
-holding register, FC16 for several, and FC3 + FC6 (read-modify-write) for a bool kept in one
-bit of a holding register.
+Reads are planned into coalesced blocks (:mod:`drivers.modbus.plan`), one request per block,
+and the points are decoded from the blocks (:mod:`drivers.modbus.codec`); which requests a read
+or a write sends is shared with RTU (:mod:`drivers.modbus.requests`). This module runs them on
+the connection.
 
 One lock serialises the requests of a driver, so a read's blocks and a concurrent write never
 interleave. pymodbus's own background reconnection is switched off: after a broken connection
@@ -36,15 +35,14 @@ from drivers.errors import (
     DriverTimeout,
     ProtocolError,
 )
-from drivers.modbus.codec import encode
-from drivers.modbus.plan import PlanCache, ReadBlock, decode_block
+from drivers.modbus.plan import PlanCache
+from drivers.modbus.requests import ModbusWrite, Request, Send, read_points
 from drivers.settings import ModbusTcpSettings
 
 __all__ = ["ModbusTcpDriver"]
 
 log = structlog.get_logger(__name__)
 
-_READ_FUNCTION = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
 # pymodbus raises ModbusIOException for both "no answer" and "wrong answer"; only the text
 # tells them apart (pymodbus/transaction/transaction.py, checked against 3.16).
 _NO_RESPONSE = "No response received"
@@ -79,48 +77,19 @@ class ModbusTcpDriver(Driver):
         self._drop()
 
     async def read(self, names: Sequence[str]) -> dict[str, Value]:
-        wanted = tuple(dict.fromkeys(names))
-        points = {name: self.point(name) for name in wanted}
+        points = {name: self.point(name) for name in dict.fromkeys(names)}
         if not points:
             return {}
-        raw: dict[str, Value] = {}
         async with self._lock:
-            client = await self._connected_client()
-            for block in self._plans.blocks(points):
-                raw.update(decode_block(points, block, await self._read_block(client, block)))
-        return {name: raw[name] for name in wanted}
+            send = self._sender(await self._connected_client())
+            return await read_points(
+                send, self.settings.unit_id, points, self._plans.blocks(points)
+            )
 
     async def write(self, name: str, raw: Value) -> None:
-        point = self.writable_point(name)
-        loc = point.modbus
-        unit = self.settings.unit_id
-        bit_in_register = point.type == "bool" and not loc.is_bit_table
-        registers = encode(point, raw, current=[0] if bit_in_register else None)  # check early
+        write = ModbusWrite.encode(name, self.writable_point(name), raw)  # check early
         async with self._lock:
-            client = await self._connected_client()
-            if loc.table == "coil":
-                await self._execute(
-                    client, 5, lambda: client.write_coil(loc.address, bool(raw), device_id=unit)
-                )
-            elif bit_in_register:
-                block = ReadBlock(loc.table, loc.address, 1, (name,))
-                current = await self._read_block(client, block)
-                value = encode(point, raw, current=current)[0]
-                await self._execute(
-                    client, 6, lambda: client.write_register(loc.address, value, device_id=unit)
-                )
-            elif len(registers) == 1:
-                await self._execute(
-                    client,
-                    6,
-                    lambda: client.write_register(loc.address, registers[0], device_id=unit),
-                )
-            else:
-                await self._execute(
-                    client,
-                    16,
-                    lambda: client.write_registers(loc.address, registers, device_id=unit),
-                )
+            await write.run(self._sender(await self._connected_client()), self.settings.unit_id)
         log.debug("modbus write", endpoint=self.endpoint, point=name, raw=raw)
 
     # -- internals ----------------------------------------------------------------------
@@ -173,44 +142,21 @@ class ModbusTcpDriver(Driver):
         if client is not None:
             client.close()
 
-    async def _read_block(self, client: AsyncModbusTcpClient, block: ReadBlock) -> list[int]:
-        unit = self.settings.unit_id
-        start, count = block.start, block.count
-        readers: dict[str, Callable[[], Awaitable[ModbusPDU]]] = {
-            "coil": lambda: client.read_coils(start, count=count, device_id=unit),
-            "discrete_input": lambda: client.read_discrete_inputs(
-                start, count=count, device_id=unit
-            ),
-            "holding_register": lambda: client.read_holding_registers(
-                start, count=count, device_id=unit
-            ),
-            "input_register": lambda: client.read_input_registers(
-                start, count=count, device_id=unit
-            ),
-        }
-        function = _READ_FUNCTION[block.table]
-        response = await self._execute(client, function, readers[block.table])
-        if function in (1, 2):
-            bits = list(response.bits)
-            if len(bits) < count:  # answers are padded to whole bytes
-                raise ProtocolError(f"asked {count} bits from {start}, got {len(bits)}")
-            return [int(bit) for bit in bits[:count]]
-        registers = list(response.registers)
-        if len(registers) != count:
-            raise ProtocolError(f"asked {count} registers from {start}, got {len(registers)}")
-        return registers
+    def _sender(self, client: AsyncModbusTcpClient) -> Send:
+        """Requests run on ``client`` (see :meth:`_execute`)."""
+        return lambda function, request: self._execute(client, function, request)
 
     async def _execute(
         self,
         client: AsyncModbusTcpClient,
         function: int,
-        request: Callable[[], Awaitable[ModbusPDU]],
+        request: Request,
     ) -> ModbusPDU:
-        """Run one request; translate every failure into a DriverError."""
+        """Run one request on ``client``; translate every failure into a DriverError."""
         where = f"{self.endpoint} function {function}"
         self._rx = b""
         try:
-            response = await self._unless_lost(request)
+            response = await self._unless_lost(lambda: request(client))
         except _ConnectionLost as exc:
             self._drop()
             raise ConnectError(f"{where}: connection lost") from exc
