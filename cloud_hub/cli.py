@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -44,7 +45,17 @@ def serve_command(config: ConfigOption = None) -> None:
     settings = _settings(config)
     configure_logging(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+        asyncio.run(_serve_until_terminated(settings))
+
+
+async def _serve_until_terminated(settings: HubSettings) -> None:
+    """Serve; SIGTERM (systemd, Kubernetes, a supervisor) stops it as Ctrl-C does: cleanly,
+    so the hub flushes its queues and hands its leader lease over at once."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve(settings)
 
 
 @app.command("check-config")

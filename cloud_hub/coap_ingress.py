@@ -47,7 +47,6 @@ from sqlalchemy import select
 from cloud_hub.coap_models import coap_key
 from cloud_hub.coap_settings import CoapIngressSettings
 from cloud_hub.hub import Hub
-from cloud_hub.ingest import DeadLetter
 from cloud_hub.registry import CommandRow
 from cloud_hub.storage import StoredReading
 from cloud_hub.writer import Pending
@@ -211,12 +210,13 @@ class CoapIngress:
             log.exception("coap request failed", path=path)
             self.stats["errors"] += 1
             return _text(Code.INTERNAL_SERVER_ERROR, "internal error")
+        self.hub.presence.seen(agent_id)  # a sleeping agent is alive while it sends
         try:
             return await self._handle(agent_id, key, mac, channel, request)
         except _Refusal as refusal:
             self.stats["bad_requests"] += 1
             where = topic(agent_id, channel) if channel is not None else f"coap:/{path}"
-            self._dead_letter(where, refusal.reason, bytes(request.payload))
+            self._dead_letter(where, refusal.reason, bytes(request.payload), agent_id)
             return self._signed(key, mac, refusal.code, refusal.reason.encode()[:200], None)
         except Exception:
             log.exception("coap request failed", path=path, agent_id=agent_id)
@@ -380,8 +380,11 @@ class CoapIngress:
         reply.opt.add_option(OpaqueOption(AUTH_OPTION, mac))
         return reply
 
-    def _dead_letter(self, where: str, reason: str, payload: bytes) -> None:
-        ingest = self.hub.ingest
-        ingest.stats["dead_letters"] += 1
-        ingest.dead_letters.append(DeadLetter(where, reason, payload[:4096]))
-        log.warning("coap request refused", where=where, reason=reason)
+    def _dead_letter(
+        self, where: str, reason: str, payload: bytes, agent_id: str | None = None
+    ) -> None:
+        """Counted and kept as ingest's own; ``agent_id`` once authenticated (a refusal before
+        that names none: the claimed id is not proven)."""
+        self.hub.ingest.dead_letter(
+            where, reason, payload, agent_id=agent_id, event="coap request refused"
+        )

@@ -25,6 +25,9 @@ class HubEvent:
     data: dict[str, Any]
     device_id: str | None = None
     agent_id: str | None = None
+    #: the fact's identity in the durable event log, when the producer knows it better than
+    #: :func:`cloud_hub.event_log.event_key` derives it from the other fields
+    key: str | None = None
 
 
 @dataclass
@@ -34,8 +37,12 @@ class Subscription:
     dropped: int = 0
 
     def offer(self, event: HubEvent) -> None:
-        if not self.accepts(event):
-            return
+        if self.accepts(event):
+            self.put(event)
+
+    def put(self, event: HubEvent) -> None:
+        """Queue an event whatever the filter says (for a consumer's own sources), dropping
+        the oldest waiting one when the queue is full."""
         if self.queue.full():
             self.queue.get_nowait()
             self.dropped += 1

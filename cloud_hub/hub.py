@@ -11,6 +11,13 @@ Commands are persisted as ``queued`` before anything is sent, published to the a
 (the broker keeps them for an agent that is away, in its persistent session), marked ``sent``
 on PUBACK, then moved on by the agent's results. Queued commands are (re)sent whenever the hub
 (re)connects, so a hub restart loses none.
+
+Several hub processes (one ``shared_subscription_group``, one registry) are one hub: every
+process ingests, serves the API and appends its status, alarm and command events to the
+durable event log (:mod:`cloud_hub.event_log`); the one holding the leader lease runs the
+alarm engine (with its own telemetry feed, :mod:`cloud_hub.alarm_feed`), the webhook relay
+and the command expiry sweep (:mod:`cloud_hub.leadership`). A process without a group always
+leads.
 """
 
 from __future__ import annotations
@@ -19,18 +26,27 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import structlog
 
+from cloud_hub.alarm_feed import AlarmFeed
 from cloud_hub.alarms import AlarmEngine
+from cloud_hub.dead_letters import DeadLetterStore
+from cloud_hub.event_log import EventLog
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
+from cloud_hub.leadership import Duty, Leadership
+from cloud_hub.lease import LeaderLease, Lease, SoleLease, holder_id
+from cloud_hub.presence import Presence
 from cloud_hub.provisioning import ProvisioningService
 from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
+from cloud_hub.spool import TelemetrySpool
 from cloud_hub.storage import TelemetryStore, open_store
+from cloud_hub.webhook_relay import WebhookRelay
 from cloud_hub.webhooks import WebhookDispatcher
 from cloud_hub.writer import Pending, TelemetryWriter
 from device_profiles import CommandRejected, DeviceProfile
@@ -78,11 +94,49 @@ class Hub:
         self.registry = Registry(settings.registry_url, auto_migrate=settings.auto_migrate)
         self.store = store if store is not None else open_store(settings.storage)
         self.events = EventBus()
-        self.ingest = Ingest(self.registry, self.events)
-        self.alarms = AlarmEngine(self.events, self.registry, self.ingest.profile_of)
-        self.webhooks = WebhookDispatcher(self.events, self.registry, settings.webhooks)
+        self.dead_letters = DeadLetterStore(self.registry, settings.dead_letters)
+        self.ingest = Ingest(self.registry, self.events, self.dead_letters)
+        group = settings.shared_subscription_group
+        # in a group this process's bus has a share of the readings: the leader's feed has all
+        self.alarms = AlarmEngine(
+            self.events, self.registry, self.ingest.profile_of, telemetry_from_bus=group is None
+        )
+        self.alarm_feed = (
+            AlarmFeed(settings.mqtt, f"{settings.client_id}-alarms", self.ingest, self.alarms)
+            if group
+            else None
+        )
+        # telemetry from the bus (best effort); status, alarm and command events from the log
+        self.webhooks = WebhookDispatcher(
+            self.events, self.registry, settings.webhooks, bus_kinds=("telemetry",)
+        )
+        self.event_log = EventLog(self.registry, self.events, settings.event_log)
+        self.relay = WebhookRelay(self.webhooks, self.event_log, self.registry)
+        lease: Lease = (
+            LeaderLease(self.registry, holder_id(settings.client_id), settings.leader_lease_s)
+            if group
+            else SoleLease()
+        )
+        self.leadership = Leadership(
+            lease, self._leader_duties(), prepare=self._lead, finish=self.alarms.close
+        )
+        spool = settings.spool
         self.writer = TelemetryWriter(
-            self.store, on_stored=self.ingest.stored, on_rejected=self.ingest.rejected
+            self.store,
+            on_stored=self.ingest.stored,
+            on_rejected=self.ingest.rejected,
+            spool=TelemetrySpool(
+                spool.path or Path(f"var/spool-{settings.client_id}.db"), spool.max_bytes
+            )
+            if spool.enabled
+            else None,
+            spool_after_s=spool.after_s,
+        )
+        self.presence = Presence(
+            self.registry,
+            self.events,
+            settings.presence_missed_reports,
+            sweeping=lambda: self.leadership.is_leader,
         )
         self.provisioning = ProvisioningService.from_settings(
             self.registry, settings.provisioning, settings.mqtt
@@ -94,28 +148,63 @@ class Hub:
     async def start(self) -> None:
         await self.registry.start()
         await self.store.start()
+        await self.writer.open()
         await self.ingest.load_devices()
-        await self.alarms.start()  # reloads open alarms and timers; needs the profiles
+        await self.event_log.start()
+        # if this process leads: the alarm engine's start(), which reloads open alarms and
+        # timers (it needs the profiles)
+        await self.leadership.start()
         await self.webhooks.start()
 
     async def close(self) -> None:
-        self.alarms.close()
+        await self.leadership.close()  # the duties stop, the lease goes to another process
         await self.webhooks.close()
+        await self.event_log.close()  # appends what is queued: before the registry closes
         await self.ingest.flush_last_seen()
+        await self.presence.flush()
+        await self.writer.close()
         await self.store.close()
+        await self.dead_letters.close()  # writes what is queued: before the registry closes
         await self.registry.close()
+
+    # -- leadership -------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this process runs the leader duties now (always, without a group)."""
+        return self.leadership.is_leader
+
+    async def _lead(self) -> None:
+        """Ready the alarm engine of a process that has just become the leader."""
+        await self.alarms.start()  # reloads open alarms and timers; needs the profiles
+        if self.settings.shared_subscription_group:
+            # status events consumed while no process led are in the registry only
+            await self.alarms.reconcile_offline()
+
+    def _leader_duties(self) -> list[Duty]:
+        """What only one hub process does (see :mod:`cloud_hub.leadership`)."""
+        duties: list[Duty] = [
+            ("alarms", self.alarms.run),
+            ("webhook-relay", self.relay.run),
+            ("command-sweeper", lambda: self._periodic(SWEEP_INTERVAL_S, self._sweep)),
+        ]
+        if self.alarm_feed is not None:
+            duties.append(("alarm-feed", self.alarm_feed.run))
+        return duties
 
     # -- MQTT -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Stay connected to the broker and consume agents' messages until cancelled."""
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._periodic(SWEEP_INTERVAL_S, self._sweep), name="command-sweeper")
             group.create_task(
                 self._periodic(LAST_SEEN_FLUSH_S, self.ingest.flush_last_seen), name="last-seen"
             )
             group.create_task(self.writer.run(), name="telemetry-writer")
-            group.create_task(self.alarms.run(), name="alarms")
+            group.create_task(self.presence.run(), name="presence")
+            group.create_task(self.dead_letters.run(), name="dead-letters")
+            group.create_task(self.event_log.run(), name="event-log")
+            group.create_task(self.leadership.run(), name="leadership")
             group.create_task(self.webhooks.run(), name="webhooks")
             group.create_task(
                 self._stay_connected("control", self._control_session), name="mqtt-control"

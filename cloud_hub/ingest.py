@@ -1,19 +1,23 @@
 """Turns contract messages from agents into registry updates and stored telemetry.
 
 Every message is validated against the contract and every reading against its device's
-profile. What does not fit is counted and dead-lettered with the reason; it never stops the
-loop nor costs the valid readings beside it.
+profile. What does not fit is counted and dead-lettered with the reason (kept in the registry
+by :class:`~cloud_hub.dead_letters.DeadLetterStore`); it never stops the loop nor costs the
+valid readings beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections import Counter, deque
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import structlog
 
+from cloud_hub.dead_letters import DeadLetterStore
 from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.registry import Registry
 from cloud_hub.storage import StoredReading
@@ -32,20 +36,13 @@ from device_profiles.wire import (
     parse_topic,
 )
 
-__all__ = ["Accepted", "DeadLetter", "Ingest", "check_reading"]
+__all__ = ["Accepted", "Ingest", "Refusals", "check_reading"]
 
 log = structlog.get_logger(__name__)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    topic: str
-    reason: str
-    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -57,6 +54,19 @@ class Accepted:
 
 
 NOTHING = Accepted()
+
+
+@dataclass(eq=False)
+class Refusals:
+    """What ingest refused of the messages handed to it within :meth:`Ingest.refusals`."""
+
+    #: the reasons of the dead letters made, in order
+    reasons: list[str] = field(default_factory=list)
+    #: readings the store refused for good, of those passed to :meth:`Ingest.watch_store`
+    store_refused: int = 0
+
+
+_REFUSALS: ContextVar[Refusals | None] = ContextVar("ingest_refusals", default=None)
 
 
 @dataclass
@@ -110,12 +120,17 @@ def check_reading(
 class Ingest:
     registry: Registry
     events: EventBus
+    #: where refused messages and readings are kept
+    dead_letters: DeadLetterStore
     stats: Counter[str] = field(default_factory=Counter)
-    dead_letters: deque[DeadLetter] = field(default_factory=lambda: deque(maxlen=1000))
     _devices: dict[str, _DeviceMeta] = field(default_factory=dict)
+    #: id(reading) -> who waits to hear whether the store refused it (replays)
+    _watched: dict[int, Refusals] = field(default_factory=dict)
     #: the latest health report of each agent
     health: dict[str, AgentHealth] = field(default_factory=dict)
     _last_seen: dict[str, int] = field(default_factory=dict)
+    #: edge time of each agent's latest birth message (names its Last Will in the event log)
+    _online_ts: dict[str, int] = field(default_factory=dict)
 
     async def load_devices(self) -> None:
         for row in await self.registry.list_devices():
@@ -133,14 +148,52 @@ class Ingest:
         meta = self._devices.get(device_id)
         return meta.profile if meta else None
 
-    def dead_letter(self, topic: str, reason: str, payload: bytes) -> None:
-        """Count and keep a refused message or reading with the reason (never raises)."""
-        self._dead_letter(topic, reason, payload)
+    def dead_letter(
+        self,
+        topic: str,
+        reason: str,
+        payload: bytes,
+        *,
+        agent_id: str | None = None,
+        event: str = "dead letter",
+    ) -> None:
+        """Count, log (as ``event``) and keep a refused message or reading with the reason
+        (never raises). ``agent_id`` defaults to the one ``topic`` names."""
+        self._dead_letter(topic, reason, payload, agent_id=agent_id, event=event)
 
-    def _dead_letter(self, topic: str, reason: str, payload: bytes) -> None:
+    def _dead_letter(
+        self,
+        topic: str,
+        reason: str,
+        payload: bytes,
+        *,
+        agent_id: str | None = None,
+        event: str = "dead letter",
+    ) -> None:
         self.stats["dead_letters"] += 1
-        self.dead_letters.append(DeadLetter(topic, reason, payload[:4096]))
-        log.warning("dead letter", topic=topic, reason=reason)
+        refusals = _REFUSALS.get()
+        if refusals is not None:
+            refusals.reasons.append(reason)
+        self.dead_letters.add(topic, reason, payload, agent_id=agent_id)
+        log.warning(event, topic=topic, reason=reason)
+
+    @contextlib.contextmanager
+    def refusals(self) -> Iterator[Refusals]:
+        """Collect what is refused of the messages this task hands to :meth:`handle` within
+        the block, and of the readings passed to :meth:`watch_store` (for replays)."""
+        seen = Refusals()
+        token = _REFUSALS.set(seen)
+        try:
+            yield seen
+        finally:
+            _REFUSALS.reset(token)
+            for key in [k for k, v in self._watched.items() if v is seen]:
+                del self._watched[key]
+
+    def watch_store(self, refusals: Refusals, readings: Sequence[StoredReading]) -> None:
+        """Note in ``refusals`` whether the store refuses these readings (the very objects)."""
+        for reading in readings:
+            self._watched[id(reading)] = refusals
 
     async def handle(self, topic: str, payload: bytes) -> Accepted:
         """Validate one message and apply its registry effects; return what is left to do."""
@@ -209,8 +262,17 @@ class Ingest:
     def rejected(self, readings: Sequence[StoredReading], reason: str) -> None:
         """The store refused readings for good: dead-letter them with the reason."""
         for r in readings[:100]:
-            self._dead_letter(f"store:{r.device_id}", reason, repr(r.values).encode())
+            self._dead_letter(
+                f"store:{r.device_id}", reason, repr(r.values).encode(), agent_id=r.agent_id
+            )
         self.stats["dead_letters"] += max(0, len(readings) - 100)
+        if self._watched:
+            for r in readings:
+                watcher = self._watched.get(id(r))
+                if watcher is not None:
+                    watcher.store_refused += 1
+                    if reason not in watcher.reasons:
+                        watcher.reasons.append(reason)
 
     async def flush_last_seen(self) -> None:
         """Write the newest read time of each device to the registry (called periodically)."""
@@ -224,17 +286,24 @@ class Ingest:
                 f"state of agent {state.agent_id!r} published in {agent_id!r}'s namespace"
             )
         await self.registry.agent_state(
-            agent_id, state.state, state.software_version, state.devices
+            agent_id, state.state, state.software_version, state.devices, state.report_interval_s
         )
         for info in state.devices:
             self._remember(info.device_id, agent_id, info.profile)
         log.info("agent state", agent_id=agent_id, state=state.state, devices=len(state.devices))
+        key = None  # the event log keys it by its time...
+        if state.ts is not None and state.state == "online":
+            self._online_ts[agent_id] = state.ts
+        elif state.ts is None and agent_id in self._online_ts:
+            # ... but a Last Will has none: every process that saw the birth names it alike
+            key = f"status:agent:{agent_id}:-:{state.state}:after-{self._online_ts[agent_id]}"
         self.events.publish(
             HubEvent(
                 kind="status",
                 ts_ms=state.ts or _now_ms(),
                 agent_id=agent_id,
                 data={"scope": "agent", "state": state.state},
+                key=key,
             )
         )
 
@@ -260,13 +329,29 @@ class Ingest:
             )
 
     def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> list[StoredReading]:
+        stored, refused = self._check_telemetry(agent_id, payload)
+        for reason in refused:
+            self._dead_letter(topic, reason, payload)
+        return stored
+
+    def check_telemetry(self, topic: str, payload: bytes) -> tuple[list[StoredReading], list[str]]:
+        """Validate a telemetry message as :meth:`handle` does, without any side effect: the
+        valid readings and why the others were refused. Raises WireError for a bad envelope.
+        For the leader's alarm feed, which sees the messages other processes ingest."""
+        agent_id, channel = parse_topic(topic)
+        if channel is not Channel.TELEMETRY:
+            raise WireError(f"{topic!r} is not a telemetry topic")
+        return self._check_telemetry(agent_id, payload)
+
+    def _check_telemetry(
+        self, agent_id: str, payload: bytes
+    ) -> tuple[list[StoredReading], list[str]]:
         batch, bad = decode_telemetry(payload)
         if batch.agent_id != agent_id:
             raise WireError(
                 f"batch of agent {batch.agent_id!r} published in {agent_id!r}'s namespace"
             )
-        for index, reason in bad:
-            self._dead_letter(topic, f"seq {batch.seq} reading {index}: {reason}", payload)
+        refused = [f"seq {batch.seq} reading {index}: {reason}" for index, reason in bad]
         stored: list[StoredReading] = []
         rejected = {index for index, _ in bad}
         # positions of the valid readings in the payload, for messages that point at them
@@ -275,14 +360,14 @@ class Ingest:
             meta = self._devices.get(reading.device_id)
             if meta is None or meta.agent_id != agent_id:
                 reason = f"device {reading.device_id!r} is not registered to agent {agent_id!r}"
-                self._dead_letter(topic, f"seq {batch.seq} reading {index}: {reason}", payload)
+                refused.append(f"seq {batch.seq} reading {index}: {reason}")
                 continue
             try:
                 values = check_reading(meta.profile, reading, meta.kinds)
             except ValueError as exc:
-                self._dead_letter(topic, f"seq {batch.seq} reading {index}: {exc}", payload)
+                refused.append(f"seq {batch.seq} reading {index}: {exc}")
                 continue
             stored.append(
                 StoredReading(reading.device_id, agent_id, meta.profile.name, reading.ts, values)
             )
-        return stored
+        return stored, refused

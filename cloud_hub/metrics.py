@@ -33,6 +33,31 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _cluster_metrics(hub: Hub) -> list[Metric]:
+    """Leadership and the durable event log (see cloud_hub.leadership, cloud_hub.event_log)."""
+    log = hub.event_log
+    return [
+        _gauge("hub_leader", "1 if this process runs the leader duties", float(hub.is_leader)),
+        _counter(
+            "hub_leader_changes",
+            "Times this process gained or lost the lead",
+            hub.leadership.changes,
+        ),
+        _counter(
+            "hub_event_log_appended", "Events appended to the event log", log.stats["appended"]
+        ),
+        _counter(
+            "hub_event_log_duplicates",
+            "Events another process had appended already",
+            log.stats["duplicates"],
+        ),
+        _counter(
+            "hub_event_log_dropped", "Events lost: the append queue was full", float(log.dropped)
+        ),
+        _counter("hub_event_log_errors", "Failed append attempts (retried)", log.stats["errors"]),
+    ]
+
+
 async def render_metrics(hub: Hub) -> bytes:
     ingest, writer = hub.ingest.stats, hub.writer.stats
     metrics: list[Metric] = [
@@ -42,6 +67,16 @@ async def render_metrics(hub: Hub) -> bytes:
             "hub_dead_letters",
             "Messages or readings refused, with a reason",
             ingest["dead_letters"],
+        ),
+        _counter(
+            "hub_dead_letters_unsaved",
+            "Dead letters not kept in the registry (queue full, or still queued at shutdown)",
+            hub.dead_letters.stats["unsaved"],
+        ),
+        _gauge(
+            "hub_dead_letters_queued",
+            "Dead letters waiting to be written to the registry",
+            hub.dead_letters.queued,
         ),
         _counter(
             "hub_command_results", "Command results received from agents", ingest["command_results"]
@@ -61,11 +96,30 @@ async def render_metrics(hub: Hub) -> bytes:
         _gauge(
             "hub_writer_queue_messages", "Messages waiting to be written", hub.writer.queue.qsize()
         ),
+        _counter(
+            "hub_spooled_readings",
+            "Readings spooled to disk while the store was unavailable",
+            writer["spooled_readings"],
+        ),
     ]
+    spool = hub.writer.spool
+    metrics.append(
+        _gauge(
+            "hub_spool_readings",
+            "Readings waiting in the disk spool",
+            spool.readings if spool else 0,
+        )
+    )
+    metrics.append(
+        _gauge("hub_spool_bytes", "Size of the disk spool's payloads", spool.bytes if spool else 0)
+    )
     connected = GaugeMetricFamily("hub_broker_connected", "MQTT sessions up", labels=["session"])
     connected.add_metric(["control"], float(hub.connected.is_set()))
     connected.add_metric(["telemetry"], float(hub.telemetry_connected.is_set()))
+    if hub.alarm_feed is not None:  # the leader's own telemetry subscription, for alarms
+        connected.add_metric(["alarms"], float(hub.alarm_feed.connected.is_set()))
     metrics.append(connected)
+    metrics.extend(_cluster_metrics(hub))
     async with hub.registry.session() as db:
         agent_rows = await db.execute(select(AgentRow.state, func.count()).group_by(AgentRow.state))
         agents: dict[str, int] = {s: c for s, c in agent_rows}  # noqa: C416 - Rows, not pairs

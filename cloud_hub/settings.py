@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud_hub.coap_settings import CoapIngressSettings
+from cloud_hub.dead_letters import DeadLetterSettings
+from cloud_hub.event_log import EventLogSettings
 from cloud_hub.provisioning import ProvisioningSettings
+from cloud_hub.spool_settings import SpoolSettings
 from cloud_hub.webhooks import WebhookSettings
 from iot_runtime import FileAndEnvSettings
 from iot_runtime.logging import LogFormat
@@ -109,7 +112,19 @@ class HubSettings(FileAndEnvSettings):
         default=None,
         description="MQTT 5 shared subscription group: hub processes in one group split telemetry.",
     )
+    leader_lease_s: float = Field(
+        default=15.0,
+        ge=1,
+        le=300,
+        description="Leader lease time: with a group, how soon another process takes over the "
+        "alarms, webhooks and command sweep of one that died (renewed every third of it).",
+    )
+    event_log: EventLogSettings = Field(
+        default_factory=EventLogSettings,
+        description="The durable log of status, alarm and command events that webhooks read.",
+    )
     storage: StorageSettings = Field(default_factory=SqliteStoreSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     registry_url: str = Field(
         default="sqlite+aiosqlite:///var/registry.db",
         description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+asyncpg://...",
@@ -122,6 +137,17 @@ class HubSettings(FileAndEnvSettings):
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     coap: CoapIngressSettings = Field(default_factory=CoapIngressSettings)
+    dead_letters: DeadLetterSettings = Field(
+        default_factory=DeadLetterSettings,
+        description="How refused messages and readings are kept in the registry.",
+    )
+    presence_missed_reports: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="An agent without a connection (NB-IoT) is offline after missing this many "
+        "of its reports (its birth message says how often it reports).",
+    )
     command_ttl_s: float = Field(
         default=3600, gt=0, description="Default time a command may wait for its agent."
     )

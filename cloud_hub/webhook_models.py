@@ -1,7 +1,8 @@
 """The ``webhooks`` table (SQLAlchemy 2, on the registry's ``Base``): who gets hub events by HTTP.
 
 The secret is stored as is (not hashed): the hub needs it to sign every delivery. It is shown
-once, when the webhook is created.
+once, when the webhook is created. ``event_cursor`` is how far in the durable event log
+(``hub_events``) the webhook's deliveries have got.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud_hub.registry.models import Base
@@ -31,3 +32,6 @@ class WebhookRow(Base):
     failed_deliveries: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: ``hub_events.seq`` of the last durable event this webhook is done with (delivered or
+    #: given up); the leader's relay goes on after it (see :mod:`cloud_hub.webhook_relay`)
+    event_cursor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -1,13 +1,26 @@
 """Webhooks: hub events POSTed as signed JSON to other systems' URLs.
 
-Each webhook has its own bounded subscription to the hub's :class:`~cloud_hub.events.EventBus`
-and its own delivery task, so a slow or dead receiver never slows ingest nor other webhooks:
-when its queue is full the oldest waiting event is dropped and counted.
+Two paths lead to a receiver:
+
+- **From the in-process bus** (the kinds in ``bus_kinds``; the hub uses it for telemetry
+  only): each webhook has its own bounded subscription to the hub's
+  :class:`~cloud_hub.events.EventBus` and its own delivery task, so a slow or dead receiver
+  never slows ingest nor other webhooks: when its queue is full the oldest waiting event is
+  dropped and counted. Best effort: what is queued is lost on a restart. With several hub
+  processes each delivers the readings it ingested (each reading is ingested by one process).
+- **From the durable event log** (status, alarm and command events): the leader's
+  :class:`~cloud_hub.webhook_relay.WebhookRelay` reads ``hub_events`` after each webhook's
+  cursor and calls :meth:`WebhookDispatcher.deliver` here, so those survive restarts and
+  failovers and are delivered once however many processes saw them.
+
+Every process re-reads the list of active webhooks every ``refresh_s``, so a webhook created
+or deleted through one process's API reaches the others.
 
 A delivery is ``POST <url>`` with the event as JSON and these headers::
 
     X-Hub-Event: alarm                       the event kind
-    X-Hub-Delivery: 6f1c...                  one id per event, the same on every retry
+    X-Hub-Delivery: 6f1c...                  one id per delivery, the same on every retry (and,
+                                             for logged events, across restarts and failovers)
     X-Hub-Signature-256: sha256=<hex>        HMAC-SHA256 of the exact body, keyed by the secret
 
 Network errors, timeouts, 5xx and 429 are retried with exponential backoff and jitter (a
@@ -27,17 +40,18 @@ import random
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud_hub.event_log_models import HubEventRow
 from cloud_hub.events import EventBus, HubEvent, Subscription
 from cloud_hub.registry import Registry, utcnow
 from cloud_hub.webhook_models import WebhookRow
@@ -74,6 +88,12 @@ class WebhookSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, description="Per request.")
     queue_size: int = Field(
         default=1000, ge=1, description="Events waiting per webhook before the oldest drop."
+    )
+    refresh_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often each hub process re-reads the webhooks (others' API changes).",
     )
 
 
@@ -136,17 +156,18 @@ class DeliveryOutcome:
 @dataclass
 class _Worker:
     row: WebhookRow
-    subscription: Subscription
+    subscription: Subscription | None  # None: none of its kinds come from the bus
     task: asyncio.Task[None] | None = None
-    stats: Counter[str] = field(default_factory=Counter)
 
 
 class WebhookDispatcher:
-    """Owns the webhooks: their rows, bus subscriptions and delivery tasks.
+    """Owns the webhooks: their rows, counters, bus subscriptions and delivery tasks.
 
-    ``start()`` loads the active webhooks and subscribes each to the bus (events are queued
-    from then on); ``run()`` delivers until cancelled; ``close()`` stops everything.
-    ``create``/``remove`` change the set while running.
+    ``start()`` loads the active webhooks and subscribes each to the bus for the kinds in
+    ``bus_kinds`` (all kinds if None; events are queued from then on); ``run()`` delivers and
+    refreshes the set until cancelled; ``close()`` stops everything. ``create``/``remove``
+    change the set while running (and call the ``on_change`` listeners). ``deliver()`` is the
+    one delivery policy (signature, retries, backoff), also used by the durable relay.
     """
 
     def __init__(
@@ -158,16 +179,21 @@ class WebhookDispatcher:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        bus_kinds: Collection[str] | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings if settings is not None else WebhookSettings()
         self.stats: Counter[str] = Counter()
+        #: called (without arguments) when this process creates or removes a webhook
+        self.on_change: list[Callable[[], None]] = []
+        self._bus_kinds = frozenset(bus_kinds) if bus_kinds is not None else None
         self._session = registry.session
         self._transport = transport
         self._sleep = sleep
         self._rng = rng
         self._client: httpx.AsyncClient | None = None
         self._workers: dict[str, _Worker] = {}
+        self._counts: dict[str, Counter[str]] = {}
         self._group: asyncio.TaskGroup | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -179,15 +205,13 @@ class WebhookDispatcher:
                 timeout=self.settings.timeout_s,
                 headers={"User-Agent": _USER_AGENT},
             )
-        async with self._session() as db:
-            query = select(WebhookRow).where(WebhookRow.active.is_(True))
-            for row in (await db.scalars(query)).all():
-                if row.webhook_id not in self._workers:
-                    self._add(row)
+        for row in await self.webhooks():
+            if row.webhook_id not in self._workers:
+                self._add(row)
         log.info("webhooks started", webhooks=len(self._workers))
 
     async def run(self) -> None:
-        """Deliver events until cancelled."""
+        """Deliver bus events, and follow other processes' changes, until cancelled."""
         if self._client is None:
             await self.start()
         async with asyncio.TaskGroup() as group:
@@ -195,9 +219,26 @@ class WebhookDispatcher:
             try:
                 for worker in self._workers.values():
                     self._launch(worker)
-                await asyncio.Event().wait()  # workers come and go; run until cancelled
+                while True:  # workers come and go; run until cancelled
+                    await asyncio.sleep(self.settings.refresh_s)
+                    try:
+                        await self.refresh()
+                    except SQLAlchemyError as exc:
+                        log.warning("webhooks not refreshed", error=str(exc))
             finally:
                 self._group = None
+
+    async def refresh(self) -> None:
+        """Follow the registry: start webhooks created, stop those removed, elsewhere."""
+        known = set(self._workers)  # one created here while we read is not "removed"
+        rows = {row.webhook_id: row for row in await self.webhooks()}
+        for webhook_id, row in rows.items():
+            if webhook_id not in self._workers:
+                self._add(row)
+                log.info("webhook added by another process", webhook_id=webhook_id)
+        for webhook_id in [w for w in known if w not in rows and w in self._workers]:
+            await self._stop(webhook_id)
+            log.info("webhook removed by another process", webhook_id=webhook_id)
 
     async def close(self) -> None:
         for webhook_id in list(self._workers):
@@ -209,7 +250,8 @@ class WebhookDispatcher:
     # -- the set of webhooks ----------------------------------------------------------------
 
     async def create(self, url: str, kinds: Sequence[str] = ()) -> WebhookRow:
-        """A new webhook with a fresh secret (in the returned row: show it once)."""
+        """A new webhook with a fresh secret (in the returned row: show it once). It gets
+        the events logged from now on: its cursor starts at the end of the event log."""
         row = WebhookRow(
             webhook_id=uuid.uuid4().hex,
             url=url,
@@ -220,9 +262,11 @@ class WebhookDispatcher:
             failed_deliveries=0,
         )
         async with self._session.begin() as db:
+            row.event_cursor = int(await db.scalar(select(func.max(HubEventRow.seq))) or 0)
             db.add(row)
         self._add(row)
         log.info("webhook created", webhook_id=row.webhook_id, url=url, kinds=row.kinds)
+        self._changed()
         return row
 
     async def webhooks(self) -> list[WebhookRow]:
@@ -239,22 +283,41 @@ class WebhookDispatcher:
             row.active = False
         await self._stop(webhook_id)
         log.info("webhook removed", webhook_id=webhook_id)
+        self._changed()
         return True
 
+    def _changed(self) -> None:
+        for listener in self.on_change:
+            listener()
+
     def counters(self, webhook_id: str) -> Counter[str]:
-        """A running webhook's counters: delivered, failed, retries, dropped (queue overflow)."""
+        """A running webhook's counters in this process: delivered, failed, retries (both
+        paths), dropped (bus queue overflow)."""
         worker = self._workers.get(webhook_id)
         if worker is None:
             return Counter()
-        counts = Counter(worker.stats)
-        counts["dropped"] = worker.subscription.dropped
+        counts = Counter(self._counts.get(webhook_id, {}))
+        counts["dropped"] = worker.subscription.dropped if worker.subscription else 0
         return counts
 
+    def record(self, webhook_id: str, outcome: DeliveryOutcome) -> None:
+        """Count a delivery's outcome for the webhook (and in ``stats``)."""
+        counts = self._counts.setdefault(webhook_id, Counter())
+        counts["retries"] += outcome.attempts - 1
+        result = "delivered" if outcome.delivered else "failed"
+        counts[result] += 1
+        self.stats[result] += 1
+
     def _add(self, row: WebhookRow) -> None:
-        kinds = frozenset(row.kinds)
-        subscription = self.bus.subscribe(
-            lambda event: not kinds or event.kind in kinds, self.settings.queue_size
-        )
+        kinds, bus_kinds = frozenset(row.kinds), self._bus_kinds
+
+        def accepts(event: HubEvent) -> bool:
+            return (not kinds or event.kind in kinds) and (
+                bus_kinds is None or event.kind in bus_kinds
+            )
+
+        from_bus = bus_kinds is None or not kinds or bool(kinds & bus_kinds)
+        subscription = self.bus.subscribe(accepts, self.settings.queue_size) if from_bus else None
         worker = _Worker(row, subscription)
         self._workers[row.webhook_id] = worker
         if self._group is not None:
@@ -262,16 +325,18 @@ class WebhookDispatcher:
 
     def _launch(self, worker: _Worker) -> None:
         assert self._group is not None
-        if worker.task is None:
+        if worker.task is None and worker.subscription is not None:
             worker.task = self._group.create_task(
                 self._deliver_loop(worker), name=f"webhook-{worker.row.webhook_id}"
             )
 
     async def _stop(self, webhook_id: str) -> None:
         worker = self._workers.pop(webhook_id, None)
+        self._counts.pop(webhook_id, None)
         if worker is None:
             return
-        self.bus.unsubscribe(worker.subscription)
+        if worker.subscription is not None:
+            self.bus.unsubscribe(worker.subscription)
         if worker.task is not None and not worker.task.done():
             worker.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -280,27 +345,25 @@ class WebhookDispatcher:
     # -- delivery ---------------------------------------------------------------------------
 
     async def _deliver_loop(self, worker: _Worker) -> None:
+        assert worker.subscription is not None
         async for event in worker.subscription:
             try:
                 outcome = await self.deliver(worker.row, event)
             except Exception:  # a bug must not stop this webhook, nor the hub's task group
                 log.exception("webhook delivery crashed", webhook_id=worker.row.webhook_id)
-                worker.stats["failed"] += 1
-                self.stats["failed"] += 1
-                continue
-            worker.stats["retries"] += outcome.attempts - 1
-            if outcome.delivered:
-                worker.stats["delivered"] += 1
-                self.stats["delivered"] += 1
-            else:
-                worker.stats["failed"] += 1
-                self.stats["failed"] += 1
+                outcome = DeliveryOutcome(False, 1, None, "crashed")
+            self.record(worker.row.webhook_id, outcome)
 
-    async def deliver(self, row: WebhookRow, event: HubEvent) -> DeliveryOutcome:
-        """POST one event to one webhook, retrying as the settings say; records a failure."""
+    async def deliver(
+        self, row: WebhookRow, event: HubEvent, delivery_id: str | None = None
+    ) -> DeliveryOutcome:
+        """POST one event to one webhook, retrying as the settings say; records a failure.
+
+        ``delivery_id`` (``X-Hub-Delivery``) is a fresh random id unless given (the relay
+        derives it from the logged event, so it survives restarts and failovers)."""
         if self._client is None:
             raise RuntimeError("WebhookDispatcher.start() has not been called")
-        delivery_id = uuid.uuid4().hex
+        delivery_id = delivery_id or uuid.uuid4().hex
         body = event_body(event, delivery_id)
         headers = {
             "Content-Type": "application/json",

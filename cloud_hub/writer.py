@@ -9,13 +9,18 @@ that dies re-receives them. Failures are handled by kind:
   backoff and jitter, or after ``Retry-After`` when the store says;
 - request too large (413): split the batch in halves and write each;
 - data refused (400): counted and dead-lettered with the reason, then acknowledged, since
-  retrying cannot help.
+  retrying cannot help;
+- store unavailable for longer than the spool's ``after_s``: the batch goes to the hub's disk
+  spool (:mod:`cloud_hub.spool`) and is acknowledged, so the broker's queue limit cannot lose
+  it; while the spool holds anything, new batches queue behind it there, and a drain task
+  writes the spool to the store, oldest first, once the store is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -24,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from cloud_hub.spool import TelemetrySpool
 from cloud_hub.storage import (
     StorageError,
     StorageRejected,
@@ -63,11 +69,28 @@ class TelemetryWriter:
     linger_s: float = 0.05
     max_queued_messages: int = 2000
     max_in_flight: int = 2
+    spool: TelemetrySpool | None = None
+    #: how long the store must be unavailable before batches go to the spool
+    spool_after_s: float = 0.0
     stats: Counter[str] = field(default_factory=Counter)
     queue: asyncio.Queue[Pending] = field(init=False)
+    _spooled: asyncio.Event = field(init=False)
+    _spool_full_logged: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.max_queued_messages)
+        self._spooled = asyncio.Event()
+
+    async def open(self) -> None:
+        """Open the spool (if any); what it kept from before a restart is drained by run()."""
+        if self.spool is not None:
+            await self.spool.open()
+            if self.spool.chunks:
+                self._spooled.set()
+
+    async def close(self) -> None:
+        if self.spool is not None:
+            await self.spool.close()
 
     async def submit(self, pending: Pending) -> None:
         """Queue a message's readings; waits (backpressure) while the queue is full."""
@@ -78,6 +101,7 @@ class TelemetryWriter:
         next is gathered), acknowledging their messages strictly in arrival order."""
         in_flight: deque[tuple[asyncio.Future[None], list[Pending]]] = deque()
         getter: asyncio.Future[Pending] | None = None
+        drainer = asyncio.ensure_future(self._drain()) if self.spool is not None else None
         try:
             while True:
                 while in_flight and in_flight[0][0].done():
@@ -107,6 +131,9 @@ class TelemetryWriter:
                 written.cancel()
             if getter is not None:
                 getter.cancel()
+            if drainer is not None:
+                drainer.cancel()
+                await asyncio.gather(drainer, return_exceptions=True)
 
     async def _gather(self, first: Pending) -> list[Pending]:
         """``first`` and whatever else arrives within ``linger_s``, up to the batch size."""
@@ -128,9 +155,53 @@ class TelemetryWriter:
             count += len(item.readings)
         return batch
 
-    async def _write(self, readings: list[StoredReading]) -> None:
-        failures = 0
+    async def _to_spool(self, readings: list[StoredReading]) -> bool:
+        """Append readings to the spool; False when there is none, it is full or failing."""
+        spool = self.spool
+        if spool is None:
+            return False
+        if spool.full:
+            if not self._spool_full_logged:
+                self._spool_full_logged = True
+                log.error(
+                    "telemetry spool full: holding messages at the broker",
+                    spool_bytes=spool.bytes,
+                    max_bytes=spool.max_bytes,
+                )
+            return False
+        self._spool_full_logged = False
+        try:
+            await spool.append(readings)
+        except (OSError, sqlite3.Error) as exc:  # a failing disk: hold messages back instead
+            self.stats["spool_errors"] += 1
+            log.error("telemetry spool write failed", error=repr(exc))
+            return False
+        if not self._spooled.is_set():
+            log.warning("telemetry store unavailable: spooling readings to disk")
+        self.stats["spooled_readings"] += len(readings)
+        self._spooled.set()
+        return True
+
+    async def _drain(self) -> None:
+        """Write the spool to the store, oldest chunk first, until cancelled."""
+        assert self.spool is not None
         while True:
+            await self._spooled.wait()
+            chunk = await self.spool.oldest()
+            if chunk is None:
+                self._spooled.clear()
+                log.info("telemetry spool drained")
+                continue
+            await self._write(chunk.readings, may_spool=False)
+            await self.spool.remove(chunk)
+            self.stats["unspooled_readings"] += len(chunk.readings)
+
+    async def _write(self, readings: list[StoredReading], *, may_spool: bool = True) -> None:
+        failures = 0
+        unavailable_since: float | None = None
+        while True:
+            if may_spool and self._spooled.is_set() and await self._to_spool(readings):
+                return  # queued behind what is spooled already, in order
             started = time.monotonic()
             try:
                 await self.store.write(readings)
@@ -140,8 +211,8 @@ class TelemetryWriter:
                     return
                 self.stats["splits"] += 1
                 half = len(readings) // 2
-                await self._write(readings[:half])
-                await self._write(readings[half:])
+                await self._write(readings[:half], may_spool=may_spool)
+                await self._write(readings[half:], may_spool=may_spool)
                 return
             except StorageRejected as exc:
                 self.stats["rejected_batches"] += 1
@@ -150,6 +221,14 @@ class TelemetryWriter:
             except StorageError as exc:  # unavailable, or anything unforeseen: retry
                 failures += 1
                 self.stats["write_retries"] += 1
+                now = time.monotonic()
+                unavailable_since = unavailable_since if unavailable_since is not None else now
+                if (
+                    may_spool
+                    and now - unavailable_since >= self.spool_after_s
+                    and await self._to_spool(readings)
+                ):
+                    return
                 retry_after = exc.retry_after if isinstance(exc, StorageUnavailable) else None
                 if retry_after is not None:
                     delay = retry_after

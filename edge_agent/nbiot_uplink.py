@@ -260,6 +260,7 @@ class NbIotUplink:
             ts=time.time_ns() // 1_000_000,
             software_version=self.software_version,
             devices=self.devices,
+            report_interval_s=self.settings.uplink_interval_s,
         )
 
     async def _drain(self, sock: UdpSocket) -> int:

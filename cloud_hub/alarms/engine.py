@@ -16,6 +16,11 @@ only: after a restart a rule waits for its point to be reported again.
 
 An agent's or device's ``status`` event ``offline`` raises ``agent_offline`` / ``device_offline``
 (severity major), ``online`` clears it.
+
+With several hub processes only the leader runs an engine (:mod:`cloud_hub.leadership`). A
+process's bus carries only the readings that process ingested, so there the engine is built
+with ``telemetry_from_bus=False`` and the leader's own telemetry subscription
+(:mod:`cloud_hub.alarm_feed`) hands it every reading through :meth:`AlarmEngine.feed`.
 """
 
 from __future__ import annotations
@@ -102,8 +107,11 @@ class AlarmEngine:
         clock: Clock = utcnow,
         *,
         max_queue: int = 10_000,
+        telemetry_from_bus: bool = True,
     ) -> None:
         self.bus = bus
+        #: take telemetry events from the bus (False: only what :meth:`feed` hands over)
+        self.telemetry_from_bus = telemetry_from_bus
         self.store = AlarmStore(registry)
         self.stats: Counter[str] = Counter()
         self._profile_of = profile_of
@@ -126,6 +134,7 @@ class AlarmEngine:
         """
         self._tracks.clear()
         self._newest_ms.clear()
+        self._values.clear()  # a leader taking over again must not trust what it knew before
         orphans: list[str] = []
         for row in await self.store.open_alarms():
             subject = _subject(row.device_id, row.agent_id)
@@ -155,9 +164,40 @@ class AlarmEngine:
             running_timers=sum(t.timer_saved for t in self._tracks.values()),
         )
         if self._subscription is None:
+            kinds = ("telemetry", "status") if self.telemetry_from_bus else ("status",)
             self._subscription = self.bus.subscribe(
-                lambda event: event.kind in ("telemetry", "status"), self._max_queue
+                lambda event: event.kind in kinds, self._max_queue
             )
+
+    def feed(self, event: HubEvent) -> None:
+        """Queue an event for :meth:`run` that does not come from the bus (the leader's own
+        telemetry subscription). Ignored while the engine is not started; when the queue is
+        full the oldest event is dropped and counted, as for bus events."""
+        if self._subscription is not None:
+            self._subscription.put(event)
+
+    async def reconcile_offline(self) -> None:
+        """Raise or clear offline alarms to match the agent and device states in the registry.
+
+        For a leader taking over from another process: the status events that every process
+        consumed while no engine ran (the failover gap) reached only the registry, which ingest
+        updates in every process. An offline agent or device without an open alarm gets one
+        (raised at the state's recorded change, or now); an open one whose subject is online
+        again is cleared now.
+        """
+        agents, devices = await self.store.states()
+        now_ms = int(self._clock().timestamp() * 1000)
+        for agent in agents:
+            if agent.state in ("online", "offline"):
+                changed = agent.state_changed_at
+                ts_ms = int(aware(changed).timestamp() * 1000) if changed else now_ms
+                data = {"scope": "agent", "state": agent.state}
+                await self._status(HubEvent("status", ts_ms, data, agent_id=agent.agent_id))
+        for device in devices:
+            if device.status in ("online", "offline"):
+                data = {"scope": "device", "state": device.status}
+                event = HubEvent("status", now_ms, data, device.device_id, device.agent_id)
+                await self._status(event)
 
     def _seen(self, device_id: str, ts_ms: int) -> None:
         self._newest_ms[device_id] = max(ts_ms, self._newest_ms.get(device_id, ts_ms))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import and_, case, delete, or_, select, update
 
 from cloud_hub.alarms.models import OPEN_STATES, AlarmRow, AlarmTimerRow
-from cloud_hub.registry import Registry
+from cloud_hub.registry import AgentRow, DeviceRow, Registry
 
 __all__ = [
     "AlarmAlreadyAcknowledged",
@@ -135,6 +135,13 @@ class AlarmStore:
                 db.add(AlarmTimerRow(device_id=subject, rule=rule, since_ms=since_ms))
             else:
                 row.since_ms = since_ms
+
+    async def states(self) -> tuple[list[AgentRow], list[DeviceRow]]:
+        """Every agent and device with the online/offline state ingest last recorded."""
+        async with self._session() as db:
+            agents = list((await db.scalars(select(AgentRow))).all())
+            devices = list((await db.scalars(select(DeviceRow))).all())
+        return agents, devices
 
     async def drop_timer(self, subject: str, rule: str) -> None:
         async with self._session.begin() as db:

@@ -21,6 +21,7 @@ from cloud_hub.api.problems import (
 from cloud_hub.api.routes import router
 from cloud_hub.api.routes_alarms import router as alarms_router
 from cloud_hub.api.routes_command_groups import router as command_groups_router
+from cloud_hub.api.routes_dead_letters import router as dead_letters_router
 from cloud_hub.api.routes_events import router as events_router
 from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
 from cloud_hub.api.routes_provisioning import router as provisioning_router
@@ -72,19 +73,20 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     app.include_router(alarms_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
+    app.include_router(dead_letters_router)
     document_problems(app)
 
     @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
+    async def healthz() -> dict[str, str | bool]:
+        """The process is alive; ``leader``: it runs the alarms, webhooks and command sweep."""
+        return {"status": "ok", "leader": the_hub.is_leader}
 
     @app.get("/readyz", tags=["health"], responses=problem_responses(503, s503="Not ready"))
     async def readyz() -> JSONResponse:
-        """Ready when both MQTT sessions are up."""
+        """Ready when both MQTT sessions are up; ``leader`` as in ``/healthz``."""
         if not (the_hub.connected.is_set() and the_hub.telemetry_connected.is_set()):
             return problem(503, "Not ready", "not connected to the MQTT broker")
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", "leader": the_hub.is_leader})
 
     @app.get(
         "/metrics",

@@ -285,22 +285,3 @@ async def create_coap_secret(agent_id: str, hub: HubDep, caller: Admin) -> CoapS
         )
     secret = await provision_coap_secret(hub.registry, agent_id, actor=caller.key_id)
     return CoapSecretOut(agent_id=agent_id, secret=secret)
-
-
-class DeadLetterOut(BaseModel):
-    topic: str
-    reason: str
-    payload: str = Field(description="The start of the refused payload (UTF-8, lossy).")
-
-
-@router.get("/dead-letters", tags=["health"])
-async def dead_letters(hub: HubDep, _caller: Admin, limit: Limit = 100) -> list[DeadLetterOut]:
-    """The latest refused messages and readings, newest first, with the reason (the hub keeps
-    the last 1,000 in memory; ``hub_dead_letters_total`` in /metrics counts them all)."""
-    latest = list(hub.ingest.dead_letters)[-limit:][::-1]
-    return [
-        DeadLetterOut(
-            topic=d.topic, reason=d.reason, payload=d.payload[:1024].decode("utf-8", "replace")
-        )
-        for d in latest
-    ]

@@ -32,6 +32,8 @@ class AgentRow(Base):
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: an agent without a connection (NB-IoT) reports at least this often (its birth says)
+    report_interval_s: Mapped[float | None] = mapped_column(Float)
 
 
 class DeviceRow(Base):

@@ -80,20 +80,32 @@ class Registry:
     # -- agents and devices ---------------------------------------------------------------
 
     async def agent_state(
-        self, agent_id: str, state: str, software_version: str, devices: Sequence[DeviceInfo]
+        self,
+        agent_id: str,
+        state: str,
+        software_version: str,
+        devices: Sequence[DeviceInfo],
+        report_interval_s: float | None = None,
     ) -> None:
         """Record an agent's state and devices. Several hub processes may record the same
         birth message at once: a lost insert race is retried as an update."""
         for attempt in range(3):
             try:
-                await self._agent_state(agent_id, state, software_version, devices)
+                await self._agent_state(
+                    agent_id, state, software_version, devices, report_interval_s
+                )
                 return
             except IntegrityError:
                 if attempt == 2:
                     raise
 
     async def _agent_state(
-        self, agent_id: str, state: str, software_version: str, devices: Sequence[DeviceInfo]
+        self,
+        agent_id: str,
+        state: str,
+        software_version: str,
+        devices: Sequence[DeviceInfo],
+        report_interval_s: float | None,
     ) -> None:
         now = utcnow()
         async with self.session.begin() as db:
@@ -106,6 +118,7 @@ class Registry:
             if state == "online":
                 agent.last_seen = now
                 agent.software_version = software_version
+                agent.report_interval_s = report_interval_s
             for info in devices:
                 device = await db.get(DeviceRow, info.device_id)
                 if device is None:

@@ -106,6 +106,12 @@ class AgentState(_Message):
     ts: EpochMs | None = None
     software_version: str = ""
     devices: list[DeviceInfo] = Field(default_factory=list)
+    report_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="An agent that holds no connection (NB-IoT, sleeping between uplinks) "
+        "reports at least this often; the hub marks it offline after several missed reports.",
+    )
 
 
 class DeviceHealth(BaseModel):

@@ -88,6 +88,7 @@ VIEWER_FORBIDDEN_GETS = {
     "GET /api/v1/api-keys",
     "GET /api/v1/audit",
     "GET /api/v1/dead-letters",
+    "GET /api/v1/dead-letters/{dead_letter_id}",
     "GET /api/v1/provisioning/tokens",
     "GET /api/v1/events/stream",
     "GET /api/v1/webhooks",
@@ -101,6 +102,8 @@ class Seeded:
     base_url: str
     agent_id: str
     device_id: str
+    #: a refused message (so the dead-letter routes answer with real items too)
+    dead_letter_id: int
 
 
 @contextlib.asynccontextmanager
@@ -138,8 +141,15 @@ async def seeded_hub(mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIte
                 return True if response.status_code == 200 else None
 
             await eventually(registered)
+            await client.publish(topic(agent_id, Channel.TELEMETRY), b"not json", qos=QOS)
+
+            async def dead_lettered() -> int | None:
+                items = (await hub.api.get("/api/v1/dead-letters")).json()["items"]
+                return int(items[0]["id"]) if items else None
+
+            dead_letter_id = await eventually(dead_lettered)
         try:
-            yield Seeded(hub, f"http://127.0.0.1:{port}", agent_id, device_id)
+            yield Seeded(hub, f"http://127.0.0.1:{port}", agent_id, device_id, dead_letter_id)
         finally:
             # a pushed configuration is retained: leave nothing on the shared broker
             async with make_client(mqtt, f"unseed-{unique_id}", persistent_session=False) as c:
@@ -149,7 +159,11 @@ async def seeded_hub(mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIte
 def _fuzz(seeded: Seeded) -> list[str]:
     """Every operation, positive and negative data; the failures found (blocking: a thread)."""
     schema = schemathesis.openapi.from_url(f"{seeded.base_url}/openapi.json", timeout=10)
-    real_ids = {"device_id": seeded.device_id, "agent_id": seeded.agent_id}
+    real_ids: dict[str, Any] = {
+        "device_id": seeded.device_id,
+        "agent_id": seeded.agent_id,
+        "dead_letter_id": seeded.dead_letter_id,
+    }
     auth = {"Authorization": f"Bearer {seeded.hub.keys['admin']}"}
     failures: list[str] = []
     with requests.Session() as session:

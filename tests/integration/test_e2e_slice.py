@@ -267,7 +267,7 @@ async def test_api_keys_and_roles_are_enforced(
         assert ("api_key.revoke", f"api_key:{key_id}") in actions
         assert all(entry["actor"] for entry in log)
         assert (await api.get("/api/v1/audit", headers=viewer)).status_code == 403
-        assert isinstance((await api.get("/api/v1/dead-letters")).json(), list)
+        assert isinstance((await api.get("/api/v1/dead-letters")).json()["items"], list)
         assert (await api.get("/api/v1/dead-letters", headers=viewer)).status_code == 403
 
         metrics = await api.get("/metrics")

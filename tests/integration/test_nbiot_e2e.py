@@ -268,3 +268,42 @@ async def test_a_wrong_hmac_is_refused_with_4_01(stack: Stack) -> None:
     assert not refused.value.permanent
     assert stack.ingress.stats["unauthorized"] == 1
     assert await stack.hub.registry.get_agent(AGENT) is None  # its birth was refused
+
+
+async def test_a_silent_agent_goes_offline_and_is_back_with_its_next_uplink(stack: Stack) -> None:
+    """No Last Will for a sleeping agent: the hub marks it offline after missed reports
+    (its birth says how often it reports) and online again when it is heard from."""
+    presence = stack.hub.presence
+    presence.missed, presence.flush_interval_s = 2, 0.3
+    uplink = stack.uplink(uplink_interval_s=1.0, register_timeout_s=1.0, retry_min_s=0.5)
+
+    async def agent_state(expected: str) -> bool | None:
+        agent = await stack.hub.registry.get_agent(AGENT)
+        return True if agent is not None and agent.state == expected else None
+
+    async def offline_alarms() -> list[Any]:
+        # (the session broker also hands this hub other tests' retained Last Wills)
+        return [
+            a
+            for a in await stack.hub.alarms.store.open_alarms()
+            if a.rule == "agent_offline" and a.agent_id == AGENT
+        ]
+
+    async with running(uplink.run()):
+        await eventually(lambda: agent_state("online"))
+        agent = await stack.hub.registry.get_agent(AGENT)
+        assert agent is not None and agent.report_interval_s == 1.0
+        stack.sim.set_registration(0)  # out of coverage: nothing reaches the hub any more
+        await eventually(lambda: agent_state("offline"), timeout=30)
+
+        async def raised() -> bool | None:
+            return True if len(await offline_alarms()) == 1 else None
+
+        await eventually(raised)
+        stack.sim.set_registration(None)  # back in coverage: the next cycle is heard
+        await eventually(lambda: agent_state("online"), timeout=30)
+
+        async def cleared() -> bool | None:
+            return True if not await offline_alarms() else None
+
+        await eventually(cleared)

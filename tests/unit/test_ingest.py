@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.dead_letters import DeadLetterStore
 from cloud_hub.events import EventBus
 from cloud_hub.ingest import Accepted, Ingest
 from cloud_hub.registry import Registry
@@ -23,7 +24,7 @@ async def ingest(tmp_path: Path):
     store = SqliteStore(SqliteStoreSettings(path=tmp_path / "telemetry.db"))
     await registry.start()
     await store.start()
-    ingest = Ingest(registry, EventBus())
+    ingest = Ingest(registry, EventBus(), DeadLetterStore(registry))
     ingest.store = store  # type: ignore[attr-defined]  # where _handle() writes, as the hub's writer does
     birth = AgentState(
         agent_id="a1", state="online", devices=[DeviceInfo(device_id="p1", profile="smart_pole")]
@@ -41,6 +42,12 @@ async def _handle(ingest: Ingest, name: str, payload: bytes) -> Accepted:
         await ingest.store.write(accepted.readings)  # type: ignore[attr-defined]
         ingest.stored(accepted.readings)
     return accepted
+
+
+async def _reasons(ingest: Ingest) -> list[str]:
+    """The reasons of the dead letters kept, newest first."""
+    await ingest.dead_letters.flush()
+    return [row.reason for row in (await ingest.dead_letters.page(limit=1000)).items]
 
 
 def _batch(*readings: dict[str, object], agent_id: str = "a1") -> bytes:
@@ -65,7 +72,7 @@ async def test_good_readings_survive_bad_neighbours(ingest: Ingest) -> None:
     await _handle(ingest, topic("a1", Channel.TELEMETRY), payload)
     assert ingest.stats["readings"] == 2
     assert ingest.stats["dead_letters"] == 5
-    reasons = " | ".join(d.reason for d in ingest.dead_letters)
+    reasons = " | ".join(await _reasons(ingest))
     for expected in [
         "point 'power' expects a uint32 value, got 'lots'",
         "point 'warp_drive' is not in profile 'smart_pole'",
@@ -86,7 +93,7 @@ async def test_a_device_of_another_agent_is_refused(ingest: Ingest) -> None:
         _batch({"device_id": "p1", "ts": 1, "values": {"power": 1.0}}, agent_id="a2"),
     )
     assert ingest.stats["readings"] == 0
-    assert "not registered to agent 'a2'" in ingest.dead_letters[-1].reason
+    assert "not registered to agent 'a2'" in (await _reasons(ingest))[0]
 
 
 @pytest.mark.parametrize(

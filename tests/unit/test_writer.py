@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+from cloud_hub.spool import TelemetrySpool
 from cloud_hub.storage import (
     LatestValue,
     StorageRejected,
@@ -123,3 +125,130 @@ async def test_two_writes_in_flight_still_ack_in_arrival_order() -> None:
     await _run(writer, items)
     assert acked == [0, 1, 2, 3]
     assert store.calls >= 2
+
+
+# -- the disk spool ---------------------------------------------------------------------------
+
+
+class Switchable(FakeStore):
+    """A store that is down until ``up`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.up = False
+
+    async def write(self, readings: Sequence[StoredReading]) -> None:
+        self.calls += 1
+        if not self.up:
+            raise StorageUnavailable("down", retry_after=0.01)
+        self.written.extend(readings)
+
+
+def _spooling_writer(
+    store: FakeStore, path: Path, stored: list[StoredReading], max_bytes: int = 1 << 20
+) -> TelemetryWriter:
+    return TelemetryWriter(
+        store,
+        on_stored=stored.extend,
+        on_rejected=lambda r, why: None,
+        spool=TelemetrySpool(path, max_bytes),
+        spool_after_s=0.0,
+        linger_s=0,
+        max_batch_readings=5,  # a batch a message
+    )
+
+
+async def test_a_store_outage_spools_to_disk_acks_and_drains_in_order(tmp_path: Path) -> None:
+    store = Switchable()
+    stored: list[StoredReading] = []
+    writer = _spooling_writer(store, tmp_path / "spool.db", stored)
+    await writer.open()
+    acked: list[int] = []
+    task = asyncio.create_task(writer.run())
+    try:
+        for i in range(20):
+            await writer.submit(Pending(_readings(5, i * 10), lambda i=i: acked.append(i)))
+
+        async def all_acked() -> bool | None:
+            return True if len(acked) == 20 else None
+
+        await eventually(all_acked)  # acknowledged while the store is still down
+        assert acked == list(range(20))
+        assert store.written == []
+        assert writer.spool is not None and writer.spool.readings == 100
+        store.up = True
+
+        async def drained() -> bool | None:
+            return True if writer.spool is not None and writer.spool.chunks == 0 else None
+
+        await eventually(drained)
+        await writer.submit(Pending(_readings(1, 999), lambda: acked.append(99)))
+        await eventually(lambda: _true_if(len(store.written) == 101))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await writer.close()
+    expected = [r.ts_ms for i in range(20) for r in _readings(5, i * 10)] + [999]
+    assert [r.ts_ms for r in store.written] == expected  # oldest first, then live again
+    assert [r.ts_ms for r in stored] == expected  # stored events only once really stored
+    assert writer.stats["spooled_readings"] == writer.stats["unspooled_readings"] == 100
+
+
+async def _true_if(condition: bool) -> bool | None:
+    return True if condition else None
+
+
+async def test_what_was_spooled_before_a_restart_is_drained_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    first = _spooling_writer(Switchable(), path, [])
+    await first.open()
+    task = asyncio.create_task(first.run())
+    acked: list[int] = []
+    for i in range(3):
+        await first.submit(Pending(_readings(4, i * 10), lambda i=i: acked.append(i)))
+    await eventually(lambda: _true_if(len(acked) == 3))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await first.close()  # the hub stops with the store still down
+
+    store = Switchable()
+    store.up = True
+    second = _spooling_writer(store, path, [])
+    await second.open()
+    assert second.spool is not None and second.spool.readings == 12
+    task = asyncio.create_task(second.run())
+    try:
+        await eventually(lambda: _true_if(len(store.written) == 12))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await second.close()
+    assert sorted(r.ts_ms for r in store.written) == sorted(
+        r.ts_ms for i in range(3) for r in _readings(4, i * 10)
+    )
+
+
+async def test_a_full_spool_holds_messages_back_instead_of_dropping_them(tmp_path: Path) -> None:
+    store = Switchable()
+    writer = _spooling_writer(store, tmp_path / "spool.db", [], max_bytes=200)
+    await writer.open()
+    acked: list[int] = []
+    task = asyncio.create_task(writer.run())
+    try:
+        for i in range(10):
+            await writer.submit(Pending(_readings(5, i * 10), lambda i=i: acked.append(i)))
+        await eventually(lambda: _true_if(len(acked) >= 1))
+        assert writer.spool is not None
+        spooled = writer.spool.chunks
+        assert 0 < spooled < 10 and writer.spool.full
+        assert len(acked) == spooled  # the rest waits, unacknowledged, at the broker
+        store.up = True
+        await eventually(lambda: _true_if(len(acked) == 10))
+        await eventually(lambda: _true_if(len(store.written) == 50))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await writer.close()
+    assert sorted(r.ts_ms for r in store.written) == sorted(
+        r.ts_ms for i in range(10) for r in _readings(5, i * 10)
+    )
