@@ -31,8 +31,7 @@ import aiomqtt
 import structlog
 
 from cloud_hub.alarms import AlarmEngine
-from cloud_hub.events import HubEvent
-from cloud_hub.ingest import Ingest
+from cloud_hub.ingest import Ingest, telemetry_event
 from device_profiles.wire import Channel, WireError, subscription
 from iot_runtime.mqtt import MqttSettings, make_client
 
@@ -104,13 +103,5 @@ class AlarmFeed:
             return
         self.stats["refused_readings"] += len(refused)
         for reading in readings:
-            self._engine.feed(
-                HubEvent(
-                    kind="telemetry",
-                    ts_ms=reading.ts_ms,
-                    device_id=reading.device_id,
-                    agent_id=reading.agent_id,
-                    data={"profile": reading.profile, "values": reading.values},
-                )
-            )
+            self._engine.feed(telemetry_event(reading))
         self.stats["readings"] += len(readings)

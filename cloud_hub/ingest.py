@@ -36,7 +36,7 @@ from device_profiles.wire import (
     parse_topic,
 )
 
-__all__ = ["Accepted", "Ingest", "Refusals", "check_reading"]
+__all__ = ["Accepted", "Ingest", "Refusals", "check_reading", "telemetry_event"]
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +116,17 @@ def check_reading(
     return out
 
 
+def telemetry_event(reading: StoredReading) -> HubEvent:
+    """The ``telemetry`` event of a stored (or, for the alarm feed, validated) reading."""
+    return HubEvent(
+        kind="telemetry",
+        ts_ms=reading.ts_ms,
+        device_id=reading.device_id,
+        agent_id=reading.agent_id,
+        data={"profile": reading.profile, "values": reading.values},
+    )
+
+
 @dataclass
 class Ingest:
     registry: Registry
@@ -159,17 +170,6 @@ class Ingest:
     ) -> None:
         """Count, log (as ``event``) and keep a refused message or reading with the reason
         (never raises). ``agent_id`` defaults to the one ``topic`` names."""
-        self._dead_letter(topic, reason, payload, agent_id=agent_id, event=event)
-
-    def _dead_letter(
-        self,
-        topic: str,
-        reason: str,
-        payload: bytes,
-        *,
-        agent_id: str | None = None,
-        event: str = "dead letter",
-    ) -> None:
         self.stats["dead_letters"] += 1
         refusals = _REFUSALS.get()
         if refusals is not None:
@@ -209,7 +209,7 @@ class Ingest:
             elif channel is Channel.CONFIG_REPORTED:
                 report = decode(ReportedConfig, payload)
                 if report.agent_id != agent_id:
-                    self._dead_letter(
+                    self.dead_letter(
                         topic, f"report of {report.agent_id!r} in {agent_id!r}'s namespace", payload
                     )
                 else:
@@ -222,9 +222,9 @@ class Ingest:
                 self.stats["command_results"] += 1
                 return Accepted(command_result=decode(CommandResult, payload))
             else:
-                self._dead_letter(topic, f"the hub does not consume {channel.value!r}", payload)
+                self.dead_letter(topic, f"the hub does not consume {channel.value!r}", payload)
         except WireError as exc:
-            self._dead_letter(topic, str(exc), payload)
+            self.dead_letter(topic, str(exc), payload)
         return NOTHING
 
     def learn_devices(self, topic: str, payload: bytes) -> None:
@@ -249,20 +249,12 @@ class Ingest:
         for r in readings:
             if r.ts_ms > self._last_seen.get(r.device_id, 0):
                 self._last_seen[r.device_id] = r.ts_ms
-            self.events.publish(
-                HubEvent(
-                    kind="telemetry",
-                    ts_ms=r.ts_ms,
-                    device_id=r.device_id,
-                    agent_id=r.agent_id,
-                    data={"profile": r.profile, "values": r.values},
-                )
-            )
+            self.events.publish(telemetry_event(r))
 
     def rejected(self, readings: Sequence[StoredReading], reason: str) -> None:
         """The store refused readings for good: dead-letter them with the reason."""
         for r in readings[:100]:
-            self._dead_letter(
+            self.dead_letter(
                 f"store:{r.device_id}", reason, repr(r.values).encode(), agent_id=r.agent_id
             )
         self.stats["dead_letters"] += max(0, len(readings) - 100)
@@ -331,7 +323,7 @@ class Ingest:
     def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> list[StoredReading]:
         stored, refused = self._check_telemetry(agent_id, payload)
         for reason in refused:
-            self._dead_letter(topic, reason, payload)
+            self.dead_letter(topic, reason, payload)
         return stored
 
     def check_telemetry(self, topic: str, payload: bytes) -> tuple[list[StoredReading], list[str]]:

@@ -42,8 +42,6 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 import structlog
@@ -54,6 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud_hub.event_log_models import HubEventRow
 from cloud_hub.events import EventBus, HubEvent, Subscription
 from cloud_hub.registry import Registry, utcnow
+from cloud_hub.retry_after import parse_retry_after
 from cloud_hub.webhook_models import WebhookRow
 
 __all__ = [
@@ -127,22 +126,6 @@ def backoff_delay(
     (between half and all of the exponential value, so receivers are not hit in lockstep)."""
     ceiling = min(settings.backoff_max_s, settings.backoff_initial_s * 2.0 ** (attempt - 1))
     return ceiling * (0.5 + 0.5 * rng())
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Helpers shared by integration tests: waiting on a condition, running the hub in-process."""
+"""Helpers shared by integration tests: waiting on a condition, running the hub in-process,
+announcing an agent to it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import aiomqtt
 import httpx
 
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
 from cloud_hub.settings import HubSettings
+from device_profiles.wire import QOS, AgentState, Channel, DeviceInfo, encode, topic
 
 T = TypeVar("T")
 
@@ -68,3 +71,27 @@ async def running_hub(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def announce_agent(
+    agent: aiomqtt.Client,
+    api: httpx.AsyncClient,
+    agent_id: str,
+    device_id: str,
+    profile: str = "smart_pole",
+    *,
+    retain: bool = True,
+) -> None:
+    """Publish an agent's birth message with one device; wait until the hub's API has it."""
+    birth = AgentState(
+        agent_id=agent_id,
+        state="online",
+        devices=[DeviceInfo(device_id=device_id, profile=profile)],
+    )
+    await agent.publish(topic(agent_id, Channel.STATE), encode(birth), qos=QOS, retain=retain)
+
+    async def registered() -> bool | None:
+        response = await api.get(f"/api/v1/devices/{device_id}")
+        return True if response.status_code == 200 else None
+
+    await eventually(registered)

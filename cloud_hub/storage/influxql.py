@@ -8,12 +8,11 @@ the store's error tree (the same for ``/write`` and ``/api/v2/write``).
 
 from __future__ import annotations
 
-import email.utils
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cloud_hub.retry_after import parse_retry_after
 from cloud_hub.storage.base import (
     LatestValue,
     Series,
@@ -31,27 +30,11 @@ __all__ = [
     "quote_ident",
     "quote_str",
     "raise_for_query",
-    "retry_after",
     "series_statement",
     "write_error",
 ]
 
 _AGGREGATES = {"mean": "MEAN", "min": "MIN", "max": "MAX", "last": "LAST", "count": "COUNT"}
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def write_error(
@@ -71,7 +54,7 @@ def write_error(
         return StorageUnavailable(f"InfluxDB refused the credentials: {status} {text}")
     if status in (429, 503) or status >= 500:
         return StorageUnavailable(
-            f"InfluxDB write: {status} {text}", retry_after(headers.get("Retry-After"))
+            f"InfluxDB write: {status} {text}", parse_retry_after(headers.get("Retry-After"))
         )
     return StorageRejected(f"InfluxDB refused a write: {status} {text}")
 

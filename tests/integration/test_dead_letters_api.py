@@ -16,10 +16,10 @@ import pytest
 
 from cloud_hub.dead_letters import DeadLetterSettings
 from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
-from device_profiles.wire import QOS, AgentState, Channel, DeviceInfo, encode, topic
+from device_profiles.wire import QOS, Channel, topic
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
-from tests.helpers import RunningHub, eventually, make_keys, running_hub
+from tests.helpers import RunningHub, announce_agent, eventually, make_keys, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -61,18 +61,7 @@ async def _agent(settings: HubSettings, unique_id: str) -> AsyncIterator[Any]:
 
 
 async def _birth(agent: Any, hub: RunningHub, agent_id: str, device_id: str) -> None:
-    state = AgentState(
-        agent_id=agent_id,
-        state="online",
-        devices=[DeviceInfo(device_id=device_id, profile="smart_pole")],
-    )
-    await agent.publish(topic(agent_id, Channel.STATE), encode(state), qos=QOS)
-
-    async def registered() -> bool | None:
-        response = await hub.api.get(f"/api/v1/devices/{device_id}")
-        return True if response.status_code == 200 else None
-
-    await eventually(registered)
+    await announce_agent(agent, hub.api, agent_id, device_id, retain=False)
 
 
 async def _dead_letters(api: httpx.AsyncClient, count: int, **params: Any) -> list[dict[str, Any]]:

@@ -12,9 +12,7 @@ import pytest
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings, SqliteStoreSettings
 from device_profiles.wire import (
     QOS,
-    AgentState,
     Channel,
-    DeviceInfo,
     Reading,
     TelemetryBatch,
     agent_client_id,
@@ -27,7 +25,7 @@ from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
-from tests.helpers import eventually, make_keys, running_hub
+from tests.helpers import announce_agent, eventually, make_keys, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -91,21 +89,7 @@ async def test_no_reading_is_lost_or_duplicated_while_influxdb_is_down(
             mqtt, agent_client_id(agent_id), persistent_session=True, session_expiry_s=600
         )
         async with agent_client as agent:
-            birth = AgentState(
-                agent_id=agent_id,
-                state="online",
-                devices=[DeviceInfo(device_id=device_id, profile="smart_pole")],
-            )
-            await agent.publish(topic(agent_id, Channel.STATE), encode(birth), qos=QOS, retain=True)
-
-            async def registered() -> bool | None:
-                return (
-                    True
-                    if (await hub.api.get(f"/api/v1/devices/{device_id}")).status_code == 200
-                    else None
-                )
-
-            await eventually(registered)
+            await announce_agent(agent, hub.api, agent_id, device_id)
             for _ in range(20):
                 await publish_batch(agent)
             await eventually(all_stored)

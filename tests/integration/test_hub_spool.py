@@ -21,9 +21,7 @@ from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
 from cloud_hub.spool_settings import SpoolSettings
 from device_profiles.wire import (
     QOS,
-    AgentState,
     Channel,
-    DeviceInfo,
     Reading,
     TelemetryBatch,
     agent_client_id,
@@ -32,7 +30,7 @@ from device_profiles.wire import (
 )
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
-from tests.helpers import RunningHub, eventually, running_hub
+from tests.helpers import RunningHub, announce_agent, eventually, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +67,7 @@ async def _register_and_publish(
         settings.mqtt, agent_client_id(agent_id), persistent_session=True, session_expiry_s=600
     )
     async with client as agent:
-        birth = AgentState(
-            agent_id=agent_id,
-            state="online",
-            devices=[DeviceInfo(device_id=device_id, profile="smart_pole")],
-        )
-        await agent.publish(topic(agent_id, Channel.STATE), encode(birth), qos=QOS, retain=True)
-
-        async def registered() -> bool | None:
-            answer = await hub.api.get(f"/api/v1/devices/{device_id}")
-            return True if answer.status_code == 200 else None
-
-        await eventually(registered)
+        await announce_agent(agent, hub.api, agent_id, device_id)
         await asyncio.to_thread(before)
         for seq in range(BATCHES):
             batch = TelemetryBatch(

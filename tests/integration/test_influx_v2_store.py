@@ -28,9 +28,7 @@ from cloud_hub.storage import (
 from cloud_hub.storage.influx_v2 import flux_latest, flux_series
 from device_profiles.wire import (
     QOS,
-    AgentState,
     Channel,
-    DeviceInfo,
     Reading,
     TelemetryBatch,
     agent_client_id,
@@ -40,7 +38,7 @@ from device_profiles.wire import (
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
 from tests.harness.influx_v2_front import InfluxV2Front
-from tests.helpers import eventually, running_hub
+from tests.helpers import announce_agent, eventually, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -268,18 +266,7 @@ async def test_hub_stores_every_reading_once_through_throttling_and_a_too_large_
             settings.mqtt, agent_client_id(agent_id), persistent_session=True, session_expiry_s=60
         )
         async with client as agent:
-            birth = AgentState(
-                agent_id=agent_id,
-                state="online",
-                devices=[DeviceInfo(device_id=device_id, profile="smart_pole")],
-            )
-            await agent.publish(topic(agent_id, Channel.STATE), encode(birth), qos=QOS, retain=True)
-
-            async def registered() -> bool | None:
-                answer = await hub.api.get(f"/api/v1/devices/{device_id}")
-                return True if answer.status_code == 200 else None
-
-            await eventually(registered)
+            await announce_agent(agent, hub.api, agent_id, device_id)
             for seq in range(30):
                 batch = TelemetryBatch(
                     agent_id=agent_id,
