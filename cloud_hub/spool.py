@@ -123,20 +123,21 @@ class TelemetrySpool:
         self.readings += len(readings)
         self.bytes += len(payload)
 
-    async def oldest(self) -> SpoolChunk | None:
+    async def oldest(self, count: int = 1) -> list[SpoolChunk]:
+        """The ``count`` oldest chunks, oldest first (fewer when the spool holds fewer)."""
         if self._db is None:
-            return None
-        async with self._db.execute("SELECT id, payload FROM chunks ORDER BY id LIMIT 1") as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            return None
-        blob = bytes(row[1])
-        return SpoolChunk(int(row[0]), _decode(blob), len(blob))
+            return []
+        async with self._db.execute(
+            "SELECT id, payload FROM chunks ORDER BY id LIMIT ?", (count,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [SpoolChunk(int(i), _decode(bytes(blob)), len(blob)) for i, blob in rows]
 
-    async def remove(self, chunk: SpoolChunk) -> None:
+    async def remove(self, chunks: Sequence[SpoolChunk]) -> None:
+        """Delete chunks that are in the store now (one transaction)."""
         db = self._conn()
-        await db.execute("DELETE FROM chunks WHERE id = ?", (chunk.chunk_id,))
+        await db.executemany("DELETE FROM chunks WHERE id = ?", [(c.chunk_id,) for c in chunks])
         await db.commit()
-        self.chunks -= 1
-        self.readings -= len(chunk.readings)
-        self.bytes -= chunk.size
+        self.chunks -= len(chunks)
+        self.readings -= sum(len(c.readings) for c in chunks)
+        self.bytes -= sum(c.size for c in chunks)

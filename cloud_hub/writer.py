@@ -183,18 +183,19 @@ class TelemetryWriter:
         return True
 
     async def _drain(self) -> None:
-        """Write the spool to the store, oldest chunk first, until cancelled."""
+        """Write the spool to the store, oldest chunks first (``max_in_flight`` at once, as
+        live batches), until cancelled."""
         assert self.spool is not None
         while True:
             await self._spooled.wait()
-            chunk = await self.spool.oldest()
-            if chunk is None:
+            chunks = await self.spool.oldest(self.max_in_flight)
+            if not chunks:
                 self._spooled.clear()
                 log.info("telemetry spool drained")
                 continue
-            await self._write(chunk.readings, may_spool=False)
-            await self.spool.remove(chunk)
-            self.stats["unspooled_readings"] += len(chunk.readings)
+            await asyncio.gather(*(self._write(c.readings, may_spool=False) for c in chunks))
+            await self.spool.remove(chunks)
+            self.stats["unspooled_readings"] += sum(len(c.readings) for c in chunks)
 
     async def _write(self, readings: list[StoredReading], *, may_spool: bool = True) -> None:
         failures = 0
