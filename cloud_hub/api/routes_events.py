@@ -3,57 +3,48 @@
 Each event is one SSE message::
 
     event: alarm                   the kind: telemetry, status, alarm or command
-    id: 42                         increases by one per message on this connection
+    id: 1042                       status, alarm and command events: their place in the log
     data: {"kind": "alarm", "ts_ms": ..., "device_id": ..., "agent_id": ..., "data": {...}}
 
+Status, alarm and command events come from the hub's durable event log
+(:mod:`cloud_hub.event_log`), which every hub process appends to: a stream served by any of
+several hub processes carries all of them, in log order, and a client that reconnects with
+``Last-Event-ID`` (browsers' ``EventSource`` does so by itself; or ``?last_event_id=``) gets
+what it missed, for as long as the log keeps it (``event_log.retention_days``). Without it a
+stream starts at the end of the log. Telemetry events (no ``id``: readings are in the store,
+see ``/api/v1/telemetry``) come from the process's own event bus, so with several hub processes
+a stream carries the share of the readings its process ingested; a client too slow to keep up
+loses the oldest waiting readings, and the stream says how many in a ``: dropped <n>`` comment.
+
 A ``: keepalive`` comment is sent when nothing else was for ``heartbeat_s`` seconds, so proxies
-keep the connection open and clients notice a dead one. A client too slow to keep up loses
-the oldest waiting events; the stream then says how many in a ``: dropped <n>`` comment. There
-is no replay: ids number this connection's messages, and a reconnecting client starts afresh.
+keep the connection open and clients notice a dead one. While the log cannot be read (the
+registry is down) the stream says so in a ``: event log unavailable`` comment and goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated, get_args
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from cloud_hub.api.auth import require
-from cloud_hub.events import EventBus, EventKind, HubEvent
+from cloud_hub.api.event_stream import STREAM_QUEUE, EventStream, format_event
+from cloud_hub.event_log import EventLog
+from cloud_hub.events import EventBus, EventKind
 
 __all__ = ["HEARTBEAT_S", "STREAM_QUEUE", "format_event", "router"]
 
 #: default seconds between keepalive comments on an idle stream
 HEARTBEAT_S = 15.0
-#: events waiting per stream before the oldest are dropped
-STREAM_QUEUE = 1000
-#: most events sent in one write when many are waiting
-MAX_BATCH = 100
 KINDS: tuple[str, ...] = get_args(EventKind)
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
 
-def format_event(event: HubEvent, event_id: int) -> str:
-    """One SSE message (``data`` is one line of JSON, so it needs no splitting)."""
-    document = {
-        "kind": event.kind,
-        "ts_ms": event.ts_ms,
-        "device_id": event.device_id,
-        "agent_id": event.agent_id,
-        "data": event.data,
-    }
-    data = json.dumps(document, separators=(",", ":"), default=str)
-    return f"event: {event.kind}\nid: {event_id}\ndata: {data}\n\n"
-
-
 def _kinds(given: str | None) -> frozenset[str]:
     if not given:
-        return frozenset()
+        return frozenset(KINDS)
     chosen = {part.strip() for part in given.split(",") if part.strip()}
     unknown = sorted(chosen - set(KINDS))
     if unknown:
@@ -61,7 +52,21 @@ def _kinds(given: str | None) -> frozenset[str]:
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"kinds: unknown {', '.join(unknown)} (one or more of {', '.join(KINDS)}, comma-separated)",
         )
-    return frozenset(chosen)
+    return frozenset(chosen) if chosen else frozenset(KINDS)
+
+
+def _resume_from(header: str | None, query: int | None) -> int | None:
+    if query is not None:
+        return query
+    if header is None or not header.strip():
+        return None
+    text = header.strip()
+    if not text.isdigit():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"Last-Event-ID: {text[:40]!r} is not an id of this stream (a non-negative integer)",
+        )
+    return int(text)
 
 
 @router.get(
@@ -81,51 +86,34 @@ async def stream_events(
     heartbeat_s: Annotated[
         float, Query(ge=1, le=300, description="Seconds of silence before a keepalive comment.")
     ] = HEARTBEAT_S,
+    last_event_id: Annotated[
+        int | None,
+        Query(ge=0, description="Resume after this id (as the Last-Event-ID header does)."),
+    ] = None,
+    last_event_id_header: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="Resume after this id (sent by EventSource)."),
+    ] = None,
 ) -> StreamingResponse:
-    """Hub events as they happen, filtered by kind, device and agent."""
+    """Hub events as they happen, filtered by kind, device and agent; resumable."""
     wanted = _kinds(kinds)
+    resume = _resume_from(last_event_id_header, last_event_id)
     bus: EventBus = request.app.state.hub.events
+    event_log: EventLog = request.app.state.hub.event_log
 
-    def accepts(event: HubEvent) -> bool:
-        return (
-            (not wanted or event.kind in wanted)
-            and (device_id is None or event.device_id == device_id)
-            and (agent_id is None or event.agent_id == agent_id)
-        )
-
-    async def messages() -> AsyncIterator[str]:
-        # subscribed here, not in the handler: the subscription exists exactly as long as the
-        # response streams, and goes when the client disconnects (Starlette cancels us)
-        subscription = bus.subscribe(accepts, STREAM_QUEUE)
-        try:
-            yield "retry: 3000\n\n"  # also sends the headers at once
-            queue = subscription.queue
-            event_id, reported = 0, 0
-            while True:
-                waiting: list[HubEvent] = []
-                if queue.empty():
-                    try:
-                        async with asyncio.timeout(heartbeat_s):
-                            waiting.append(await queue.get())
-                    except TimeoutError:
-                        yield ": keepalive\n\n"
-                        continue
-                # whatever else is waiting goes out in the same write
-                while not queue.empty() and len(waiting) < MAX_BATCH:
-                    waiting.append(queue.get_nowait())
-                chunk: list[str] = []
-                if subscription.dropped > reported:
-                    chunk.append(f": dropped {subscription.dropped - reported}\n\n")
-                    reported = subscription.dropped
-                for event in waiting:
-                    event_id += 1
-                    chunk.append(format_event(event, event_id))
-                yield "".join(chunk)
-        finally:
-            bus.unsubscribe(subscription)
-
+    stream = EventStream(
+        bus,
+        event_log,
+        wanted,
+        resume,
+        heartbeat_s,
+        lambda e: (
+            (device_id is None or e.device_id == device_id)
+            and (agent_id is None or e.agent_id == agent_id)
+        ),
+    )
     return StreamingResponse(
-        messages(),
+        stream.messages(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
