@@ -4,8 +4,9 @@ For after an operator fixed the cause (registered the device, corrected its prof
 message goes through :meth:`Ingest.handle` and its readings through the hub's writer, exactly as
 live ones: a replay is answered once they are stored, and storage is idempotent (a reading is
 stored under its device and read time), so the readings of a batch that were stored the first
-time are not duplicated. What is refused again becomes a new dead letter as usual; the replayed
-one is deleted only when nothing was refused.
+time are not duplicated. When something is refused again, the dead letter stays with the new
+reason and no new dead letter is made (replays never pile up); when nothing is, it is deleted
+together with the other dead letters the same message left (one per refused reading).
 
 Errors (beside :class:`~cloud_hub.dead_letters.DeadLetterNotFound`)::
 
@@ -52,6 +53,8 @@ class ReplayResult:
     reasons: list[str]
     #: the replayed dead letter was deleted (only when accepted)
     deleted: bool
+    #: the other dead letters of the same message deleted with it
+    siblings_deleted: int = 0
 
 
 async def replay(hub: Hub, dead_letter_id: int) -> ReplayResult:
@@ -72,7 +75,7 @@ async def replay(hub: Hub, dead_letter_id: int) -> ReplayResult:
         ) from exc
     ingest = hub.ingest
     stored = 0
-    with ingest.refusals() as refused:
+    with ingest.refusals(record_only=True) as refused:
         try:
             accepted = await ingest.handle(row.source, row.payload)
         except Exception as exc:  # as the MQTT sessions do: dead-lettered, never raised
@@ -86,8 +89,12 @@ async def replay(hub: Hub, dead_letter_id: int) -> ReplayResult:
             if accepted.command_result is not None:
                 await hub._apply_result(accepted.command_result)  # the hub's own path
     ok = not refused.reasons
-    deleted = await hub.dead_letters.delete(dead_letter_id) if ok else False
-    result = ReplayResult(ok, stored, list(refused.reasons), deleted)
+    deleted = 0
+    if ok:  # this one and the others the same message left (one per refused reading)
+        deleted = await hub.dead_letters.delete_message(row)
+    else:  # kept, with why it is refused now (no new dead letters: replays never pile up)
+        await hub.dead_letters.set_reason(dead_letter_id, "; ".join(refused.reasons)[:4000])
+    result = ReplayResult(ok, stored, list(refused.reasons), deleted > 0, max(0, deleted - 1))
     log.info(
         "dead letter replayed",
         dead_letter_id=dead_letter_id,

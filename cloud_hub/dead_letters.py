@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import CursorResult, delete, func, insert, select
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 
 from cloud_hub.dead_letter_models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
 from cloud_hub.registry import Registry, utcnow
@@ -380,6 +380,31 @@ class DeadLetterStore:
     async def get(self, dead_letter_id: int) -> DeadLetterRow | None:
         async with self._session() as db:
             return await db.get(DeadLetterRow, dead_letter_id)
+
+    async def delete_message(self, row: DeadLetterRow) -> int:
+        """Delete every dead letter of the same message as ``row`` (a batch with several
+        refused readings left one each); how many went."""
+        async with self._session.begin() as db:
+            result = await db.execute(
+                delete(DeadLetterRow)
+                .where(
+                    DeadLetterRow.source == row.source,
+                    DeadLetterRow.payload_size == row.payload_size,
+                    DeadLetterRow.payload == row.payload,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return int(cast("CursorResult[Any]", result).rowcount or 0)
+
+    async def set_reason(self, dead_letter_id: int, reason: str) -> None:
+        """Say why the dead letter's message is refused now (after a replay)."""
+        async with self._session.begin() as db:
+            await db.execute(
+                update(DeadLetterRow)
+                .where(DeadLetterRow.id == dead_letter_id)
+                .values(reason=reason)
+                .execution_options(synchronize_session=False)
+            )
 
     async def delete(self, dead_letter_id: int) -> bool:
         """Delete one dead letter; False if there was none."""

@@ -64,6 +64,8 @@ class Refusals:
     reasons: list[str] = field(default_factory=list)
     #: readings the store refused for good, of those passed to :meth:`Ingest.watch_store`
     store_refused: int = 0
+    #: refusals are only collected here, not dead-lettered (a replay keeps its dead letter)
+    record_only: bool = False
 
 
 _REFUSALS: ContextVar[Refusals | None] = ContextVar("ingest_refusals", default=None)
@@ -170,18 +172,22 @@ class Ingest:
     ) -> None:
         """Count, log (as ``event``) and keep a refused message or reading with the reason
         (never raises). ``agent_id`` defaults to the one ``topic`` names."""
-        self.stats["dead_letters"] += 1
         refusals = _REFUSALS.get()
         if refusals is not None:
             refusals.reasons.append(reason)
+            if refusals.record_only:
+                log.info("refused again", topic=topic, reason=reason)
+                return
+        self.stats["dead_letters"] += 1
         self.dead_letters.add(topic, reason, payload, agent_id=agent_id)
         log.warning(event, topic=topic, reason=reason)
 
     @contextlib.contextmanager
-    def refusals(self) -> Iterator[Refusals]:
+    def refusals(self, *, record_only: bool = False) -> Iterator[Refusals]:
         """Collect what is refused of the messages this task hands to :meth:`handle` within
-        the block, and of the readings passed to :meth:`watch_store` (for replays)."""
-        seen = Refusals()
+        the block, and of the readings passed to :meth:`watch_store` (for replays); with
+        ``record_only`` what :meth:`handle` refuses is not dead-lettered again."""
+        seen = Refusals(record_only=record_only)
         token = _REFUSALS.set(seen)
         try:
             yield seen

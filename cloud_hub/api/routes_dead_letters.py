@@ -101,7 +101,13 @@ class ReplayOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"outcome": "accepted", "readings_stored": 12, "reasons": [], "deleted": True},
+                {
+                    "outcome": "accepted",
+                    "readings_stored": 12,
+                    "reasons": [],
+                    "deleted": True,
+                    "siblings_deleted": 1,
+                },
                 {
                     "outcome": "refused",
                     "readings_stored": 11,
@@ -113,8 +119,9 @@ class ReplayOut(BaseModel):
     )
 
     outcome: Literal["accepted", "refused"] = Field(
-        description="accepted: nothing was refused (the dead letter is deleted); refused: "
-        "something was refused again (each refusal is a new dead letter, this one is kept)."
+        description="accepted: nothing was refused (the dead letter is deleted, with the "
+        "others of the same message); refused: something was refused again (this dead letter "
+        "is kept with the new reason; no new dead letter is made)."
     )
     readings_stored: int = Field(
         description="Readings the store took (storage is idempotent: readings of the message "
@@ -122,6 +129,11 @@ class ReplayOut(BaseModel):
     )
     reasons: list[str] = Field(description="Why what was refused again was refused.")
     deleted: bool = Field(description="The replayed dead letter was deleted.")
+    siblings_deleted: int = Field(
+        default=0,
+        description="Other dead letters of the same message (one per refused reading) "
+        "deleted with it.",
+    )
 
 
 def _as_utc(name: str, value: datetime | None) -> datetime | None:
@@ -234,6 +246,7 @@ async def replay_dead_letter(
         readings_stored=result.readings_stored,
         reasons=result.reasons,
         deleted=result.deleted,
+        siblings_deleted=result.siblings_deleted,
     )
 
 

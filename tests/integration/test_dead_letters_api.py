@@ -177,16 +177,24 @@ async def test_a_message_of_an_unknown_device_is_replayed_once_the_device_is_reg
         }
         first = unknown[-1]
 
-        # not yet registered: refused again, kept, and the refusals are new dead letters
-        response = await api.post(f"/api/v1/dead-letters/{first['id']}/replay")
-        assert response.status_code == 200, response.text
-        assert response.json() == {
-            "outcome": "refused",
-            "readings_stored": 0,
-            "reasons": [d["reason"] for d in reversed(unknown)],
-            "deleted": False,
-        }
-        await _dead_letters(api, 5, agent_id=agent_id)
+        # not yet registered: refused again and kept, with the reasons; nothing piles up
+        counted = _metric((await api.get("/metrics")).text, "hub_dead_letters_total")
+        for _ in range(2):
+            response = await api.post(f"/api/v1/dead-letters/{first['id']}/replay")
+            assert response.status_code == 200, response.text
+            assert response.json() == {
+                "outcome": "refused",
+                "readings_stored": 0,
+                "reasons": [d["reason"] for d in reversed(unknown)],
+                "deleted": False,
+                "siblings_deleted": 0,
+            }
+        assert _metric((await api.get("/metrics")).text, "hub_dead_letters_total") == counted
+        kept = await _dead_letters(api, 3, agent_id=agent_id)
+        assert len(kept) == 3  # no new dead letters
+        assert [d["reason"] for d in kept if d["id"] == first["id"]] == [
+            "; ".join(d["reason"] for d in reversed(unknown))
+        ]
 
         await _birth(agent, hub, agent_id, device_id)
         response = await api.post(f"/api/v1/dead-letters/{first['id']}/replay")
@@ -196,6 +204,7 @@ async def test_a_message_of_an_unknown_device_is_replayed_once_the_device_is_reg
             "readings_stored": 2,
             "reasons": [],
             "deleted": True,
+            "siblings_deleted": 1,  # the other reading's dead letter: the same message
         }
         latest = (await api.get(f"/api/v1/devices/{device_id}/telemetry/latest")).json()
         assert latest["points"]["power"]["value"] == 43.5
@@ -212,7 +221,7 @@ async def test_a_message_of_an_unknown_device_is_replayed_once_the_device_is_reg
         replays = (await api.get("/api/v1/audit", params={"action": "dead_letter.replay"})).json()
         outcomes = [(e["target"], e["detail"]["outcome"]) for e in replays["items"]]
         target = f"dead_letter:{first['id']}"
-        assert outcomes == [(target, "accepted"), (target, "refused")]
+        assert outcomes == [(target, "accepted"), (target, "refused"), (target, "refused")]
 
         # admin only: other roles are refused, no key is unauthorised
         paths = [
