@@ -15,8 +15,9 @@ on PUBACK, then moved on by the agent's results. Queued commands are (re)sent wh
 Several hub processes (one ``shared_subscription_group``, one registry) are one hub: every
 process ingests, serves the API and appends its status, alarm and command events to the
 durable event log (:mod:`cloud_hub.event_log`); the one holding the leader lease runs the
-alarm engine (with its own telemetry feed, :mod:`cloud_hub.alarm_feed`), the webhook relay
-and the command expiry sweep (:mod:`cloud_hub.leadership`). A process without a group always
+alarm engine (with its own telemetry feed, :mod:`cloud_hub.alarm_feed`), the webhook relay,
+the command expiry sweep and the lighting scheduler (:mod:`cloud_hub.leadership`,
+:mod:`cloud_hub.lighting`). A process without a group always
 leads.
 """
 
@@ -40,6 +41,7 @@ from cloud_hub.events import EventBus, HubEvent
 from cloud_hub.ingest import Ingest
 from cloud_hub.leadership import Duty, Leadership
 from cloud_hub.lease import LeaderLease, Lease, SoleLease, holder_id
+from cloud_hub.lighting import Lighting
 from cloud_hub.presence import Presence
 from cloud_hub.provisioning import ProvisioningService
 from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
@@ -117,6 +119,8 @@ class Hub:
             if group
             else SoleLease()
         )
+        # lighting strategies: the API's checks and actions; the scheduler is a leader duty
+        self.lighting = Lighting(self.registry, self, self.ingest.profile_of, settings.lighting)
         self.leadership = Leadership(
             lease, self._leader_duties(), prepare=self._lead, finish=self.alarms.close
         )
@@ -190,6 +194,8 @@ class Hub:
         ]
         if self.alarm_feed is not None:
             duties.append(("alarm-feed", self.alarm_feed.run))
+        if self.settings.lighting.enabled:
+            duties.append(("lighting-scheduler", self.lighting.scheduler.run))
         return duties
 
     # -- MQTT -------------------------------------------------------------------------------

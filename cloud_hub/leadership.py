@@ -2,9 +2,10 @@
 
 Some work must be done by exactly one of the hub processes sharing a broker and a registry:
 the alarm engine (one alarm per fact, durations over all of a device's readings), the webhook
-relay (one delivery per logged event), the command expiry sweep and, with a shared
-subscription group, the alarm engine's own telemetry feed. :class:`Leadership` runs them
-while this process holds the lease (:mod:`cloud_hub.lease`):
+relay (one delivery per logged event), the command expiry sweep, the lighting scheduler
+(one command group per strategy step) and, with a shared subscription group, the alarm
+engine's own telemetry feed. :class:`Leadership` runs them while this process holds the
+lease (:mod:`cloud_hub.lease`):
 
 - on gaining it, ``prepare()`` (the alarm engine's ``start()``: it reloads open alarms and
   running timers from the registry), then every duty as a task;

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from cloud_hub.coap_settings import CoapIngressSettings
 from cloud_hub.dead_letters import DeadLetterSettings
 from cloud_hub.event_log import EventLogSettings
+from cloud_hub.lighting.settings import LightingSettings
 from cloud_hub.provisioning import ProvisioningSettings
 from cloud_hub.spool_settings import SpoolSettings
 from cloud_hub.webhooks import WebhookSettings
@@ -147,6 +148,10 @@ class HubSettings(FileAndEnvSettings):
         le=100,
         description="An agent without a connection (NB-IoT) is offline after missing this many "
         "of its reports (its birth message says how often it reports).",
+    )
+    lighting: LightingSettings = Field(
+        default_factory=LightingSettings,
+        description="The scheduler of the lighting strategies (a leader duty).",
     )
     command_ttl_s: float = Field(
         default=3600, gt=0, description="Default time a command may wait for its agent."

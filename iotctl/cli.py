@@ -1,4 +1,4 @@
-"""``iotctl``: the operator's and developer's tool (demo, profiles)."""
+"""``iotctl``: the operator's and developer's tool (demo, profiles, HJ 212 frames, the hub)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from device_profiles import ProfileError, builtin_profile_names, load_profile, p
 from iot_runtime import configure_logging
 from iotctl.demo import DemoOptions, run_demo_until_done
 from iotctl.hj212_cli import app as hj212_app
+from iotctl.hub_cli import app as hub_app
 
 app = typer.Typer(help="City IoT: demo, device profiles and tools.", no_args_is_help=True)
 profiles_app = typer.Typer(
@@ -20,6 +21,7 @@ profiles_app = typer.Typer(
 )
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(hj212_app, name="hj212", help="HJ 212-2017 frames: decode and encode.")
+app.add_typer(hub_app, name="hub", help="The hub's API: devices, commands, alarms, commissioning.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 

@@ -23,6 +23,7 @@ from cloud_hub.api.routes_alarms import router as alarms_router
 from cloud_hub.api.routes_command_groups import router as command_groups_router
 from cloud_hub.api.routes_dead_letters import router as dead_letters_router
 from cloud_hub.api.routes_events import router as events_router
+from cloud_hub.api.routes_lighting import router as lighting_router
 from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
@@ -74,6 +75,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     app.include_router(events_router)
     app.include_router(webhooks_router)
     app.include_router(dead_letters_router)
+    app.include_router(lighting_router)
     document_problems(app)
 
     @app.get("/healthz", tags=["health"])

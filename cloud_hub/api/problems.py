@@ -75,7 +75,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"field": format_location([str(p) for p in err["loc"]]), "message": err["msg"]}
+        {"field": format_location(list(err["loc"])), "message": err["msg"]}  # steps[2].at
         for err in exc.errors()
     ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)

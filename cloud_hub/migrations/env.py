@@ -11,6 +11,7 @@ import cloud_hub.coap_models
 import cloud_hub.dead_letter_models
 import cloud_hub.event_log_models
 import cloud_hub.lease_models
+import cloud_hub.lighting.models
 import cloud_hub.provisioning.models
 import cloud_hub.webhook_models  # noqa: F401
 from cloud_hub.registry.models import Base

@@ -104,6 +104,8 @@ class Seeded:
     device_id: str
     #: a refused message (so the dead-letter routes answer with real items too)
     dead_letter_id: int
+    #: a lighting strategy dimming the three poles
+    strategy_id: str
 
 
 @contextlib.asynccontextmanager
@@ -148,8 +150,23 @@ async def seeded_hub(mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIte
                 return int(items[0]["id"]) if items else None
 
             dead_letter_id = await eventually(dead_lettered)
+        strategy = await hub.api.post(
+            "/api/v1/lighting/strategies",
+            json={
+                "name": "seeded",
+                "selector": {"device_ids": [device_id, f"{device_id}-b", f"{device_id}-c"]},
+                "steps": [
+                    {"at": "18:00", "command": "lamp_on"},
+                    {"at": "23:30", "command": "set_dimming", "params": {"level": 50}},
+                ],
+            },
+        )
+        assert strategy.status_code == 201, strategy.text
+        strategy_id = strategy.json()["strategy_id"]
         try:
-            yield Seeded(hub, f"http://127.0.0.1:{port}", agent_id, device_id, dead_letter_id)
+            yield Seeded(
+                hub, f"http://127.0.0.1:{port}", agent_id, device_id, dead_letter_id, strategy_id
+            )
         finally:
             # a pushed configuration is retained: leave nothing on the shared broker
             async with make_client(mqtt, f"unseed-{unique_id}", persistent_session=False) as c:
@@ -163,6 +180,7 @@ def _fuzz(seeded: Seeded) -> list[str]:
         "device_id": seeded.device_id,
         "agent_id": seeded.agent_id,
         "dead_letter_id": seeded.dead_letter_id,
+        "strategy_id": seeded.strategy_id,
     }
     auth = {"Authorization": f"Bearer {seeded.hub.keys['admin']}"}
     failures: list[str] = []
@@ -229,7 +247,11 @@ async def test_every_operation_conforms_to_its_schema(
 
 def _routes(openapi: dict[str, Any], seeded: Seeded) -> list[tuple[str, str, str]]:
     """(label, method, url) of every operation, path ids filled in with the seeded ones."""
-    fill = {"device_id": seeded.device_id, "agent_id": seeded.agent_id}
+    fill = {
+        "device_id": seeded.device_id,
+        "agent_id": seeded.agent_id,
+        "strategy_id": seeded.strategy_id,
+    }
     routes = []
     for path, item in openapi["paths"].items():
         url = path

@@ -1,0 +1,164 @@
+"""``iotctl hub`` as a technician runs it (subprocesses) against a real hub, a real edge agent
+and a simulated smart pole: listing, commissioning with test commands, commands refused with
+the hub's reason, alarms, and clear exit codes when the hub cannot be asked."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from drivers import ModbusTcpSettings
+from edge_agent.agent import Agent
+from edge_agent.settings import AgentSettings, DeviceConfig
+from firmware_sim import run_smart_pole
+from iot_runtime.mqtt import MqttSettings
+from tests.harness import free_port
+from tests.helpers import eventually, make_keys, running_hub
+
+pytestmark = pytest.mark.integration
+
+IOTCTL = str(Path(sys.executable).with_name("iotctl"))
+
+
+async def iotctl(url: str, key: str, *args: str) -> tuple[int, str]:
+    env = {**os.environ, "IOTCTL_HUB_URL": url, "IOTCTL_API_KEY": key, "COLUMNS": "200"}
+    process = await asyncio.create_subprocess_exec(
+        IOTCTL,
+        "hub",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_a_technician_commissions_a_pole_with_iotctl(
+    mosquitto: Any, tmp_path: Path, unique_id: str
+) -> None:
+    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    settings = HubSettings(
+        mqtt=mqtt,
+        client_id=f"hub-{unique_id}",
+        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
+        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        api=ApiSettings(port=free_port()),
+    )
+    keys = await make_keys(settings.registry_url, "admin", "technician", "viewer")
+    device_id = f"pole-{unique_id}"
+    url = f"http://127.0.0.1:{settings.api.port}"
+    async with contextlib.AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(run_smart_pole(seed=3, port=0, tick_s=None))
+        hub = await stack.enter_async_context(running_hub(settings, keys))
+        agent = asyncio.create_task(
+            Agent(
+                AgentSettings(
+                    agent_id=f"cabinet-{unique_id}",
+                    mqtt=mqtt,
+                    devices=[
+                        DeviceConfig(
+                            device_id=device_id,
+                            profile="smart_pole",
+                            connection=ModbusTcpSettings(host=sim.host, port=sim.port),
+                            poll_interval_s=0.5,
+                        )
+                    ],
+                    data_dir=tmp_path / "agent",
+                )
+            ).run()
+        )
+        try:
+
+            async def registered() -> bool | None:
+                answer = await hub.api.get(f"/api/v1/devices/{device_id}")
+                return True if answer.status_code == 200 else None
+
+            await eventually(registered)
+            code, text = await iotctl(url, keys["technician"], "devices")
+            assert code == 0 and device_id in text and "smart_pole" in text
+
+            report = tmp_path / "commissioning.json"
+            code, text = await iotctl(
+                url,
+                keys["technician"],
+                "commission",
+                device_id,
+                "--test",
+                "set_dimming level=40",
+                "--test",
+                "lamp_off",
+                "--report",
+                str(report),
+            )
+            assert code == 0, text
+            assert "commissioning passed" in text
+            document = json.loads(report.read_text())
+            assert document["passed"] is True
+            outcomes = {c["name"]: c["outcome"] for c in document["checks"]}
+            assert outcomes == {
+                "registered": "PASS",
+                "agent online": "PASS",
+                "reporting": "PASS",
+                "command set_dimming level=40": "PASS",
+                "command lamp_off": "PASS",
+                "no active alarms": "PASS",
+            }
+            assert "telemetry shows dimming = 40" in json.dumps(document)
+            assert sim.image.get("dimming") == 40 and sim.image.get("lamp_on") is False
+
+            code, text = await iotctl(url, keys["technician"], "show", device_id)
+            assert code == 0 and "dimming" in text and "40" in text
+
+            # refused by the hub, with its reason; exit 1
+            code, text = await iotctl(
+                url, keys["technician"], "command", device_id, "set_dimming", "level=140"
+            )
+            assert code == 1 and "above the maximum 100" in text
+            code, text = await iotctl(
+                url, keys["technician"], "command", device_id, "set_dimming", "level=100"
+            )
+            assert code == 0 and "succeeded" in text
+
+            # a device that is not there fails its commissioning; exit 1
+            code, text = await iotctl(url, keys["technician"], "commission", "pole-nowhere")
+            assert code == 1 and "FAIL" in text and "commissioning failed" in text
+
+            code, text = await iotctl(url, keys["viewer"], "alarms")
+            assert code == 0
+        finally:
+            agent.cancel()
+            await asyncio.gather(agent, return_exceptions=True)
+    # the hub cannot be asked: exit 2 with why
+    code, text = await iotctl(url, keys["technician"], "devices")
+    assert code == 2 and "cannot reach the hub" in text
+
+
+async def test_iotctl_says_when_its_key_is_refused(
+    mosquitto: Any, tmp_path: Path, unique_id: str
+) -> None:
+    settings = HubSettings(
+        mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port),
+        client_id=f"hub-{unique_id}",
+        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
+        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        api=ApiSettings(port=free_port()),
+    )
+    keys = await make_keys(settings.registry_url, "admin", "viewer")
+    url = f"http://127.0.0.1:{settings.api.port}"
+    async with running_hub(settings, keys):
+        code, text = await iotctl(url, "not-a-key", "devices")
+        assert code == 2 and "401" in text
+        code, text = await iotctl(url, keys["viewer"], "command", "pole-1", "lamp_on")
+        assert code == 2 and "403" in text
+        code, text = await iotctl(url, keys["viewer"], "command", "pole-1", "set_dimming", "40")
+        assert code == 2 and "name=value" in text

@@ -1,0 +1,303 @@
+"""Lighting strategies end to end: hub + real Mosquitto + a real edge agent + simulated poles.
+
+A strategy whose step is due a few seconds after its creation dims the poles once (the
+simulators' registers say so), its firing is listed with the command group, whose progress
+shows every command succeeded; a hub restart does not fire it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cloud_hub.api_keys import create_api_key
+from cloud_hub.lighting import LightingScheduler, LightingSettings, LightingStore, StrategySpec
+from cloud_hub.registry import CommandGroupRow, Registry, utcnow
+from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from drivers import ModbusTcpSettings
+from edge_agent.agent import Agent
+from edge_agent.settings import AgentSettings, DeviceConfig
+from firmware_sim import run_smart_pole
+from iot_runtime.mqtt import MqttSettings
+from tests.harness import free_port
+from tests.helpers import RunningHub, eventually, running_hub
+
+pytestmark = pytest.mark.integration
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def _soon(seconds: float) -> str:
+    """A local Shanghai clock time ``seconds`` from now, as a step's ``at``."""
+    return (datetime.now(SHANGHAI) + timedelta(seconds=seconds)).strftime("%H:%M:%S")
+
+
+async def _firings(hub: RunningHub, strategy_id: str) -> list[dict[str, Any]]:
+    response = await hub.api.get(f"/api/v1/lighting/strategies/{strategy_id}/firings")
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def _fired(hub: RunningHub, strategy_id: str) -> dict[str, Any]:
+    async def sent() -> dict[str, Any] | None:
+        items = await _firings(hub, strategy_id)
+        return items[0] if items and items[0]["outcome"] != "sending" else None
+
+    return await eventually(sent)
+
+
+async def _group_done(hub: RunningHub, group_id: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await hub.api.get(f"/api/v1/command-groups/{group_id}")).json()
+        return body if body["done"] else None
+
+    return await eventually(done)
+
+
+async def _site_key(settings: HubSettings, site: str) -> str:
+    registry = Registry(settings.registry_url)
+    await registry.start()
+    try:
+        return (await create_api_key(registry, f"technician {site}", "technician", site))[1]
+    finally:
+        await registry.close()
+
+
+async def test_a_strategy_dims_the_poles_once_at_its_time_and_not_again_after_a_restart(
+    mosquitto: Any, tmp_path: Path, unique_id: str
+) -> None:
+    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    settings = HubSettings(
+        mqtt=mqtt,
+        client_id=f"hub-{unique_id}",
+        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
+        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        api=ApiSettings(port=free_port()),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        sims = [
+            await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=None))
+            for i in range(2)
+        ]
+        ids = [f"pole-{i}-{unique_id}" for i in range(2)]
+        agent_settings = AgentSettings(
+            agent_id=f"road-{unique_id}",
+            mqtt=mqtt,
+            devices=[
+                DeviceConfig(
+                    device_id=device_id,
+                    profile="smart_pole",
+                    connection=ModbusTcpSettings(host=sim.host, port=sim.port),
+                    poll_interval_s=0.5,
+                )
+                for device_id, sim in zip(ids, sims, strict=True)
+            ],
+            data_dir=tmp_path / "agent",
+        )
+        agent = asyncio.create_task(Agent(agent_settings).run())
+        try:
+            async with running_hub(settings) as hub:
+                keys = hub.keys
+
+                async def registered() -> bool | None:
+                    devices = (await hub.api.get("/api/v1/devices")).json()
+                    return True if {d["device_id"] for d in devices} >= set(ids) else None
+
+                await eventually(registered)
+                body = {
+                    "name": "ring road test night",
+                    "selector": {"device_ids": ids},
+                    "timezone": "Asia/Shanghai",
+                    "steps": [{"at": _soon(4), "command": "set_dimming", "params": {"level": 35}}],
+                }
+                # checked against the poles' profile: refused with the step named
+                refused = await hub.api.post(
+                    "/api/v1/lighting/strategies",
+                    json={
+                        **body,
+                        "steps": [
+                            {"at": "23:30", "command": "set_dimming", "params": {"level": 140}}
+                        ],
+                    },
+                )
+                assert refused.status_code == 422, refused.text
+                assert refused.json()["detail"].startswith("steps[0]: ")
+                assert "above the maximum 100" in refused.json()["detail"]
+                invalid = await hub.api.post(
+                    "/api/v1/lighting/strategies",
+                    json={**body, "steps": [{"at": "25:00", "command": "lamp_on"}]},
+                )
+                assert invalid.status_code == 422
+                assert invalid.json()["detail"].startswith(
+                    "body.steps[0].at: Value error, '25:00' is neither a clock time"
+                )
+                viewer = {"Authorization": f"Bearer {keys['viewer']}"}
+                forbidden = await hub.api.post(
+                    "/api/v1/lighting/strategies", json=body, headers=viewer
+                )
+                assert forbidden.status_code == 403
+
+                created = await hub.api.post("/api/v1/lighting/strategies", json=body)
+                assert created.status_code == 201, created.text
+                strategy = created.json()
+                strategy_id = strategy["strategy_id"]
+
+                # a key scoped to another site: its strategies select within its site only,
+                # and it does not see the others
+                technician = {"Authorization": f"Bearer {await _site_key(settings, 'elsewhere')}"}
+                confined = await hub.api.post(
+                    "/api/v1/lighting/strategies", json=body, headers=technician
+                )
+                assert confined.status_code == 422, confined.text
+                assert "picks no device" in confined.json()["detail"]
+                outside = await hub.api.post(
+                    "/api/v1/lighting/strategies",
+                    json={**body, "selector": {"site": "ring-road"}},
+                    headers=technician,
+                )
+                assert outside.status_code == 403
+                hidden = await hub.api.get(
+                    f"/api/v1/lighting/strategies/{strategy_id}", headers=technician
+                )
+                assert hidden.status_code == 404
+                listed = await hub.api.get("/api/v1/lighting/strategies", headers=technician)
+                assert listed.json() == []
+                assert strategy["next_firing"]["command"] == "set_dimming"
+                preview = await hub.api.get(
+                    f"/api/v1/lighting/strategies/{strategy_id}/preview",
+                    params={"hours": 48},
+                    headers=viewer,
+                )
+                assert preview.status_code == 200
+                planned = preview.json()["firings"]
+                assert len(planned) == 2 and planned[0]["at_local"].endswith("+08:00")
+
+                firing = await _fired(hub, strategy_id)
+                assert firing["outcome"] == "sent", firing
+                group = await _group_done(hub, firing["group_id"])
+                assert group["by_status"] == {"succeeded": 2}
+                assert all(sim.image.get("dimming") == 35 for sim in sims)
+
+                audit = (await hub.api.get("/api/v1/audit")).json()
+                assert any(e["action"] == "lighting_strategy.create" for e in audit["items"])
+
+            # the hub restarts after the firing (within catch_up_s): it does not fire again
+            again = settings.model_copy(update={"api": ApiSettings(port=free_port())})
+            async with running_hub(again, keys) as hub:
+                # a second strategy, due soon: once it has fired, the scheduler has run
+                # its rounds after the restart
+                second = await hub.api.post(
+                    "/api/v1/lighting/strategies",
+                    json={
+                        **body,
+                        "name": "second",
+                        "steps": [
+                            {"at": _soon(3), "command": "set_dimming", "params": {"level": 60}}
+                        ],
+                    },
+                )
+                assert second.status_code == 201, second.text
+                later = await _fired(hub, second.json()["strategy_id"])
+                assert later["outcome"] == "sent"
+                await _group_done(hub, later["group_id"])
+                assert [f["group_id"] for f in await _firings(hub, strategy_id)] == [
+                    firing["group_id"]
+                ]
+                assert all(sim.image.get("dimming") == 60 for sim in sims)
+
+                # apply-now: this strategy's step is in effect (its instant is the latest): sent again
+                applied = await hub.api.post(f"/api/v1/lighting/strategies/{strategy_id}/apply-now")
+                assert applied.status_code == 202, applied.text
+                assert applied.json()["in_effect"]["params"] == {"level": 35}
+                group = await _group_done(hub, applied.json()["firing"]["group_id"])
+                assert group["by_status"] == {"succeeded": 2}
+                assert all(sim.image.get("dimming") == 35 for sim in sims)
+                history = await _firings(hub, strategy_id)
+                assert [f["trigger"] for f in history] == ["apply_now", "schedule"]
+
+                deleted = await hub.api.delete(f"/api/v1/lighting/strategies/{strategy_id}")
+                assert deleted.status_code == 204
+                gone = await hub.api.get(f"/api/v1/lighting/strategies/{strategy_id}")
+                assert gone.status_code == 404
+        finally:
+            agent.cancel()
+            await asyncio.gather(agent, return_exceptions=True)
+
+
+class SlowHub:
+    """Sends nothing, slowly: two schedulers overlap while one of them is sending."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_group_command(
+        self,
+        selector: dict[str, Any],
+        name: str,
+        params: dict[str, Any],
+        ttl_s: float | None = None,
+        created_by: str = "",
+    ) -> CommandGroupRow:
+        self.sent.append(created_by)
+        await asyncio.sleep(0)  # let the other scheduler run its claim meanwhile
+        return CommandGroupRow(
+            group_id=uuid.uuid4().hex,
+            name=name,
+            params=params,
+            selector=selector,
+            rejected={},
+            created_by=created_by,
+            created_at=utcnow(),
+        )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_two_leaders_racing_for_a_step_send_it_once(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two schedulers (an old leader that has not noticed it lost the lease, and the new one)
+    on one registry, at the same instant: the UNIQUE firing lets one of them send."""
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+        if backend == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
+    registries = [Registry(url), Registry(url)]
+    for registry in registries:
+        await registry.start()
+    try:
+        store_a, store_b = (LightingStore(r) for r in registries)
+        spec = StrategySpec.model_validate(
+            {
+                "name": "race",
+                "selector": {"site": "ring-road"},
+                "steps": [
+                    {"at": f"{hour:02d}:00", "command": "set_dimming", "params": {"level": 50}}
+                    for hour in range(24)
+                ],
+            }
+        )
+        row = await store_a.create(spec, created_by="k1")
+        now = utcnow()
+        due = now.replace(minute=0, second=0, microsecond=0)
+        async with registries[0].session.begin() as db:
+            stored = await db.merge(row)
+            stored.updated_at = due - timedelta(seconds=1)
+        hub = SlowHub()
+        settings = LightingSettings(catch_up_s=3600)
+        a, b = LightingScheduler(store_a, hub, settings), LightingScheduler(store_b, hub, settings)
+        await asyncio.gather(a.tick(now), b.tick(now), a.tick(now), b.tick(now))
+        assert hub.sent == [f"strategy:{row.strategy_id}"]
+        [firing] = await store_b.firings(row.strategy_id, 10)
+        assert firing.outcome == "sent" and firing.scheduled_for.replace(tzinfo=UTC) == due
+    finally:
+        for registry in registries:
+            await registry.close()
