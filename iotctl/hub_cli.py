@@ -7,6 +7,8 @@
     iotctl hub commission pole-0001 --test "set_dimming level=40" --test "set_dimming level=100"
     iotctl hub alarms --state active
     iotctl hub ack 6f1c... --note "crew dispatched"
+    iotctl hub lighting                      # strategies and their next step
+    iotctl hub lighting --preview 7d2e... --hours 24
 
 Exit codes: 0 done (a command succeeded, a commissioning passed); 1 the hub answered but the
 outcome is a failure (refused, failed, a check failed); 2 the hub could not be asked (not
@@ -220,3 +222,40 @@ def commission_device(
     out.print(f"{device_id}: commissioning {verdict}")
     if not result.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def lighting(
+    url: Url = DEFAULT_URL,
+    key: Key = None,
+    preview: Annotated[
+        str | None, typer.Option(help="Show this strategy's upcoming steps instead.")
+    ] = None,
+    hours: Annotated[int, typer.Option(help="How far ahead the preview goes.")] = 48,
+) -> None:
+    """Lighting strategies and their next step, or one strategy's upcoming steps."""
+    with HubClient(url, key) as hub:
+        try:
+            if preview is not None:
+                plan = hub.preview(preview, hours)
+            else:
+                rows = hub.strategies()
+        except HubError as exc:
+            _fail(exc)
+    if preview is not None:
+        table = Table("local time", "UTC", "step", "command")
+        for f in plan["firings"]:
+            params = " ".join(f"{k}={v}" for k, v in f["params"].items())
+            table.add_row(f["at_local"], f["at_utc"], f["at"], f"{f['command']} {params}".strip())
+        out.print(table)
+        for s in plan["skipped"]:
+            out.print(f"skipped: step {s['step']} on {s['date']}: {s['reason']}")
+        return
+    table = Table("strategy", "name", "enabled", "selector", "next step")
+    for r in rows:
+        upcoming = r.get("next_firing")
+        nxt = f"{upcoming['at_local']} {upcoming['command']}" if upcoming else "-"
+        table.add_row(
+            r["strategy_id"], r["name"], str(r["enabled"]), json.dumps(r["selector"]), nxt
+        )
+    out.print(table)

@@ -112,3 +112,13 @@ class HubClient:
             "POST", f"/api/v1/alarms/{alarm_id}/acknowledge", json={"note": note}
         )
         return result
+
+    def strategies(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/api/v1/lighting/strategies")
+        return result
+
+    def preview(self, strategy_id: str, hours: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "GET", f"/api/v1/lighting/strategies/{strategy_id}/preview", params={"hours": hours}
+        )
+        return result

@@ -135,6 +135,22 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
 
             code, text = await iotctl(url, keys["viewer"], "alarms")
             assert code == 0
+
+            strategy = {
+                "name": "night dimming",
+                "selector": {"device_ids": [device_id]},
+                "timezone": "Asia/Shanghai",
+                "steps": [{"at": "23:30", "command": "set_dimming", "params": {"level": 50}}],
+            }
+            created = await hub.api.post("/api/v1/lighting/strategies", json=strategy)
+            assert created.status_code == 201, created.text
+            strategy_id = created.json()["strategy_id"]
+            code, text = await iotctl(url, keys["viewer"], "lighting")
+            assert code == 0 and strategy_id in text and "night dimming" in text
+            code, text = await iotctl(
+                url, keys["viewer"], "lighting", "--preview", strategy_id, "--hours", "48"
+            )
+            assert code == 0 and text.count("set_dimming level=50") == 2  # two nights
         finally:
             agent.cancel()
             await asyncio.gather(agent, return_exceptions=True)
