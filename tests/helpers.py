@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiomqtt
 import httpx
@@ -15,8 +16,14 @@ import httpx
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
-from cloud_hub.settings import HubSettings
+from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
 from device_profiles.wire import QOS, AgentState, Channel, DeviceInfo, encode, topic
+from drivers import ModbusTcpSettings
+from edge_agent.agent import Agent
+from edge_agent.settings import AgentSettings, DeviceConfig
+from firmware_sim import SmartPoleSim, run_smart_pole
+from iot_runtime.mqtt import MqttSettings
+from tests.harness import free_port
 
 T = TypeVar("T")
 
@@ -95,3 +102,69 @@ async def announce_agent(
         return True if response.status_code == 200 else None
 
     await eventually(registered)
+
+
+def hub_settings(broker: Any, tmp_path: Path, unique_id: str, **overrides: Any) -> HubSettings:
+    """A hub on ``broker`` with its registry and an embedded telemetry store in ``tmp_path``,
+    its API on a free port."""
+    values: dict[str, Any] = {
+        "mqtt": MqttSettings(host=broker.host, port=broker.port),
+        "client_id": f"hub-{unique_id}",
+        "storage": SqliteStoreSettings(path=tmp_path / "telemetry.db"),
+        "registry_url": f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        "api": ApiSettings(port=free_port()),
+    }
+    return HubSettings(**(values | overrides))
+
+
+@dataclass
+class Poles:
+    sims: list[SmartPoleSim]
+    #: the edge agent polling them (cancel it to take the agent away)
+    agent: asyncio.Task[None]
+
+    async def stop_agent(self) -> None:
+        self.agent.cancel()
+        await asyncio.gather(self.agent, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def poles_behind_an_agent(
+    mqtt: MqttSettings, data_dir: Path, agent_id: str, device_ids: list[str]
+) -> AsyncIterator[Poles]:
+    """Simulated smart poles (Modbus TCP, values still) polled every 0.5 s by a real edge
+    agent, until the block exits."""
+    async with contextlib.AsyncExitStack() as stack:
+        sims = [
+            await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=None))
+            for i in range(len(device_ids))
+        ]
+        settings = AgentSettings(
+            agent_id=agent_id,
+            mqtt=mqtt,
+            devices=[
+                DeviceConfig(
+                    device_id=device_id,
+                    profile="smart_pole",
+                    connection=ModbusTcpSettings(host=sim.host, port=sim.port),
+                    poll_interval_s=0.5,
+                )
+                for device_id, sim in zip(device_ids, sims, strict=True)
+            ],
+            data_dir=data_dir,
+        )
+        poles = Poles(sims, asyncio.create_task(Agent(settings).run()))
+        try:
+            yield poles
+        finally:
+            await poles.stop_agent()
+
+
+async def devices_registered(api: httpx.AsyncClient, device_ids: list[str]) -> None:
+    """Wait until the hub lists every one of ``device_ids``."""
+
+    async def listed() -> bool | None:
+        devices = (await api.get("/api/v1/devices")).json()
+        return True if {d["device_id"] for d in devices} >= set(device_ids) else None
+
+    await eventually(listed)

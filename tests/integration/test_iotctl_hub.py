@@ -5,7 +5,6 @@ the hub's reason, alarms, and clear exit codes when the hub cannot be asked."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -14,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
-from drivers import ModbusTcpSettings
-from edge_agent.agent import Agent
-from edge_agent.settings import AgentSettings, DeviceConfig
-from firmware_sim import run_smart_pole
-from iot_runtime.mqtt import MqttSettings
-from tests.harness import free_port
-from tests.helpers import eventually, make_keys, running_hub
+from tests.helpers import (
+    devices_registered,
+    hub_settings,
+    make_keys,
+    poles_behind_an_agent,
+    running_hub,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,114 +44,84 @@ async def iotctl(url: str, key: str, *args: str) -> tuple[int, str]:
 async def test_a_technician_commissions_a_pole_with_iotctl(
     mosquitto: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
-    settings = HubSettings(
-        mqtt=mqtt,
-        client_id=f"hub-{unique_id}",
-        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
-        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        api=ApiSettings(port=free_port()),
-    )
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
     keys = await make_keys(settings.registry_url, "admin", "technician", "viewer")
     device_id = f"pole-{unique_id}"
     url = f"http://127.0.0.1:{settings.api.port}"
-    async with contextlib.AsyncExitStack() as stack:
-        sim = await stack.enter_async_context(run_smart_pole(seed=3, port=0, tick_s=None))
-        hub = await stack.enter_async_context(running_hub(settings, keys))
-        agent = asyncio.create_task(
-            Agent(
-                AgentSettings(
-                    agent_id=f"cabinet-{unique_id}",
-                    mqtt=mqtt,
-                    devices=[
-                        DeviceConfig(
-                            device_id=device_id,
-                            profile="smart_pole",
-                            connection=ModbusTcpSettings(host=sim.host, port=sim.port),
-                            poll_interval_s=0.5,
-                        )
-                    ],
-                    data_dir=tmp_path / "agent",
-                )
-            ).run()
+    async with (
+        poles_behind_an_agent(
+            settings.mqtt, tmp_path / "agent", f"cabinet-{unique_id}", [device_id]
+        ) as poles,
+        running_hub(settings, keys) as hub,
+    ):
+        await devices_registered(hub.api, [device_id])
+        code, text = await iotctl(url, keys["technician"], "devices")
+        assert code == 0 and device_id in text and "smart_pole" in text
+
+        report = tmp_path / "commissioning.json"
+        code, text = await iotctl(
+            url,
+            keys["technician"],
+            "commission",
+            device_id,
+            "--test",
+            "set_dimming level=40",
+            "--test",
+            "lamp_off",
+            "--report",
+            str(report),
         )
-        try:
+        assert code == 0, text
+        assert "commissioning passed" in text
+        document = json.loads(report.read_text())
+        assert document["passed"] is True
+        outcomes = {c["name"]: c["outcome"] for c in document["checks"]}
+        assert outcomes == {
+            "registered": "PASS",
+            "agent online": "PASS",
+            "reporting": "PASS",
+            "command set_dimming level=40": "PASS",
+            "command lamp_off": "PASS",
+            "no active alarms": "PASS",
+        }
+        assert "telemetry shows dimming = 40" in json.dumps(document)
+        assert poles.sims[0].image.get("dimming") == 40 and poles.sims[0].image.get("lamp_on") is False
 
-            async def registered() -> bool | None:
-                answer = await hub.api.get(f"/api/v1/devices/{device_id}")
-                return True if answer.status_code == 200 else None
+        code, text = await iotctl(url, keys["technician"], "show", device_id)
+        assert code == 0 and "dimming" in text and "40" in text
 
-            await eventually(registered)
-            code, text = await iotctl(url, keys["technician"], "devices")
-            assert code == 0 and device_id in text and "smart_pole" in text
+        # refused by the hub, with its reason; exit 1
+        code, text = await iotctl(
+            url, keys["technician"], "command", device_id, "set_dimming", "level=140"
+        )
+        assert code == 1 and "above the maximum 100" in text
+        code, text = await iotctl(
+            url, keys["technician"], "command", device_id, "set_dimming", "level=100"
+        )
+        assert code == 0 and "succeeded" in text
 
-            report = tmp_path / "commissioning.json"
-            code, text = await iotctl(
-                url,
-                keys["technician"],
-                "commission",
-                device_id,
-                "--test",
-                "set_dimming level=40",
-                "--test",
-                "lamp_off",
-                "--report",
-                str(report),
-            )
-            assert code == 0, text
-            assert "commissioning passed" in text
-            document = json.loads(report.read_text())
-            assert document["passed"] is True
-            outcomes = {c["name"]: c["outcome"] for c in document["checks"]}
-            assert outcomes == {
-                "registered": "PASS",
-                "agent online": "PASS",
-                "reporting": "PASS",
-                "command set_dimming level=40": "PASS",
-                "command lamp_off": "PASS",
-                "no active alarms": "PASS",
-            }
-            assert "telemetry shows dimming = 40" in json.dumps(document)
-            assert sim.image.get("dimming") == 40 and sim.image.get("lamp_on") is False
+        # a device that is not there fails its commissioning; exit 1
+        code, text = await iotctl(url, keys["technician"], "commission", "pole-nowhere")
+        assert code == 1 and "FAIL" in text and "commissioning failed" in text
 
-            code, text = await iotctl(url, keys["technician"], "show", device_id)
-            assert code == 0 and "dimming" in text and "40" in text
+        code, text = await iotctl(url, keys["viewer"], "alarms")
+        assert code == 0
 
-            # refused by the hub, with its reason; exit 1
-            code, text = await iotctl(
-                url, keys["technician"], "command", device_id, "set_dimming", "level=140"
-            )
-            assert code == 1 and "above the maximum 100" in text
-            code, text = await iotctl(
-                url, keys["technician"], "command", device_id, "set_dimming", "level=100"
-            )
-            assert code == 0 and "succeeded" in text
-
-            # a device that is not there fails its commissioning; exit 1
-            code, text = await iotctl(url, keys["technician"], "commission", "pole-nowhere")
-            assert code == 1 and "FAIL" in text and "commissioning failed" in text
-
-            code, text = await iotctl(url, keys["viewer"], "alarms")
-            assert code == 0
-
-            strategy = {
-                "name": "night dimming",
-                "selector": {"device_ids": [device_id]},
-                "timezone": "Asia/Shanghai",
-                "steps": [{"at": "23:30", "command": "set_dimming", "params": {"level": 50}}],
-            }
-            created = await hub.api.post("/api/v1/lighting/strategies", json=strategy)
-            assert created.status_code == 201, created.text
-            strategy_id = created.json()["strategy_id"]
-            code, text = await iotctl(url, keys["viewer"], "lighting")
-            assert code == 0 and strategy_id in text and "night dimming" in text
-            code, text = await iotctl(
-                url, keys["viewer"], "lighting", "--preview", strategy_id, "--hours", "48"
-            )
-            assert code == 0 and text.count("set_dimming level=50") == 2  # two nights
-        finally:
-            agent.cancel()
-            await asyncio.gather(agent, return_exceptions=True)
+        strategy = {
+            "name": "night dimming",
+            "selector": {"device_ids": [device_id]},
+            "timezone": "Asia/Shanghai",
+            "steps": [{"at": "23:30", "command": "set_dimming", "params": {"level": 50}}],
+        }
+        created = await hub.api.post("/api/v1/lighting/strategies", json=strategy)
+        assert created.status_code == 201, created.text
+        strategy_id = created.json()["strategy_id"]
+        code, text = await iotctl(url, keys["viewer"], "lighting")
+        assert code == 0 and strategy_id in text and "night dimming" in text
+        code, text = await iotctl(
+            url, keys["viewer"], "lighting", "--preview", strategy_id, "--hours", "48"
+        )
+        assert code == 0 and text.count("set_dimming level=50") == 2  # two nights
     # the hub cannot be asked: exit 2 with why
     code, text = await iotctl(url, keys["technician"], "devices")
     assert code == 2 and "cannot reach the hub" in text
@@ -162,13 +130,7 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
 async def test_iotctl_says_when_its_key_is_refused(
     mosquitto: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    settings = HubSettings(
-        mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port),
-        client_id=f"hub-{unique_id}",
-        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
-        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        api=ApiSettings(port=free_port()),
-    )
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
     keys = await make_keys(settings.registry_url, "admin", "viewer")
     url = f"http://127.0.0.1:{settings.api.port}"
     async with running_hub(settings, keys):

@@ -8,7 +8,6 @@ shows every command succeeded; a hub restart does not fire it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,14 +19,16 @@ import pytest
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.lighting import LightingScheduler, LightingSettings, LightingStore, StrategySpec
 from cloud_hub.registry import CommandGroupRow, Registry, utcnow
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
-from drivers import ModbusTcpSettings
-from edge_agent.agent import Agent
-from edge_agent.settings import AgentSettings, DeviceConfig
-from firmware_sim import run_smart_pole
-from iot_runtime.mqtt import MqttSettings
+from cloud_hub.settings import ApiSettings, HubSettings
 from tests.harness import free_port
-from tests.helpers import RunningHub, eventually, running_hub
+from tests.helpers import (
+    RunningHub,
+    devices_registered,
+    eventually,
+    hub_settings,
+    poles_behind_an_agent,
+    running_hub,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -74,162 +75,122 @@ async def _site_key(settings: HubSettings, site: str) -> str:
 async def test_a_strategy_dims_the_poles_once_at_its_time_and_not_again_after_a_restart(
     mosquitto: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
-    settings = HubSettings(
-        mqtt=mqtt,
-        client_id=f"hub-{unique_id}",
-        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
-        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
-        api=ApiSettings(port=free_port()),
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        sims = [
-            await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=None))
-            for i in range(2)
-        ]
-        ids = [f"pole-{i}-{unique_id}" for i in range(2)]
-        agent_settings = AgentSettings(
-            agent_id=f"road-{unique_id}",
-            mqtt=mqtt,
-            devices=[
-                DeviceConfig(
-                    device_id=device_id,
-                    profile="smart_pole",
-                    connection=ModbusTcpSettings(host=sim.host, port=sim.port),
-                    poll_interval_s=0.5,
-                )
-                for device_id, sim in zip(ids, sims, strict=True)
-            ],
-            data_dir=tmp_path / "agent",
-        )
-        agent = asyncio.create_task(Agent(agent_settings).run())
-        try:
-            async with running_hub(settings) as hub:
-                keys = hub.keys
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    ids = [f"pole-{i}-{unique_id}" for i in range(2)]
+    async with poles_behind_an_agent(
+        settings.mqtt, tmp_path / "agent", f"road-{unique_id}", ids
+    ) as poles:
+        sims = poles.sims
+        async with running_hub(settings) as hub:
+            keys = hub.keys
+            await devices_registered(hub.api, ids)
+            body = {
+                "name": "ring road test night",
+                "selector": {"device_ids": ids},
+                "timezone": "Asia/Shanghai",
+                "steps": [{"at": _soon(4), "command": "set_dimming", "params": {"level": 35}}],
+            }
+            # checked against the poles' profile: refused with the step named
+            refused = await hub.api.post(
+                "/api/v1/lighting/strategies",
+                json={
+                    **body,
+                    "steps": [{"at": "23:30", "command": "set_dimming", "params": {"level": 140}}],
+                },
+            )
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"].startswith("steps[0]: ")
+            assert "above the maximum 100" in refused.json()["detail"]
+            invalid = await hub.api.post(
+                "/api/v1/lighting/strategies",
+                json={**body, "steps": [{"at": "25:00", "command": "lamp_on"}]},
+            )
+            assert invalid.status_code == 422
+            assert invalid.json()["detail"].startswith(
+                "body.steps[0].at: Value error, '25:00' is neither a clock time"
+            )
+            viewer = {"Authorization": f"Bearer {keys['viewer']}"}
+            forbidden = await hub.api.post("/api/v1/lighting/strategies", json=body, headers=viewer)
+            assert forbidden.status_code == 403
 
-                async def registered() -> bool | None:
-                    devices = (await hub.api.get("/api/v1/devices")).json()
-                    return True if {d["device_id"] for d in devices} >= set(ids) else None
+            created = await hub.api.post("/api/v1/lighting/strategies", json=body)
+            assert created.status_code == 201, created.text
+            strategy = created.json()
+            strategy_id = strategy["strategy_id"]
 
-                await eventually(registered)
-                body = {
-                    "name": "ring road test night",
-                    "selector": {"device_ids": ids},
-                    "timezone": "Asia/Shanghai",
-                    "steps": [{"at": _soon(4), "command": "set_dimming", "params": {"level": 35}}],
-                }
-                # checked against the poles' profile: refused with the step named
-                refused = await hub.api.post(
-                    "/api/v1/lighting/strategies",
-                    json={
-                        **body,
-                        "steps": [
-                            {"at": "23:30", "command": "set_dimming", "params": {"level": 140}}
-                        ],
-                    },
-                )
-                assert refused.status_code == 422, refused.text
-                assert refused.json()["detail"].startswith("steps[0]: ")
-                assert "above the maximum 100" in refused.json()["detail"]
-                invalid = await hub.api.post(
-                    "/api/v1/lighting/strategies",
-                    json={**body, "steps": [{"at": "25:00", "command": "lamp_on"}]},
-                )
-                assert invalid.status_code == 422
-                assert invalid.json()["detail"].startswith(
-                    "body.steps[0].at: Value error, '25:00' is neither a clock time"
-                )
-                viewer = {"Authorization": f"Bearer {keys['viewer']}"}
-                forbidden = await hub.api.post(
-                    "/api/v1/lighting/strategies", json=body, headers=viewer
-                )
-                assert forbidden.status_code == 403
+            # a key scoped to another site: its strategies select within its site only,
+            # and it does not see the others
+            technician = {"Authorization": f"Bearer {await _site_key(settings, 'elsewhere')}"}
+            confined = await hub.api.post(
+                "/api/v1/lighting/strategies", json=body, headers=technician
+            )
+            assert confined.status_code == 422, confined.text
+            assert "picks no device" in confined.json()["detail"]
+            outside = await hub.api.post(
+                "/api/v1/lighting/strategies",
+                json={**body, "selector": {"site": "ring-road"}},
+                headers=technician,
+            )
+            assert outside.status_code == 403
+            hidden = await hub.api.get(
+                f"/api/v1/lighting/strategies/{strategy_id}", headers=technician
+            )
+            assert hidden.status_code == 404
+            listed = await hub.api.get("/api/v1/lighting/strategies", headers=technician)
+            assert listed.json() == []
+            assert strategy["next_firing"]["command"] == "set_dimming"
+            preview = await hub.api.get(
+                f"/api/v1/lighting/strategies/{strategy_id}/preview",
+                params={"hours": 48},
+                headers=viewer,
+            )
+            assert preview.status_code == 200
+            planned = preview.json()["firings"]
+            assert len(planned) == 2 and planned[0]["at_local"].endswith("+08:00")
 
-                created = await hub.api.post("/api/v1/lighting/strategies", json=body)
-                assert created.status_code == 201, created.text
-                strategy = created.json()
-                strategy_id = strategy["strategy_id"]
+            firing = await _fired(hub, strategy_id)
+            assert firing["outcome"] == "sent", firing
+            group = await _group_done(hub, firing["group_id"])
+            assert group["by_status"] == {"succeeded": 2}
+            assert all(sim.image.get("dimming") == 35 for sim in sims)
 
-                # a key scoped to another site: its strategies select within its site only,
-                # and it does not see the others
-                technician = {"Authorization": f"Bearer {await _site_key(settings, 'elsewhere')}"}
-                confined = await hub.api.post(
-                    "/api/v1/lighting/strategies", json=body, headers=technician
-                )
-                assert confined.status_code == 422, confined.text
-                assert "picks no device" in confined.json()["detail"]
-                outside = await hub.api.post(
-                    "/api/v1/lighting/strategies",
-                    json={**body, "selector": {"site": "ring-road"}},
-                    headers=technician,
-                )
-                assert outside.status_code == 403
-                hidden = await hub.api.get(
-                    f"/api/v1/lighting/strategies/{strategy_id}", headers=technician
-                )
-                assert hidden.status_code == 404
-                listed = await hub.api.get("/api/v1/lighting/strategies", headers=technician)
-                assert listed.json() == []
-                assert strategy["next_firing"]["command"] == "set_dimming"
-                preview = await hub.api.get(
-                    f"/api/v1/lighting/strategies/{strategy_id}/preview",
-                    params={"hours": 48},
-                    headers=viewer,
-                )
-                assert preview.status_code == 200
-                planned = preview.json()["firings"]
-                assert len(planned) == 2 and planned[0]["at_local"].endswith("+08:00")
+            audit = (await hub.api.get("/api/v1/audit")).json()
+            assert any(e["action"] == "lighting_strategy.create" for e in audit["items"])
 
-                firing = await _fired(hub, strategy_id)
-                assert firing["outcome"] == "sent", firing
-                group = await _group_done(hub, firing["group_id"])
-                assert group["by_status"] == {"succeeded": 2}
-                assert all(sim.image.get("dimming") == 35 for sim in sims)
+        # the hub restarts after the firing (within catch_up_s): it does not fire again
+        again = settings.model_copy(update={"api": ApiSettings(port=free_port())})
+        async with running_hub(again, keys) as hub:
+            # a second strategy, due soon: once it has fired, the scheduler has run
+            # its rounds after the restart
+            second = await hub.api.post(
+                "/api/v1/lighting/strategies",
+                json={
+                    **body,
+                    "name": "second",
+                    "steps": [{"at": _soon(3), "command": "set_dimming", "params": {"level": 60}}],
+                },
+            )
+            assert second.status_code == 201, second.text
+            later = await _fired(hub, second.json()["strategy_id"])
+            assert later["outcome"] == "sent"
+            await _group_done(hub, later["group_id"])
+            assert [f["group_id"] for f in await _firings(hub, strategy_id)] == [firing["group_id"]]
+            assert all(sim.image.get("dimming") == 60 for sim in sims)
 
-                audit = (await hub.api.get("/api/v1/audit")).json()
-                assert any(e["action"] == "lighting_strategy.create" for e in audit["items"])
+            # apply-now: this strategy's step is in effect (its instant is the latest): sent again
+            applied = await hub.api.post(f"/api/v1/lighting/strategies/{strategy_id}/apply-now")
+            assert applied.status_code == 202, applied.text
+            assert applied.json()["in_effect"]["params"] == {"level": 35}
+            group = await _group_done(hub, applied.json()["firing"]["group_id"])
+            assert group["by_status"] == {"succeeded": 2}
+            assert all(sim.image.get("dimming") == 35 for sim in sims)
+            history = await _firings(hub, strategy_id)
+            assert [f["trigger"] for f in history] == ["apply_now", "schedule"]
 
-            # the hub restarts after the firing (within catch_up_s): it does not fire again
-            again = settings.model_copy(update={"api": ApiSettings(port=free_port())})
-            async with running_hub(again, keys) as hub:
-                # a second strategy, due soon: once it has fired, the scheduler has run
-                # its rounds after the restart
-                second = await hub.api.post(
-                    "/api/v1/lighting/strategies",
-                    json={
-                        **body,
-                        "name": "second",
-                        "steps": [
-                            {"at": _soon(3), "command": "set_dimming", "params": {"level": 60}}
-                        ],
-                    },
-                )
-                assert second.status_code == 201, second.text
-                later = await _fired(hub, second.json()["strategy_id"])
-                assert later["outcome"] == "sent"
-                await _group_done(hub, later["group_id"])
-                assert [f["group_id"] for f in await _firings(hub, strategy_id)] == [
-                    firing["group_id"]
-                ]
-                assert all(sim.image.get("dimming") == 60 for sim in sims)
-
-                # apply-now: this strategy's step is in effect (its instant is the latest): sent again
-                applied = await hub.api.post(f"/api/v1/lighting/strategies/{strategy_id}/apply-now")
-                assert applied.status_code == 202, applied.text
-                assert applied.json()["in_effect"]["params"] == {"level": 35}
-                group = await _group_done(hub, applied.json()["firing"]["group_id"])
-                assert group["by_status"] == {"succeeded": 2}
-                assert all(sim.image.get("dimming") == 35 for sim in sims)
-                history = await _firings(hub, strategy_id)
-                assert [f["trigger"] for f in history] == ["apply_now", "schedule"]
-
-                deleted = await hub.api.delete(f"/api/v1/lighting/strategies/{strategy_id}")
-                assert deleted.status_code == 204
-                gone = await hub.api.get(f"/api/v1/lighting/strategies/{strategy_id}")
-                assert gone.status_code == 404
-        finally:
-            agent.cancel()
-            await asyncio.gather(agent, return_exceptions=True)
+            deleted = await hub.api.delete(f"/api/v1/lighting/strategies/{strategy_id}")
+            assert deleted.status_code == 204
+            gone = await hub.api.get(f"/api/v1/lighting/strategies/{strategy_id}")
+            assert gone.status_code == 404
 
 
 class SlowHub:
