@@ -190,8 +190,11 @@ class TelemetryWriter:
             await self._spooled.wait()
             chunks = await self.spool.oldest(self.max_in_flight)
             if not chunks:
-                self._spooled.clear()
-                log.info("telemetry spool drained")
+                # a batch may have been spooled while that read was under way (after it ran,
+                # before it answered): then the count says so, and the next read finds it
+                if self.spool.chunks == 0:
+                    self._spooled.clear()
+                    log.info("telemetry spool drained")
                 continue
             await asyncio.gather(*(self._write(c.readings, may_spool=False) for c in chunks))
             await self.spool.remove(chunks)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.spool import TelemetrySpool
+from cloud_hub.spool import SpoolChunk, TelemetrySpool
 from cloud_hub.storage import (
     LatestValue,
     StorageRejected,
@@ -252,3 +252,41 @@ async def test_a_full_spool_holds_messages_back_instead_of_dropping_them(tmp_pat
     assert sorted(r.ts_ms for r in store.written) == sorted(
         r.ts_ms for i in range(10) for r in _readings(5, i * 10)
     )
+
+
+async def test_a_batch_spooled_while_the_drain_looks_is_drained_too(tmp_path: Path) -> None:
+    """The drain read the spool empty while a batch was being spooled (the read ran first,
+    the append answered first): the batch must not be left behind until a restart."""
+    late = _readings(3, 500)
+
+    class RacingSpool(TelemetrySpool):
+        raced = False
+
+        async def oldest(self, count: int = 1) -> list[SpoolChunk]:
+            found = await super().oldest(count)
+            if not found and not self.raced and self.readings == 0:
+                self.raced = True
+                await self.append(late)  # a live batch spooled meanwhile
+            return found
+
+    store = Switchable()
+    writer = TelemetryWriter(
+        store,
+        on_stored=lambda r: None,
+        on_rejected=lambda r, why: None,
+        spool=RacingSpool(tmp_path / "spool.db", 1 << 20),
+        spool_after_s=0.0,
+        linger_s=0,
+    )
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    try:
+        await writer.submit(Pending(_readings(2), lambda: None))
+        await eventually(lambda: _true_if(writer.stats["spooled_readings"] == 2))
+        store.up = True
+        await eventually(lambda: _true_if(len(store.written) == 5))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await writer.close()
+    assert sorted(r.ts_ms for r in store.written) == [0, 1, 500, 501, 502]
