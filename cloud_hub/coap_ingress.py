@@ -16,7 +16,9 @@ readings through ``hub.writer`` - and the response leaves only once they are sto
 agent whose request was lost or not stored in time sends it again (storage is idempotent) -
 and command results applied through the hub. The 2.04 Changed response carries the commands
 queued for the agent's devices (``{"cmd": [CommandRequest...], "more": bool}``), marked
-``sent``, and a response MAC bound to the request's.
+``sent``, the configuration the hub wants the agent to run until it reports that version
+(``"cfg": DesiredConfig``; one too large for any response is recorded as rejected, with why),
+and a response MAC bound to the request's.
 
 Answers: 2.04; 4.01 Unauthorized (no or bad auth option, unknown or revoked agent, wrong MAC,
 timestamp outside ``max_clock_skew_s``: not signed); 4.00 Bad Request (payload not the
@@ -41,7 +43,7 @@ from aiocoap import resource
 from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from cloud_hub.coap_models import coap_key
@@ -57,6 +59,7 @@ from device_profiles.wire import (
     Channel,
     CommandRequest,
     CommandResult,
+    DesiredConfig,
     DeviceEvent,
     ReportedConfig,
     WireError,
@@ -69,6 +72,7 @@ from device_profiles.wire.coap import (
     CF_JSON,
     CONTROL_PATHS,
     BodyError,
+    Downlink,
     UnsupportedContentFormat,
     decode_body,
     encode_body,
@@ -103,13 +107,6 @@ class _Refusal(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-class _Downlink(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    cmd: list[CommandRequest]
-    more: bool | None = None
 
 
 def _inflate(payload: bytes, content_format: int | None) -> bytes:
@@ -147,6 +144,9 @@ class CoapIngress:
         self.stats: Counter[str] = Counter()
         self._context: aiocoap.Context | None = None
         self._delivered: dict[str, float] = {}  # command id -> monotonic time returned
+        #: agent id -> (configuration version, monotonic time) last put in a response
+        self._configs_sent: dict[str, tuple[int, float]] = {}
+        self._commands_waiting = False  # the last look found commands (for ``more``)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -274,7 +274,7 @@ class CoapIngress:
             self.stats[f"accepted_{channel.value}"] += 1
         else:
             self.stats["polls"] += 1
-        payload, cf_out = await self._commands_payload(agent_id)
+        payload, cf_out = await self._downlink(agent_id)
         return self._signed(key, mac, Code.CHANGED, payload, cf_out)
 
     def _check(self, agent_id: str, channel: Channel, body: bytes) -> None:
@@ -309,8 +309,55 @@ class CoapIngress:
 
     # -- commands ---------------------------------------------------------------------
 
-    async def _commands_payload(self, agent_id: str) -> tuple[bytes, int | None]:
-        """The commands waiting for ``agent_id`` that fit one response, marked sent."""
+    async def _config(self, agent_id: str, budget: int) -> DesiredConfig | None:
+        """The configuration ``agent_id`` has not reported yet, if it fits a response (sent
+        again after ``redeliver_after_s`` until the agent reports that version). One too large
+        for any response is recorded as rejected, with why, so the operator sees it."""
+        row = await self.hub.registry.get_config(agent_id)
+        if row is None or (row.reported_version or 0) >= row.version:
+            return None
+        now = time.monotonic()
+        sent = self._configs_sent.get(agent_id)
+        if (
+            sent is not None
+            and sent[0] == row.version
+            and now - sent[1] < (self.settings.redeliver_after_s)
+        ):
+            return None
+        desired = DesiredConfig(
+            agent_id=agent_id,
+            version=row.version,
+            config=row.desired,
+            issued_at=int(row.desired_at.timestamp() * 1000),
+        )
+        size = len(self._encode([], more=False, cfg=desired)[0])
+        if size > budget:
+            detail = (
+                f"too large for a CoAP response: {size} bytes deflated, at most {budget} "
+                "(coap.max_response_bytes)"
+            )
+            log.error("configuration not deliverable", agent_id=agent_id, detail=detail)
+            await self.hub.registry.config_reported(agent_id, row.version, "rejected", detail)
+            return None
+        self._configs_sent[agent_id] = (row.version, now)
+        return desired
+
+    async def _downlink(self, agent_id: str) -> tuple[bytes, int | None]:
+        """What waits for ``agent_id`` and fits one response: its pending configuration and
+        the commands for its devices (those marked sent)."""
+        budget = self.settings.max_response_bytes - _RESPONSE_OVERHEAD
+        cfg = await self._config(agent_id, budget)
+        payload, cf = await self._commands_payload(agent_id, budget, cfg)
+        if not payload and cfg is not None:  # no command, or none fits beside it
+            payload, cf = self._encode([], more=self._commands_waiting, cfg=cfg)
+            self.stats["configs_delivered"] += 1
+        return (payload, cf) if payload else (b"", None)
+
+    async def _commands_payload(
+        self, agent_id: str, budget: int, cfg: DesiredConfig | None
+    ) -> tuple[bytes, int | None]:
+        """The commands waiting for ``agent_id`` that fit one response beside ``cfg``,
+        marked sent (nothing when there are none)."""
         now_ms = time.time_ns() // 1_000_000
         async with self.hub.registry.session() as db:
             query = (
@@ -329,9 +376,9 @@ class CoapIngress:
             c: t for c, t in self._delivered.items() if now - t < self.settings.redeliver_after_s
         }
         rows = [r for r in rows if r.command_id not in self._delivered]
+        self._commands_waiting = bool(rows)
         if not rows:
             return b"", None
-        budget = self.settings.max_response_bytes - _RESPONSE_OVERHEAD
         chosen: list[CommandRequest] = []
         payload, cf = b"", CF_JSON
         for row in rows:
@@ -344,12 +391,14 @@ class CoapIngress:
                 expires_at=row.expires_at_ms,
             )
             more = len(chosen) + 1 < len(rows)
-            candidate, candidate_cf = self._encode([*chosen, request], more=more)
+            candidate, candidate_cf = self._encode([*chosen, request], more=more, cfg=cfg)
             if len(candidate) > budget:
+                if not chosen and cfg is not None:
+                    break  # the configuration goes alone; the commands follow (``more``)
                 if not chosen:
                     log.error("command too large for a CoAP response", command_id=row.command_id)
                     continue
-                payload, cf = self._encode(chosen, more=True)
+                payload, cf = self._encode(chosen, more=True, cfg=cfg)
                 break
             chosen.append(request)
             payload, cf = candidate, candidate_cf
@@ -362,11 +411,15 @@ class CoapIngress:
             if updated is not None and before == "queued":
                 self.hub._command_event(updated)  # the hub's own path for results
         self.stats["commands_delivered"] += len(chosen)
+        if chosen and cfg is not None:
+            self.stats["configs_delivered"] += 1
         return (payload, cf) if chosen else (b"", None)
 
     @staticmethod
-    def _encode(commands: list[CommandRequest], *, more: bool) -> tuple[bytes, int]:
-        raw = _Downlink(cmd=commands, more=more or None).model_dump_json(exclude_none=True)
+    def _encode(
+        commands: list[CommandRequest], *, more: bool, cfg: DesiredConfig | None = None
+    ) -> tuple[bytes, int]:
+        raw = Downlink(cmd=commands, more=more, cfg=cfg).model_dump_json(exclude_defaults=True)
         return encode_body(raw.encode(), compress=True)
 
     @staticmethod

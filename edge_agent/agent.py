@@ -76,6 +76,7 @@ class Agent:
                 self.executor.handle,
                 software_version=software_version(),
                 wake=self.outbox.urgent,
+                on_config=self.apply_config,
             )
         else:
             self.uplink = MqttUplink(
@@ -174,8 +175,7 @@ class Agent:
         store_applied(self.settings.data_dir, desired.version, remote)
         self.config_version = desired.version
         self.uplink.devices[:] = [d.info for d in self.devices.values()]
-        if isinstance(self.uplink, MqttUplink):
-            self.uplink.announce()  # the hub learns the new device list from the birth message
+        self.uplink.announce()  # the hub learns the new device list from the birth message
         return f"{len(changed)} device(s) started or changed, {len(removed)} removed"
 
     async def _stop_device(self, device_id: str) -> None:

@@ -25,13 +25,14 @@ from aiocoap.error import UnparsableMessage
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from device_profiles.wire import Channel, CommandRequest, Reading, TelemetryBatch, encode
+from device_profiles.wire import Channel, Reading, TelemetryBatch, encode
 from device_profiles.wire.coap import (
     AUTH_OPTION,
     CONTROL_PATHS,
     BodyError,
+    Downlink,
     auth_value,
     request_mac,
 )
@@ -203,15 +204,6 @@ def parse_datagram(data: bytes) -> CoapReply:
         )
     except (UnparsableMessage, ValueError, TypeError, IndexError, struct.error) as exc:
         raise FramingError(f"not a CoAP message: {exc}") from exc
-
-
-class Downlink(BaseModel):
-    """The payload of a 2.xx response: commands for the agent's devices."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    cmd: list[CommandRequest] = Field(default_factory=list)
-    more: bool = False
 
 
 def decode_downlink(payload: bytes, content_format: int | None) -> Downlink:

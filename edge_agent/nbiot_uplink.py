@@ -59,7 +59,14 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from pydantic import BaseModel
 
-from device_profiles.wire import AgentState, Channel, CommandRequest, DeviceInfo, TelemetryBatch
+from device_profiles.wire import (
+    AgentState,
+    Channel,
+    CommandRequest,
+    DesiredConfig,
+    DeviceInfo,
+    TelemetryBatch,
+)
 from device_profiles.wire.coap import (
     AUTH_OPTION,
     CF_JSON,
@@ -153,12 +160,16 @@ class NbIotUplink:
         *,
         wake: asyncio.Event | None = None,
         modem: NbIotModem | None = None,
+        on_config: Callable[[DesiredConfig], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.settings = settings
         self.outbox = outbox
         self.devices = devices
         self.on_command = on_command
+        #: applies a configuration the hub sends in a response (its report goes up in the
+        #: outbox); None: configurations are ignored
+        self.on_config = on_config
         self.software_version = software_version
         self.wake = wake if wake is not None else asyncio.Event()
         self.modem = modem
@@ -173,6 +184,7 @@ class NbIotUplink:
         self.oversized_messages = 0
         self.bad_responses = 0
         self.commands_received = 0
+        self._configs_started: set[int] = set()
         self._key = derive_key(settings.secret.get_secret_value())
         self._host = str(settings.hub_host)
         self._mid = random.randrange(0x10000)  # noqa: S311 - message ids need no secrecy
@@ -252,6 +264,11 @@ class NbIotUplink:
             self.connects += 1
             self.connected.set()
             log.info("nbiot uplink reached the hub", hub=f"{self._host}:{self.settings.hub_port}")
+
+    def announce(self) -> None:
+        """Send the birth message again in the next cycle (through the outbox), e.g. after
+        a remote configuration changed the devices: the hub learns the new device list."""
+        self.outbox.put_control(Channel.STATE, self._birth())
 
     def _birth(self) -> AgentState:
         return AgentState(
@@ -358,6 +375,20 @@ class NbIotUplink:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if downlink.cfg is not None and self.on_config is not None:
+            version = downlink.cfg.version
+            if version not in self._configs_started:  # the hub repeats it until reported
+                self._configs_started.add(version)
+                log.info("configuration received over CoAP", version=version)
+                config_task = asyncio.create_task(
+                    self._apply_config(downlink.cfg), name=f"config-{version}"
+                )
+                self._tasks.add(config_task)
+                config_task.add_done_callback(self._tasks.discard)
+
+    async def _apply_config(self, desired: DesiredConfig) -> None:
+        assert self.on_config is not None
+        await self.on_config(desired)  # never raises: the agent reports applied or rejected
 
     async def _exchange(self, sock: UdpSocket, request: CoapRequest) -> CoapReply:
         """Send ``request`` with CoAP's retransmissions; the response (piggybacked or

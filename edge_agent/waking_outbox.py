@@ -13,7 +13,7 @@ from edge_agent.outbox import OutboxLike, Outgoing
 __all__ = ["URGENT_CHANNELS", "WakingOutbox"]
 
 #: Control messages that end the PSM sleep early (health waits for the next wake).
-URGENT_CHANNELS = frozenset({Channel.EVENTS, Channel.COMMAND_RESULTS})
+URGENT_CHANNELS = frozenset({Channel.EVENTS, Channel.COMMAND_RESULTS, Channel.CONFIG_REPORTED})
 
 
 class WakingOutbox:

@@ -4,7 +4,9 @@ from a sleeping device to the hub's CoAP ingress, authenticated per agent.
 Paths: ``POST /t`` a TelemetryBatch; ``POST /e/<code>`` a control message (``ev`` DeviceEvent,
 ``st`` AgentState, ``cr`` CommandResult, ``he`` AgentHealth, ``cf`` ReportedConfig);
 ``POST /p`` no payload, a poll for commands. The 2.04 response carries the commands queued for
-the agent's devices (``{"cmd": [CommandRequest, ...], "more": true}``).
+the agent's devices and, until the agent reports that version, the configuration the hub
+wants it to run (:class:`Downlink`: ``{"cmd": [CommandRequest, ...], "more": true, "cfg":
+DesiredConfig}``); the agent answers a ``cfg`` with ``POST /e/cf`` (its ReportedConfig).
 
 Body: the contract's JSON, Content-Format 50, or zlib-deflated (11050, "application/json,
 deflate") when that is smaller; an inflated body larger than ``MAX_BODY`` is refused.
@@ -24,7 +26,10 @@ import hmac
 import struct
 import zlib
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from device_profiles.wire.errors import WireError
+from device_profiles.wire.messages import CommandRequest, DesiredConfig
 from device_profiles.wire.topics import Channel
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "MAC_BYTES",
     "MAX_BODY",
     "BodyError",
+    "Downlink",
     "UnsupportedContentFormat",
     "auth_value",
     "decode_body",
@@ -46,6 +52,20 @@ __all__ = [
 ]
 
 AUTH_OPTION = 65000  # experimental range, even: elective (ignored by nodes unaware of it)
+
+
+class Downlink(BaseModel):
+    """The payload of a 2.xx response: commands for the agent's devices (``more``: others
+    wait; poll again), and the configuration the hub wants the agent to run (``cfg``, sent
+    until the agent reports that version)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    cmd: list[CommandRequest] = Field(default_factory=list)
+    more: bool = False
+    cfg: DesiredConfig | None = None
+
+
 CF_JSON = 50
 CF_JSON_DEFLATE = 11050
 MAC_BYTES = 16

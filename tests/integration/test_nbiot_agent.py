@@ -87,6 +87,45 @@ async def test_nbiot_sensor_reports_and_executes_a_command(
 
             assert await eventually(done, timeout=30) == "succeeded"
             assert sim.image.get("dimming") == 55
+
+            # remote configuration reaches the sleeping sensor in a CoAP response: a second
+            # pole is added live, then a broken configuration is refused with the reason
+            second = f"pole-b-{unique_id}"
+            sim_b = await stack.enter_async_context(run_smart_pole(seed=2, port=0, tick_s=None))
+            both = {"devices": [_device(device_id, sim.port), _device(second, sim_b.port)]}
+            response = await hub.api.put(f"/api/v1/agents/{agent_id}/config", json={"config": both})
+            assert response.status_code == 202, response.text
+
+            async def config_status(version: int) -> dict[str, Any] | None:
+                body: dict[str, Any] = (
+                    await hub.api.get(f"/api/v1/agents/{agent_id}/config")
+                ).json()
+                return body if body["version"] == version and body["status"] != "pending" else None
+
+            report = await eventually(lambda: config_status(1), timeout=30)
+            assert report["status"] == "applied", report
+            assert {p.device.device_id for p in agent.pollers} == {device_id, second}
+
+            async def second_reports() -> bool | None:
+                response = await hub.api.get(f"/api/v1/devices/{second}/telemetry/latest")
+                return True if response.status_code == 200 and response.json()["points"] else None
+
+            await eventually(second_reports, timeout=30)
+            broken = {"devices": [{**_device(second, sim_b.port), "profile": "toaster"}]}
+            await hub.api.put(f"/api/v1/agents/{agent_id}/config", json={"config": broken})
+            report = await eventually(lambda: config_status(2), timeout=30)
+            assert report["status"] == "rejected"
+            assert "no built-in profile 'toaster'" in report["detail"]
+            assert agent.config_version == 1
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _device(device_id: str, port: int) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        "profile": "smart_pole",
+        "connection": {"transport": "modbus_tcp", "host": "127.0.0.1", "port": port},
+        "poll_interval_s": 0.5,
+    }

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.settings import HubSettings, SqliteStoreSettings
 from cloud_hub.storage.sqlite_store import SqliteStore
 from device_profiles import load_builtin_profile
-from device_profiles.wire import Channel, DeviceEvent, Reading
+from device_profiles.wire import Channel, DesiredConfig, DeviceEvent, Reading
 from drivers import ModbusTcpSettings
 from drivers.fake import FakeDriver
 from drivers.nbiot import NbIotModem, NbIotModemSettings
@@ -57,7 +57,12 @@ class Stack:
     driver: FakeDriver
     executor: CommandExecutor
 
-    def uplink(self, secret: str = SECRET, **overrides: Any) -> NbIotUplink:
+    def uplink(
+        self,
+        secret: str = SECRET,
+        on_config: Callable[[DesiredConfig], Coroutine[Any, Any, object]] | None = None,
+        **overrides: Any,
+    ) -> NbIotUplink:
         options: dict[str, Any] = {
             "modem": NbIotModemSettings(
                 port=self.sim.port_path,
@@ -82,6 +87,7 @@ class Stack:
             self.executor.handle,
             software_version="test",
             wake=self.outbox.urgent,
+            on_config=on_config,
         )
 
     async def stored_rows(self) -> int:
@@ -307,3 +313,45 @@ async def test_a_silent_agent_goes_offline_and_is_back_with_its_next_uplink(stac
             return True if not await offline_alarms() else None
 
         await eventually(cleared)
+
+
+async def test_a_configuration_and_the_commands_that_do_not_fit_beside_it_reach_a_sleeping_agent(
+    stack: Stack,
+) -> None:
+    received: list[int] = []
+
+    async def apply(desired: DesiredConfig) -> None:
+        received.append(desired.version)
+
+    registry = stack.hub.registry
+    uplink = stack.uplink(on_config=apply)
+    async with running(uplink.run()):
+        await asyncio.wait_for(uplink.asleep.wait(), 20)
+        stack.ingress.settings.max_response_bytes = 300  # a small datagram budget
+        # a configuration big enough that no command fits beside it (random: no deflating)
+        noise = "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(120))
+        await stack.hub.push_config(AGENT, {"devices": [], "note": noise})
+        command = await stack.hub.send_command(DEVICE, "set_dimming", {"level": 30})
+        uplink.wake.set()
+
+        async def both_arrived() -> bool | None:
+            return True if received == [1] and uplink.commands_received == 1 else None
+
+        await eventually(both_arrived)
+        row = await registry.get_command(command.command_id)
+        assert row is not None and row.status != "queued"
+        assert stack.ingress.stats["configs_delivered"] >= 1
+        assert stack.ingress.stats["commands_delivered"] == 1
+        # a configuration too large for any response is refused, with why, for the operator
+        huge = "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(2000))
+        await stack.hub.push_config(AGENT, {"devices": [], "note": huge})
+        uplink.wake.set()
+
+        async def refused() -> str | None:
+            row = await registry.get_config(AGENT)
+            ok = row is not None and row.reported_version == 2
+            return row.reported_detail if ok and row.reported_status == "rejected" else None
+
+        detail = await eventually(refused)
+        assert "too large for a CoAP response" in (detail or "")
+        assert received == [1]
