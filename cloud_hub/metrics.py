@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from cloud_hub.hub import Hub
+from cloud_hub.lighting.models import LightingFiringRow, LightingStrategyRow
 from cloud_hub.registry import AgentRow, CommandRow
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
@@ -127,10 +128,30 @@ async def render_metrics(hub: Hub) -> bytes:
             select(CommandRow.status, func.count()).group_by(CommandRow.status)
         )
         commands: dict[str, int] = {s: c for s, c in command_rows}  # noqa: C416 - Rows, not pairs
+        firing_rows = await db.execute(
+            select(LightingFiringRow.outcome, func.count()).group_by(LightingFiringRow.outcome)
+        )
+        firings: dict[str, int] = {o: c for o, c in firing_rows}  # noqa: C416 - Rows, not pairs
+        strategies = await db.scalar(
+            select(func.count())
+            .select_from(LightingStrategyRow)
+            .where(LightingStrategyRow.enabled.is_(True))
+        )
     agent_gauge = GaugeMetricFamily("hub_agents", "Agents by state", labels=["state"])
     for state in ("online", "offline"):
         agent_gauge.add_metric([state], float(agents.get(state, 0)))
     metrics.append(agent_gauge)
+    firing_counter = CounterMetricFamily(
+        "hub_lighting_firings",
+        "Lighting strategy steps by outcome (sent, missed, rejected, failed, sending)",
+        labels=["outcome"],
+    )
+    for outcome in ("sent", "missed", "rejected", "failed", "sending"):
+        firing_counter.add_metric([outcome], float(firings.get(outcome, 0)))
+    metrics.append(firing_counter)
+    metrics.append(
+        _gauge("hub_lighting_strategies", "Enabled lighting strategies", float(strategies or 0))
+    )
     command_gauge = GaugeMetricFamily("hub_commands", "Commands by status", labels=["status"])
     for status, count in sorted(commands.items()):
         command_gauge.add_metric([status], float(count))

@@ -153,6 +153,9 @@ async def test_a_strategy_dims_the_poles_once_at_its_time_and_not_again_after_a_
             group = await _group_done(hub, firing["group_id"])
             assert group["by_status"] == {"succeeded": 2}
             assert all(sim.image.get("dimming") == 35 for sim in sims)
+            metrics = (await hub.api.get("/metrics")).text
+            assert 'hub_lighting_firings_total{outcome="sent"} 1.0' in metrics
+            assert "hub_lighting_strategies 1.0" in metrics
 
             audit = (await hub.api.get("/api/v1/audit")).json()
             assert any(e["action"] == "lighting_strategy.create" for e in audit["items"])
