@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 
+from device_profiles.wire import TERMINAL_COMMAND_STATUSES
+
 __all__ = ["TERMINAL", "HubClient", "HubError"]
 
 #: command statuses after which nothing changes any more
-TERMINAL = frozenset({"succeeded", "failed", "rejected", "expired", "timed_out", "cancelled"})
+TERMINAL = TERMINAL_COMMAND_STATUSES
 
 
 class HubError(Exception):

@@ -24,14 +24,12 @@ from cloud_hub.registry.models import (
     CommandRow,
     DeviceRow,
 )
-from device_profiles.wire import DeviceInfo
+from device_profiles.wire import TERMINAL_COMMAND_STATUSES, DeviceInfo
 
 __all__ = ["TERMINAL_STATUSES", "Registry", "RegistryError", "utcnow"]
 
-#: Command statuses after which nothing changes any more.
-TERMINAL_STATUSES = frozenset(
-    {"succeeded", "failed", "rejected", "expired", "timed_out", "cancelled"}
-)
+#: Command statuses after which nothing changes any more (the wire contract's).
+TERMINAL_STATUSES = TERMINAL_COMMAND_STATUSES
 #: The order of the non-terminal statuses; a late report never moves a command backwards.
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2}
 RESULT_GRACE_MS = 60_000

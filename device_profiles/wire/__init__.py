@@ -4,6 +4,7 @@ from device_profiles.wire.errors import WireError
 from device_profiles.wire.messages import (
     MAX_READINGS_PER_BATCH,
     MESSAGE_TYPES,
+    TERMINAL_COMMAND_STATUSES,
     AgentHealth,
     AgentState,
     CommandRequest,
@@ -44,6 +45,7 @@ __all__ = [
     "QOS",
     "ROOT",
     "SESSION_EXPIRY_S",
+    "TERMINAL_COMMAND_STATUSES",
     "AgentHealth",
     "AgentState",
     "Channel",

@@ -30,6 +30,7 @@ from device_profiles.wire.topics import ID_PATTERN
 __all__ = [
     "MAX_READINGS_PER_BATCH",
     "MESSAGE_TYPES",
+    "TERMINAL_COMMAND_STATUSES",
     "AgentHealth",
     "AgentState",
     "CommandRequest",
@@ -55,6 +56,10 @@ MAX_READINGS_PER_BATCH = 10_000
 
 #: Statuses an agent reports for a command. The hub adds queued, sent, timed_out, cancelled.
 CommandStatus = Literal["delivered", "succeeded", "failed", "rejected", "expired"]
+#: Command statuses after which nothing changes any more (the hub's and the agents').
+TERMINAL_COMMAND_STATUSES = frozenset(
+    {"succeeded", "failed", "rejected", "expired", "timed_out", "cancelled"}
+)
 
 
 class _Message(BaseModel):
