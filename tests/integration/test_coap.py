@@ -213,7 +213,10 @@ async def test_blockwise_read_of_a_large_resource(sim: ManholeSensorSim):
     body = sim.log_body()
     assert len(body) > 2048
     assert raw["event_log"] == body.decode()
-    assert sim.count("GET", "/log") == math.ceil(len(body) / 64)
+    blocks = math.ceil(len(body) / 64)
+    # one GET a block; a block request retransmitted (its ACK late on a loaded machine: seen
+    # once in a full run) arrives twice at the transport, where the simulator counts
+    assert blocks <= sim.count("GET", "/log") <= blocks + 2
 
 
 async def test_unknown_resource_is_404(sim: ManholeSensorSim):
