@@ -1,7 +1,8 @@
 """The ``webhooks`` table (SQLAlchemy 2, on the registry's ``Base``): who gets hub events by HTTP.
 
 The secret is stored as is (not hashed): the hub needs it to sign every delivery. It is shown
-once, when the webhook is created. ``event_cursor`` is how far in the durable event log
+once, when the webhook is created. ``site``: only the events of that site are delivered (see
+:mod:`cloud_hub.sites`; none: every site's). ``event_cursor`` is how far in the durable event log
 (``hub_events``) the webhook's deliveries have got.
 """
 
@@ -25,6 +26,8 @@ class WebhookRow(Base):
     url: Mapped[str] = mapped_column(Text)
     #: event kinds delivered (telemetry, status, alarm, command); empty: all of them
     kinds: Mapped[list[Any]] = mapped_column(JSON)
+    #: only events of this site are delivered; None: every site's
+    site: Mapped[str | None] = mapped_column(String(64))
     secret: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)

@@ -7,6 +7,9 @@ event with the dispatcher's policy (signature, retries, backoff, ``Retry-After``
 delivery is finished, delivered or given up, as the in-memory path does. A slow receiver holds
 up only its own webhook.
 
+A webhook with a ``site`` is delivered only that site's events
+(:meth:`~cloud_hub.webhooks.WebhookDispatcher.wants`); its cursor moves past the others.
+
 ``X-Hub-Delivery`` is derived from the webhook and the event's key (a UUID 5), so it is the
 same on every retry, after a restart and after a failover: a receiver de-duplicates on it. The
 guarantee is at least once: a leader that dies after a delivery and before saving the cursor
@@ -117,8 +120,16 @@ class WebhookRelay:
                 log.warning("webhook relay cannot read the event log", error=str(exc))
                 await asyncio.sleep(delay)
                 continue
-            failures = 0
+            failures, unsure = 0, False
             for logged in events:
+                try:
+                    wanted = await self.dispatcher.wants(row, logged.event)
+                except SQLAlchemyError as exc:  # which site it is of: asked again shortly
+                    log.warning("webhook relay cannot read the sites", error=str(exc))
+                    unsure = True
+                    break
+                if not wanted:
+                    continue  # another site's: the cursor moves past it below
                 try:
                     outcome = await self.dispatcher.deliver(
                         row, logged.event, delivery_id(row.webhook_id, logged.key)
@@ -128,7 +139,10 @@ class WebhookRelay:
                     outcome = DeliveryOutcome(False, 1, None, "crashed")
                 self.dispatcher.record(row.webhook_id, outcome)
                 cursor = await self._save(row.webhook_id, logged.seq)
-            if scanned > cursor:  # nothing of this webhook's kinds up to there
+            if unsure:
+                await asyncio.sleep(self.settings.poll_interval_s)
+                continue
+            if scanned > cursor:  # nothing of this webhook's kinds (and site) up to there
                 cursor = await self._save(row.webhook_id, scanned)
             if not events:
                 await wait_for(signal, self.settings.poll_interval_s)

@@ -13,6 +13,9 @@ Two paths lead to a receiver:
   cursor and calls :meth:`WebhookDispatcher.deliver` here, so those survive restarts and
   failovers and are delivered once however many processes saw them.
 
+A webhook with a ``site`` gets only the events of that site (an event's site is its device's,
+or its agent's: :mod:`cloud_hub.sites`); both paths ask :meth:`WebhookDispatcher.wants`.
+
 Every process re-reads the list of active webhooks every ``refresh_s``, so a webhook created
 or deleted through one process's API reaches the others.
 
@@ -53,6 +56,7 @@ from cloud_hub.event_log_models import HubEventRow
 from cloud_hub.events import EventBus, HubEvent, Subscription
 from cloud_hub.registry import Registry, utcnow
 from cloud_hub.retry_after import parse_retry_after
+from cloud_hub.sites import SiteDirectory
 from cloud_hub.webhook_models import WebhookRow
 
 __all__ = [
@@ -163,8 +167,11 @@ class WebhookDispatcher:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         bus_kinds: Collection[str] | None = None,
+        sites: SiteDirectory | None = None,
     ) -> None:
         self.bus = bus
+        #: which site each event belongs to, for webhooks scoped to a site
+        self.sites = sites if sites is not None else SiteDirectory(registry)
         self.settings = settings if settings is not None else WebhookSettings()
         self.stats: Counter[str] = Counter()
         #: called (without arguments) when this process creates or removes a webhook
@@ -232,13 +239,17 @@ class WebhookDispatcher:
 
     # -- the set of webhooks ----------------------------------------------------------------
 
-    async def create(self, url: str, kinds: Sequence[str] = ()) -> WebhookRow:
+    async def create(
+        self, url: str, kinds: Sequence[str] = (), site: str | None = None
+    ) -> WebhookRow:
         """A new webhook with a fresh secret (in the returned row: show it once). It gets
-        the events logged from now on: its cursor starts at the end of the event log."""
+        the events logged from now on (only ``site``'s, if given): its cursor starts at the
+        end of the event log."""
         row = WebhookRow(
             webhook_id=uuid.uuid4().hex,
             url=url,
             kinds=sorted(set(kinds)),
+            site=site,
             secret=secrets.token_urlsafe(32),
             created_at=utcnow(),
             active=True,
@@ -248,7 +259,7 @@ class WebhookDispatcher:
             row.event_cursor = int(await db.scalar(select(func.max(HubEventRow.seq))) or 0)
             db.add(row)
         self._add(row)
-        log.info("webhook created", webhook_id=row.webhook_id, url=url, kinds=row.kinds)
+        log.info("webhook created", webhook_id=row.webhook_id, url=url, kinds=row.kinds, site=site)
         self._changed()
         return row
 
@@ -327,10 +338,17 @@ class WebhookDispatcher:
 
     # -- delivery ---------------------------------------------------------------------------
 
+    async def wants(self, row: WebhookRow, event: HubEvent) -> bool:
+        """Whether the webhook gets the event by its site (its kinds are filtered where the
+        events are read)."""
+        return await self.sites.event_in(event, row.site)
+
     async def _deliver_loop(self, worker: _Worker) -> None:
         assert worker.subscription is not None
         async for event in worker.subscription:
             try:
+                if not await self.wants(worker.row, event):
+                    continue
                 outcome = await self.deliver(worker.row, event)
             except Exception:  # a bug must not stop this webhook, nor the hub's task group
                 log.exception("webhook delivery crashed", webhook_id=worker.row.webhook_id)

@@ -32,6 +32,7 @@ from cloud_hub.coap_ingress import CoapIngress
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
 from cloud_hub.settings import HubSettings
+from cloud_hub.sites import SiteDirectory
 
 __all__ = ["create_app"]
 
@@ -45,6 +46,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         await the_hub.start()
         task = asyncio.create_task(the_hub.run(), name="hub")
         app.state.hub = the_hub
+        app.state.sites = SiteDirectory(the_hub.registry)  # the event stream's site filter
         ingress = CoapIngress(the_hub, settings.coap) if settings.coap.enabled else None
         if ingress is not None:
             await ingress.start()  # NB-IoT devices' uplinks, into the same ingest path

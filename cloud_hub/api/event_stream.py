@@ -3,7 +3,8 @@
 Used by ``GET /api/v1/events/stream`` (:mod:`cloud_hub.api.routes_events`, which documents
 what a client sees). Logged events (status, alarm, command) are read from the event log after a
 cursor, so they carry their seq as the SSE ``id`` and a stream can resume; telemetry comes from
-this process's bus and carries no id.
+this process's bus and carries no id. A stream for a site-scoped key carries only the events
+of its site (:class:`~cloud_hub.sites.SiteDirectory` says which site an event is of).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.event_log import DURABLE_KINDS, EventLog
 from cloud_hub.events import EventBus, HubEvent, Subscription
+from cloud_hub.sites import SiteDirectory
 
 __all__ = ["LOG_POLL_S", "MAX_BATCH", "STREAM_QUEUE", "EventStream", "format_event"]
 
@@ -52,6 +54,8 @@ class EventStream:
         resume: int | None,
         heartbeat_s: float,
         matches: Callable[[HubEvent], bool],
+        sites: SiteDirectory,
+        site: str | None,
     ) -> None:
         self.bus = bus
         self.event_log = event_log
@@ -60,6 +64,9 @@ class EventStream:
         self.cursor = resume
         self.heartbeat_s = heartbeat_s
         self.matches = matches
+        self.sites = sites
+        #: only this site's events (None: every site's)
+        self.site = site
         self._subscription: Subscription | None = None
         self._getter: asyncio.Future[HubEvent] | None = None
         self._reported = 0
@@ -80,7 +87,7 @@ class EventStream:
             quiet_s = 0.0
             while True:
                 signal = self.event_log.signal()  # before reading: no local append slips by
-                chunk = await self._from_log() + self._from_bus()
+                chunk = await self._from_log() + await self._from_bus()
                 if chunk:
                     quiet_s = 0.0
                     yield "".join(chunk)
@@ -112,11 +119,15 @@ class EventStream:
                 return self._unavailable("no head")
         try:
             events, scanned = await self.event_log.read(self.cursor, self.logged_kinds, MAX_BATCH)
+            wanted = [e for e in events if self.matches(e.event) and await self._ours(e.event)]
         except (SQLAlchemyError, OSError) as exc:
             return self._unavailable(type(exc).__name__)
         self._log_down = False
         self.cursor = max(self.cursor, scanned)
-        return [format_event(e.event, e.seq) for e in events if self.matches(e.event)]
+        return [format_event(e.event, e.seq) for e in wanted]
+
+    async def _ours(self, event: HubEvent) -> bool:
+        return await self.sites.event_in(event, self.site)
 
     def _unavailable(self, why: str) -> list[str]:
         if self._log_down:
@@ -124,17 +135,21 @@ class EventStream:
         self._log_down = True
         return [f": event log unavailable ({why})\n\n"]
 
-    def _from_bus(self) -> list[str]:
+    async def _from_bus(self) -> list[str]:
         subscription = self._subscription
         if subscription is None:
             return []
-        chunk: list[str] = []
+        taken: list[HubEvent] = []
         if self._getter is not None and self._getter.done():
-            chunk.append(format_event(self._getter.result(), None))
+            taken.append(self._getter.result())
             self._getter = None
         queue = subscription.queue
-        while self._getter is None and not queue.empty() and len(chunk) < MAX_BATCH:
-            chunk.append(format_event(queue.get_nowait(), None))
+        while self._getter is None and not queue.empty() and len(taken) < MAX_BATCH:
+            taken.append(queue.get_nowait())
+        try:
+            chunk = [format_event(e, None) for e in taken if await self._ours(e)]
+        except (SQLAlchemyError, OSError) as exc:  # best effort, as readings are here
+            chunk = [f": dropped {len(taken)} (sites unavailable: {type(exc).__name__})\n\n"]
         if subscription.dropped > self._reported:
             chunk.insert(0, f": dropped {subscription.dropped - self._reported}\n\n")
             self._reported = subscription.dropped

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.audit import audit
-from cloud_hub.api.auth import Principal, Role
+from cloud_hub.api.auth import Role
 from cloud_hub.api.deps import Admin, Commander, HubDep, Reader
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import (
@@ -22,7 +22,16 @@ from cloud_hub.api.schemas import (
     PointValue,
     UtcDateTime,
 )
-from cloud_hub.api.scope import device_in_scope, in_scope
+from cloud_hub.api.scope import (
+    agent_in_scope,
+    command_in_scope,
+    confined_site,
+    current_sites,
+    device_in_scope,
+    in_scope,
+    not_found,
+    sees,
+)
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.coap_models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
@@ -59,17 +68,22 @@ Offset = Annotated[int, Query(ge=0, description="Items to skip (ordered by id)."
 
 @router.get("/agents", tags=["agents"])
 async def list_agents(
-    hub: HubDep, _caller: Reader, limit: Limit = 1000, offset: Offset = 0
+    hub: HubDep, caller: Reader, limit: Limit = 1000, offset: Offset = 0
 ) -> list[AgentOut]:
+    """Agents (a site-scoped key: those with a device in its site)."""
     rows = await hub.registry.list_agents()
+    if caller.site is not None:
+        sites = await current_sites(hub)
+        rows = [r for r in rows if sees(caller.site, sites.agent_sites(r.agent_id))]
     return [_agent_out(hub, row) for row in rows[offset : offset + limit]]
 
 
 @router.get("/agents/{agent_id}", tags=["agents"])
-async def get_agent(agent_id: str, hub: HubDep, _caller: Reader) -> AgentOut:
+async def get_agent(agent_id: str, hub: HubDep, caller: Reader) -> AgentOut:
+    await agent_in_scope(hub, caller, agent_id)
     row = await hub.registry.get_agent(agent_id)
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no agent '{agent_id}'")
+        raise not_found(f"no agent '{agent_id}'")
     return _agent_out(hub, row)
 
 
@@ -138,25 +152,20 @@ async def send_command(
     return CommandOut.model_validate(row)
 
 
-async def _device_visible(hub: Hub, caller: Principal, device_id: str) -> bool:
-    device = await hub.registry.get_device(device_id)
-    return device is not None and in_scope(caller, device)
-
-
 @router.get("/commands/{command_id}", tags=["commands"])
 async def get_command(command_id: str, hub: HubDep, caller: Reader) -> CommandOut:
-    row = await hub.registry.get_command(command_id)
-    if row is None or (
-        caller.site is not None and not await _device_visible(hub, caller, row.device_id)
-    ):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")
-    return CommandOut.model_validate(row)
+    return CommandOut.model_validate(await command_in_scope(hub, caller, command_id))
 
 
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     role: Role
-    site: str | None = Field(default=None, max_length=64, description="Scope of a technician key.")
+    site: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The one site the key may see and act on (any role); none: every site. "
+        "A site-scoped admin key creates keys of its own site only.",
+    )
 
 
 class ApiKeyOut(BaseModel):
@@ -172,9 +181,10 @@ class ApiKeyCreated(ApiKeyOut):
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, tags=["api keys"])
 async def create_key(
-    body: ApiKeyCreate, hub: HubDep, _caller: Admin, request: Request
+    body: ApiKeyCreate, hub: HubDep, caller: Admin, request: Request
 ) -> ApiKeyCreated:
-    row, secret = await create_api_key(hub.registry, body.name, body.role, body.site)
+    site = confined_site(caller, body.site)
+    row, secret = await create_api_key(hub.registry, body.name, body.role, site)
     await audit(request, "api_key.create", f"api_key:{row.key_id}", name=row.name, role=row.role)
     return ApiKeyCreated(
         key_id=row.key_id, name=row.name, role=row.role, site=row.site, secret=secret
@@ -182,16 +192,20 @@ async def create_key(
 
 
 @router.get("/api-keys", tags=["api keys"])
-async def list_keys(hub: HubDep, _caller: Admin) -> list[ApiKeyOut]:
+async def list_keys(hub: HubDep, caller: Admin) -> list[ApiKeyOut]:
     return [
         ApiKeyOut(key_id=r.key_id, name=r.name, role=r.role, site=r.site)
         for r in await hub.registry.list_api_keys()
-        if r.revoked_at is None
+        if r.revoked_at is None and sees(caller.site, (r.site,))
     ]
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"])
-async def revoke_key(key_id: str, hub: HubDep, _caller: Admin, request: Request) -> Response:
+async def revoke_key(key_id: str, hub: HubDep, caller: Admin, request: Request) -> Response:
+    if caller.site is not None:
+        keys = {r.key_id: r for r in await hub.registry.list_api_keys()}
+        if key_id not in keys or not sees(caller.site, (keys[key_id].site,)):
+            raise not_found(f"no active API key '{key_id}'")
     if not await hub.registry.revoke_api_key(key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active API key '{key_id}'")
     await audit(request, "api_key.revoke", f"api_key:{key_id}")
@@ -249,9 +263,10 @@ def _config_out(row: AgentConfigRow) -> AgentConfigOut:
 
 @router.put("/agents/{agent_id}/config", status_code=status.HTTP_202_ACCEPTED, tags=["agents"])
 async def push_config(
-    agent_id: str, body: AgentConfigIn, hub: HubDep, _caller: Admin, request: Request
+    agent_id: str, body: AgentConfigIn, hub: HubDep, caller: Admin, request: Request
 ) -> AgentConfigOut:
     """Push a new configuration to an agent; it applies it without restarting."""
+    await agent_in_scope(hub, caller, agent_id)
     try:
         row = await hub.push_config(agent_id, body.config)
     except UnknownDevice as exc:
@@ -261,7 +276,8 @@ async def push_config(
 
 
 @router.get("/agents/{agent_id}/config", tags=["agents"])
-async def get_config(agent_id: str, hub: HubDep, _caller: Reader) -> AgentConfigOut:
+async def get_config(agent_id: str, hub: HubDep, caller: Reader) -> AgentConfigOut:
+    await agent_in_scope(hub, caller, agent_id)
     row = await hub.registry.get_config(agent_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no configuration pushed to '{agent_id}'")
@@ -283,5 +299,6 @@ async def create_coap_secret(agent_id: str, hub: HubDep, caller: Admin) -> CoapS
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"agent id must match {ID_PATTERN}"
         )
+    await agent_in_scope(hub, caller, agent_id)
     secret = await provision_coap_secret(hub.registry, agent_id, actor=caller.key_id)
     return CoapSecretOut(agent_id=agent_id, secret=secret)

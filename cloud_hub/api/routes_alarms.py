@@ -13,11 +13,14 @@ from cloud_hub.alarms import (
     AlarmEngine,
     AlarmNotFound,
     AlarmOut,
+    AlarmRow,
     InvalidCursor,
 )
 from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.problems import problem
+from cloud_hub.api.scope import current_sites, not_found, scoped_page, sees
+from cloud_hub.hub import Hub
 from device_profiles import AlarmRule
 
 __all__ = ["AlarmAck", "AlarmList", "router"]
@@ -30,7 +33,14 @@ def _engine(request: Request) -> AlarmEngine:
     return engine
 
 
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
 AlarmsDep = Annotated[AlarmEngine, Depends(_engine)]
+HubDep = Annotated[Hub, Depends(_hub)]
+Reader = Annotated[Principal, Depends(require("read"))]
 router = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
 
 
@@ -62,9 +72,24 @@ def _choices(name: str, given: str | None, allowed: tuple[str, ...]) -> list[str
     return chosen
 
 
-@router.get("", dependencies=[Depends(require("read"))])
+async def _alarm_in_scope(
+    hub: Hub, caller: Principal, row: AlarmRow | None, alarm_id: str
+) -> AlarmRow:
+    """The alarm, or 404 when it does not exist or lies outside the caller's site."""
+    if row is None:
+        raise not_found(f"no alarm '{alarm_id}'")
+    if caller.site is not None:
+        sites = await current_sites(hub)
+        if not sees(caller.site, sites.sites_of(row.device_id, row.agent_id)):
+            raise not_found(f"no alarm '{alarm_id}'")
+    return row
+
+
+@router.get("")
 async def list_alarms(
     engine: AlarmsDep,
+    hub: HubDep,
+    caller: Reader,
     state: Annotated[
         str | None, Query(description="active, acknowledged, cleared; comma-separated")
     ] = None,
@@ -75,13 +100,22 @@ async def list_alarms(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> AlarmList:
-    """Alarms, newest raised first, one page at a time."""
+    """Alarms, newest raised first, one page at a time (a site-scoped key: those of its site)."""
     states = _choices("state", state, ALARM_STATES)
     severities = _choices("severity", severity, SEVERITIES)
-    try:
-        page = await engine.store.page(
-            states=states, severities=severities, device_id=device_id, limit=limit, cursor=cursor
+    sites = await current_sites(hub) if caller.site is not None else None
+
+    async def fetch(n: int, after: str | None) -> tuple[list[AlarmRow], str | None]:
+        found = await engine.store.page(
+            states=states, severities=severities, device_id=device_id, limit=n, cursor=after
         )
+        return found.items, found.next_cursor
+
+    def visible(row: AlarmRow) -> bool:
+        return sites is None or sees(caller.site, sites.sites_of(row.device_id, row.agent_id))
+
+    try:
+        page = await scoped_page(fetch, visible, limit, cursor)
     except InvalidCursor as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return AlarmList(
@@ -89,11 +123,9 @@ async def list_alarms(
     )
 
 
-@router.get("/{alarm_id}", dependencies=[Depends(require("read"))])
-async def get_alarm(alarm_id: str, engine: AlarmsDep) -> AlarmOut:
-    row = await engine.store.get(alarm_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm '{alarm_id}'")
+@router.get("/{alarm_id}")
+async def get_alarm(alarm_id: str, engine: AlarmsDep, hub: HubDep, caller: Reader) -> AlarmOut:
+    row = await _alarm_in_scope(hub, caller, await engine.store.get(alarm_id), alarm_id)
     return AlarmOut.model_validate(row)
 
 
@@ -106,11 +138,13 @@ async def acknowledge_alarm(
     alarm_id: str,
     body: AlarmAck,
     engine: AlarmsDep,
+    hub: HubDep,
     principal: Annotated[Principal, Depends(require("alarm:ack"))],
     request: Request,
 ) -> Any:
     """An operator has seen the alarm. An active alarm becomes ``acknowledged``; a cleared one
     stays ``cleared`` and records the acknowledgement."""
+    await _alarm_in_scope(hub, principal, await engine.store.get(alarm_id), alarm_id)
     try:
         row = await engine.acknowledge(alarm_id, principal.name, body.note)
         await audit(request, "alarm.acknowledge", f"alarm:{alarm_id}", note=body.note)

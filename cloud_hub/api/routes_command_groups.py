@@ -8,10 +8,16 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_hub.api.audit import audit
+from cloud_hub.api.auth import Principal
 from cloud_hub.api.deps import Commander, HubDep, Reader
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import CommandOut
-from cloud_hub.api.scope import device_in_scope
+from cloud_hub.api.scope import (
+    command_in_scope,
+    confined_site,
+    not_found,
+    selector_in_scope,
+)
 from cloud_hub.hub import Hub
 from cloud_hub.registry import TERMINAL_STATUSES
 
@@ -82,10 +88,12 @@ class GroupOut(BaseModel):
     rejected: dict[str, str] = Field(description="Devices whose profile refused the command, why.")
 
 
-async def _group_out(hub: Hub, group_id: str) -> GroupOut:
+async def _group_out(hub: Hub, caller: Principal, group_id: str) -> GroupOut:
+    """The group's progress, or 404 when it does not exist or selects beyond the caller's
+    site."""
     found = await hub.registry.get_group(group_id)
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command group '{group_id}'")
+    if found is None or not selector_in_scope(caller, found[0].selector):
+        raise not_found(f"no command group '{group_id}'")
     group, counts = found
     total = sum(counts.values())
     finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
@@ -109,12 +117,9 @@ async def create_group(
 
     A key scoped to a site selects within its site only."""
     selector = body.selector.model_dump(exclude_none=True)
-    if caller.site is not None:
-        if selector.get("site", caller.site) != caller.site:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, f"this key is limited to site '{caller.site}'"
-            )
-        selector["site"] = caller.site
+    site = confined_site(caller, selector.get("site"))
+    if site is not None:
+        selector["site"] = site
     group = await hub.send_group_command(
         selector, body.name, body.params, body.ttl_s, created_by=caller.key_id
     )
@@ -126,12 +131,13 @@ async def create_group(
         params=body.params,
         selector=selector,
     )
-    return await _group_out(hub, group.group_id)
+    return await _group_out(hub, caller, group.group_id)
 
 
 @router.get("/command-groups/{group_id}")
-async def get_group(group_id: str, hub: HubDep, _caller: Reader) -> GroupOut:
-    return await _group_out(hub, group_id)
+async def get_group(group_id: str, hub: HubDep, caller: Reader) -> GroupOut:
+    """A group's progress (a site-scoped key: groups confined to its site)."""
+    return await _group_out(hub, caller, group_id)
 
 
 @router.post(
@@ -142,9 +148,7 @@ async def cancel_command(
     command_id: str, hub: HubDep, caller: Commander, request: Request
 ) -> CommandOut:
     """Cancel a command that has no final status yet."""
-    found = await hub.registry.get_command(command_id)
-    if found is not None:
-        await device_in_scope(hub, caller, found.device_id)
+    await command_in_scope(hub, caller, command_id)
     row, cancelled = await hub.cancel_command(command_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no command '{command_id}'")

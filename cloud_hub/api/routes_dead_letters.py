@@ -11,12 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from cloud_hub.api.audit import audit
+from cloud_hub.api.auth import Principal
 from cloud_hub.api.deps import Admin, HubDep
 from cloud_hub.api.problems import problem, problem_responses
 from cloud_hub.api.schemas import UtcDateTime
+from cloud_hub.api.scope import current_sites, not_found, scoped_page, sees
 from cloud_hub.dead_letter_models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
 from cloud_hub.dead_letter_replay import NotReplayable, ReplayTimeout, replay
 from cloud_hub.dead_letters import DeadLetterNotFound, InvalidCursor
+from cloud_hub.hub import Hub
 from device_profiles.wire import ID_PATTERN
 
 __all__ = ["DeadLetterList", "DeadLetterOut", "ReplayOut", "router"]
@@ -147,10 +150,21 @@ def _as_utc(name: str, value: datetime | None) -> datetime | None:
         ) from exc
 
 
+async def _in_scope(hub: Hub, caller: Principal, dead_letter_id: int) -> None:
+    """404 when the caller is scoped to a site the dead letter's agent has no device in (or
+    its agent is not known)."""
+    if caller.site is None:
+        return
+    row = await hub.dead_letters.get(dead_letter_id)
+    sites = await current_sites(hub)
+    if row is None or not sees(caller.site, sites.agent_sites(row.agent_id)):
+        raise not_found(f"no dead letter {dead_letter_id}")
+
+
 @router.get("")
 async def list_dead_letters(
     hub: HubDep,
-    _caller: Admin,
+    caller: Admin,
     agent_id: Annotated[
         str | None, Query(pattern=ID_PATTERN, description="Only those of this agent.")
     ] = None,
@@ -174,16 +188,27 @@ async def list_dead_letters(
     """Refused messages and readings, newest first, with the reason, one page at a time.
 
     Kept in the registry (see `dead_letters` in the hub's settings for how many and how
-    long); `hub_dead_letters_total` in /metrics counts every one."""
-    try:
-        page = await hub.dead_letters.page(
+    long); `hub_dead_letters_total` in /metrics counts every one. A site-scoped key sees
+    those of the agents of its site."""
+    start, stop = _as_utc("since", since), _as_utc("until", until)
+    sites = await current_sites(hub) if caller.site is not None else None
+
+    async def fetch(n: int, after: str | None) -> tuple[list[DeadLetterRow], str | None]:
+        found = await hub.dead_letters.page(
             agent_id=agent_id,
-            since=_as_utc("since", since),
-            until=_as_utc("until", until),
+            since=start,
+            until=stop,
             reason_contains=reason_contains,
-            limit=limit,
-            cursor=cursor,
+            limit=n,
+            cursor=after,
         )
+        return found.items, found.next_cursor
+
+    def visible(row: DeadLetterRow) -> bool:
+        return sites is None or sees(caller.site, sites.agent_sites(row.agent_id))
+
+    try:
+        page = await scoped_page(fetch, visible, limit, cursor)
     except InvalidCursor as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return DeadLetterList(
@@ -193,8 +218,9 @@ async def list_dead_letters(
 
 @router.get("/{dead_letter_id}", responses=_NOT_FOUND)
 async def get_dead_letter(
-    dead_letter_id: DeadLetterId, hub: HubDep, _caller: Admin
+    dead_letter_id: DeadLetterId, hub: HubDep, caller: Admin
 ) -> DeadLetterOut:
+    await _in_scope(hub, caller, dead_letter_id)
     row = await hub.dead_letters.get(dead_letter_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dead letter {dead_letter_id}")
@@ -216,13 +242,14 @@ async def get_dead_letter(
     },
 )
 async def replay_dead_letter(
-    dead_letter_id: DeadLetterId, hub: HubDep, _caller: Admin, request: Request
+    dead_letter_id: DeadLetterId, hub: HubDep, caller: Admin, request: Request
 ) -> ReplayOut | Response:
     """Run a refused message through ingest again, e.g. after its device was registered or
     its profile fixed: its readings are stored as live ones (answered once stored). If
     nothing is refused this time the dead letter is deleted; what is refused again becomes a
     new dead letter and this one is kept."""
     target = f"dead_letter:{dead_letter_id}"
+    await _in_scope(hub, caller, dead_letter_id)
     try:
         result = await replay(hub, dead_letter_id)
     except DeadLetterNotFound as exc:
@@ -252,9 +279,10 @@ async def replay_dead_letter(
 
 @router.delete("/{dead_letter_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND)
 async def delete_dead_letter(
-    dead_letter_id: DeadLetterId, hub: HubDep, _caller: Admin, request: Request
+    dead_letter_id: DeadLetterId, hub: HubDep, caller: Admin, request: Request
 ) -> Response:
     """Forget a dead letter (its cause dealt with, or not worth keeping)."""
+    await _in_scope(hub, caller, dead_letter_id)
     if not await hub.dead_letters.delete(dead_letter_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dead letter {dead_letter_id}")
     await audit(request, "dead_letter.delete", f"dead_letter:{dead_letter_id}")

@@ -16,6 +16,9 @@ see ``/api/v1/telemetry``) come from the process's own event bus, so with severa
 a stream carries the share of the readings its process ingested; a client too slow to keep up
 loses the oldest waiting readings, and the stream says how many in a ``: dropped <n>`` comment.
 
+A key scoped to a site gets only the events of that site: of its devices, and of agents with
+a device there (see :mod:`cloud_hub.sites`).
+
 A ``: keepalive`` comment is sent when nothing else was for ``heartbeat_s`` seconds, so proxies
 keep the connection open and clients notice a dead one. While the log cannot be read (the
 registry is down) the stream says so in a ``: event log unavailable`` comment and goes on.
@@ -28,7 +31,7 @@ from typing import Annotated, get_args
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
-from cloud_hub.api.auth import require
+from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.event_stream import STREAM_QUEUE, EventStream, format_event
 from cloud_hub.event_log import EventLog
 from cloud_hub.events import EventBus, EventKind
@@ -71,12 +74,12 @@ def _resume_from(header: str | None, query: int | None) -> int | None:
 
 @router.get(
     "/stream",
-    dependencies=[Depends(require("events"))],
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}, "description": "An endless stream"}},
 )
 async def stream_events(
     request: Request,
+    caller: Annotated[Principal, Depends(require("events"))],
     kinds: Annotated[
         str | None,
         Query(description="telemetry, status, alarm, command; comma-separated (default: all)"),
@@ -111,6 +114,8 @@ async def stream_events(
             (device_id is None or e.device_id == device_id)
             and (agent_id is None or e.agent_id == agent_id)
         ),
+        request.app.state.sites,
+        caller.site,
     )
     return StreamingResponse(
         stream.messages(),

@@ -18,6 +18,7 @@ from cloud_hub.api.auth import Principal
 from cloud_hub.api.deps import Commander, HubDep, Reader
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import UtcDateTime
+from cloud_hub.api.scope import confined_site, not_found, selector_in_scope
 from cloud_hub.hub import Hub
 from cloud_hub.lighting import (
     Firing,
@@ -206,14 +207,10 @@ def _out(row: LightingStrategyRow) -> StrategyOut:
     )
 
 
-def _visible(caller: Principal, row: LightingStrategyRow) -> bool:
-    return caller.site is None or row.selector.get("site") == caller.site
-
-
 async def _strategy(hub: Hub, caller: Principal, strategy_id: str) -> LightingStrategyRow:
     row = await hub.lighting.store.get(strategy_id)
-    if row is None or not _visible(caller, row):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no lighting strategy '{strategy_id}'")
+    if row is None or not selector_in_scope(caller, row.selector):
+        raise not_found(f"no lighting strategy '{strategy_id}'")
     return row
 
 
@@ -221,11 +218,7 @@ def _confined(caller: Principal, spec: StrategySpec) -> StrategySpec:
     """A site-scoped key's strategy selects within its site only."""
     if caller.site is None:
         return spec
-    if spec.selector.site not in (None, caller.site):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, f"this key is limited to site '{caller.site}'"
-        )
-    selector = spec.selector.model_copy(update={"site": caller.site})
+    selector = spec.selector.model_copy(update={"site": confined_site(caller, spec.selector.site)})
     return spec.model_copy(update={"selector": selector})
 
 
@@ -250,7 +243,7 @@ async def create_strategy(
 async def list_strategies(hub: HubDep, caller: Reader) -> list[StrategyOut]:
     """Every strategy (a site-scoped key: those of its site), oldest first."""
     rows = await hub.lighting.store.strategies()
-    return [_out(row) for row in rows if _visible(caller, row)]
+    return [_out(row) for row in rows if selector_in_scope(caller, row.selector)]
 
 
 @router.get("/{strategy_id}")

@@ -7,7 +7,7 @@ machine-readable ``reason``: ``missing``/``unknown`` (401), ``out_of_scope`` (40
 ``rate_limited`` (429, with ``Retry-After``), ``broker_admin_failed`` (502).
 
 Technicians act within their key's site: their tokens are scoped to it and they see and
-revoke only its tokens. Admins act on every site.
+revoke only its tokens. Admins act on every site, or on their key's site if it has one.
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import Principal, require
-from cloud_hub.api.deps import Admin
+from cloud_hub.api.deps import Admin, HubDep
 from cloud_hub.api.problems import TITLES, problem, problem_responses
 from cloud_hub.api.schemas import UtcDateTime
+from cloud_hub.api.scope import agent_in_scope, unscoped_only
 from cloud_hub.provisioning import (
     DeviceSpec,
     IssuedToken,
+    NotFound,
     ProvisioningError,
     ProvisioningService,
     RateLimited,
+    ScopeViolation,
 )
 from device_profiles.wire import ID_PATTERN
 
@@ -61,8 +64,8 @@ _problems = problem_responses
 
 def _scope(principal: Principal) -> str | None:
     """The site a principal is confined to (None: every site)."""
-    if principal.role == "admin":
-        return None
+    if principal.role == "admin" or principal.site is not None:
+        return principal.site
     if principal.site is None:
         raise HTTPException(403, f"a {principal.role} key without a site may not provision")
     return principal.site
@@ -218,9 +221,12 @@ async def list_tokens(
 async def revoke_token(
     token_id: str, principal: Provisioner, service: ServiceDep
 ) -> TokenOut | JSONResponse:
-    """Revoke a token (idempotent); claims with it are refused from now on."""
+    """Revoke a token (idempotent); claims with it are refused from now on. Another site's
+    token is not found, as a missing one."""
     try:
         row = await service.revoke_token(principal.key_id, token_id, _scope(principal))
+    except ScopeViolation:
+        return _problem(NotFound(f"no provisioning token '{token_id}'"))
     except ProvisioningError as exc:
         return _problem(exc)
     return TokenOut.model_validate(row)
@@ -310,9 +316,10 @@ async def claim(
     responses=_problems(404, 502),
 )
 async def revoke_agent(
-    agent_id: str, principal: Admin, service: ServiceDep
+    agent_id: str, principal: Admin, service: ServiceDep, hub: HubDep
 ) -> AgentRevoked | JSONResponse:
     """Disable the agent's broker credentials and disconnect it (idempotent)."""
+    await agent_in_scope(hub, principal, agent_id)
     try:
         cred = await service.revoke_agent(principal.key_id, agent_id)
     except ProvisioningError as exc:
@@ -335,7 +342,8 @@ async def audit_log(
     action: str | None = None,
     target: str | None = None,
 ) -> AuditPage:
-    """Who changed what and when, newest first."""
+    """Who changed what and when, newest first (the whole hub's: not for site-scoped keys)."""
+    unscoped_only(_, "the audit log")
     rows = await service.audit_log(limit=limit, before=before, action=action, target=target)
     items = [AuditOut.model_validate(r) for r in rows]
     return AuditPage(items=items, next_before=items[-1].id if len(items) == limit else None)
