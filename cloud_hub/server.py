@@ -31,6 +31,10 @@ async def serve(settings: HubSettings, started: asyncio.Event | None = None) -> 
         log_config=None,  # our structlog set-up formats uvicorn's records too
         access_log=False,
         lifespan="on",
+        # forwarded headers only from the configured proxies (uvicorn's default trusts
+        # 127.0.0.1 and the FORWARDED_ALLOW_IPS variable): none by default
+        proxy_headers=bool(settings.api.trusted_proxies),
+        forwarded_allow_ips=list(settings.api.trusted_proxies),
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from cloud_hub.coap_settings import CoapIngressSettings
@@ -92,11 +93,32 @@ StorageSettings = Annotated[
 ]
 
 
+def _proxy_address(entry: str) -> str:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{entry!r} is not an IP address or network (CIDR); a proxy is trusted by its "
+            "address, '*' is not accepted"
+        ) from None
+    return entry
+
+
+ProxyAddress = Annotated[str, AfterValidator(_proxy_address)]
+
+
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    trusted_proxies: list[ProxyAddress] = Field(
+        default_factory=list,
+        description="Reverse proxies (IP addresses or networks, e.g. 10.0.0.5 or 10.0.0.0/24) "
+        "whose X-Forwarded-For / X-Forwarded-Proto headers name the client; from anyone else "
+        "they are ignored. Default: none, the connecting address is the client (as the claim "
+        "rate limit keys on it).",
+    )
 
 
 class HubSettings(FileAndEnvSettings):

@@ -286,6 +286,8 @@ async def claim(
     authorization = request.headers.get("authorization", "")
     if token is None and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
+    # the real client: uvicorn takes it from X-Forwarded-For only when a proxy of
+    # api.trusted_proxies connects (none by default)
     client = request.client.host if request.client is not None else "unknown"
     try:
         result = await service.claim(token, body.agent_id, body.devices, client)

@@ -47,7 +47,7 @@ from cloud_hub.provisioning.broker import (
 )
 from cloud_hub.provisioning.models import AgentCredentialRow, AuditRow, ProvisioningTokenRow
 from cloud_hub.provisioning.tokens import (
-    FailureLimiter,
+    ClaimLimiter,
     InvalidRequest,
     NotFound,
     ProvisioningConflict,
@@ -176,14 +176,14 @@ class ProvisioningService:
         settings: ProvisioningSettings,
         public_mqtt: PublicMqtt,
         *,
-        limiter: FailureLimiter | None = None,
+        limiter: ClaimLimiter | None = None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.registry = registry
         self.broker = broker
         self.settings = settings
         self.public_mqtt = public_mqtt
-        self.limiter = limiter or FailureLimiter(
+        self.limiter = limiter or ClaimLimiter(
             settings.failed_claims_per_minute, settings.failed_claims_burst
         )
         self._now = now
@@ -305,13 +305,14 @@ class ProvisioningService:
 
         Raises RateLimited (checked first), TokenRefused, ScopeViolation,
         ProvisioningConflict, InvalidRequest or BrokerAdminError. Token failures count
-        against ``client_addr``'s budget of failures.
+        against ``client_addr``'s budget of failures for ``agent_id`` and in all
+        (:class:`ClaimLimiter`).
         """
-        self.limiter.check(client_addr)
+        self.limiter.check(client_addr, agent_id)
         try:
             return await self._claim(token or "", agent_id, devices)
         except TokenRefused as exc:
-            self.limiter.failure(client_addr)
+            self.limiter.failure(client_addr, agent_id)
             log.warning("claim refused", reason=exc.reason, agent_id=agent_id, client=client_addr)
             raise
 

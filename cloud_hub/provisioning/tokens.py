@@ -35,6 +35,7 @@ from typing import Literal
 __all__ = [
     "TOKEN_BYTES",
     "TOKEN_PREFIX",
+    "ClaimLimiter",
     "FailureLimiter",
     "InvalidRequest",
     "NotFound",
@@ -202,3 +203,53 @@ class FailureLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+#: how many times the per-agent budget one client address has in all
+ADDRESS_FACTOR = 10
+
+
+class ClaimLimiter:
+    """Failed claims, limited twice, both before the token is looked at: per client address
+    and agent id (the configured budget), and per client address alone (``address_factor``
+    times it).
+
+    A guesser hammering one agent's claim is held to the budget; one trying many agent ids
+    to ``address_factor`` times it. A technician claiming their own agent behind the same
+    address (one NAT for a whole district) is not locked out by a guesser or a misconfigured
+    cabinet retrying with other agent ids, unless that one spends the whole address budget.
+    ``client`` must be the real client address (the hub trusts forwarded headers only from
+    ``api.trusted_proxies``).
+    """
+
+    def __init__(
+        self,
+        failures_per_minute: float = 10.0,
+        burst: int = 10,
+        *,
+        address_factor: int = ADDRESS_FACTOR,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_agent = FailureLimiter(
+            failures_per_minute, burst, max_clients=max_clients, clock=clock
+        )
+        self.per_address = FailureLimiter(
+            failures_per_minute * address_factor,
+            burst * address_factor,
+            max_clients=max_clients,
+            clock=clock,
+        )
+
+    @staticmethod
+    def _key(client: str, agent_id: str) -> str:
+        return f"{client} {agent_id}"  # no space in an address nor in an agent id
+
+    def check(self, client: str, agent_id: str) -> None:
+        """Raise RateLimited if ``client`` may not fail a claim of ``agent_id`` right now."""
+        self.per_address.check(client)
+        self.per_agent.check(self._key(client, agent_id))
+
+    def failure(self, client: str, agent_id: str) -> None:
+        self.per_address.failure(client)
+        self.per_agent.failure(self._key(client, agent_id))
