@@ -18,9 +18,9 @@ from cloud_hub.alarms import (
 )
 from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.deps import HubDep, Reader
 from cloud_hub.api.problems import problem
-from cloud_hub.api.scope import current_sites, not_found, scoped_page, sees
-from cloud_hub.hub import Hub
+from cloud_hub.api.scope import alarm_in_scope, current_sites, scoped_page, sees_object
 from device_profiles import AlarmRule
 
 __all__ = ["AlarmAck", "AlarmList", "router"]
@@ -33,14 +33,7 @@ def _engine(request: Request) -> AlarmEngine:
     return engine
 
 
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
 AlarmsDep = Annotated[AlarmEngine, Depends(_engine)]
-HubDep = Annotated[Hub, Depends(_hub)]
-Reader = Annotated[Principal, Depends(require("read"))]
 router = APIRouter(prefix="/api/v1/alarms", tags=["alarms"])
 
 
@@ -72,19 +65,6 @@ def _choices(name: str, given: str | None, allowed: tuple[str, ...]) -> list[str
     return chosen
 
 
-async def _alarm_in_scope(
-    hub: Hub, caller: Principal, row: AlarmRow | None, alarm_id: str
-) -> AlarmRow:
-    """The alarm, or 404 when it does not exist or lies outside the caller's site."""
-    if row is None:
-        raise not_found(f"no alarm '{alarm_id}'")
-    if caller.site is not None:
-        sites = await current_sites(hub)
-        if not sees(caller.site, sites.sites_of(row.device_id, row.agent_id)):
-            raise not_found(f"no alarm '{alarm_id}'")
-    return row
-
-
 @router.get("")
 async def list_alarms(
     engine: AlarmsDep,
@@ -112,7 +92,7 @@ async def list_alarms(
         return found.items, found.next_cursor
 
     def visible(row: AlarmRow) -> bool:
-        return sites is None or sees(caller.site, sites.sites_of(row.device_id, row.agent_id))
+        return sites is None or sees_object(caller, sites, row.device_id, row.agent_id)
 
     try:
         page = await scoped_page(fetch, visible, limit, cursor)
@@ -125,8 +105,7 @@ async def list_alarms(
 
 @router.get("/{alarm_id}")
 async def get_alarm(alarm_id: str, engine: AlarmsDep, hub: HubDep, caller: Reader) -> AlarmOut:
-    row = await _alarm_in_scope(hub, caller, await engine.store.get(alarm_id), alarm_id)
-    return AlarmOut.model_validate(row)
+    return AlarmOut.model_validate(await alarm_in_scope(hub, caller, alarm_id))
 
 
 @router.post(
@@ -144,7 +123,7 @@ async def acknowledge_alarm(
 ) -> Any:
     """An operator has seen the alarm. An active alarm becomes ``acknowledged``; a cleared one
     stays ``cleared`` and records the acknowledgement."""
-    await _alarm_in_scope(hub, principal, await engine.store.get(alarm_id), alarm_id)
+    await alarm_in_scope(hub, principal, alarm_id)
     try:
         row = await engine.acknowledge(alarm_id, principal.name, body.note)
         await audit(request, "alarm.acknowledge", f"alarm:{alarm_id}", note=body.note)

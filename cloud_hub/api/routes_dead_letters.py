@@ -11,15 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from cloud_hub.api.audit import audit
-from cloud_hub.api.auth import Principal
 from cloud_hub.api.deps import Admin, HubDep
 from cloud_hub.api.problems import problem, problem_responses
 from cloud_hub.api.schemas import UtcDateTime
-from cloud_hub.api.scope import current_sites, not_found, scoped_page, sees
+from cloud_hub.api.scope import current_sites, dead_letter_in_scope, scoped_page, sees_object
 from cloud_hub.dead_letter_models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
 from cloud_hub.dead_letter_replay import NotReplayable, ReplayTimeout, replay
 from cloud_hub.dead_letters import DeadLetterNotFound, InvalidCursor
-from cloud_hub.hub import Hub
 from device_profiles.wire import ID_PATTERN
 
 __all__ = ["DeadLetterList", "DeadLetterOut", "ReplayOut", "router"]
@@ -150,17 +148,6 @@ def _as_utc(name: str, value: datetime | None) -> datetime | None:
         ) from exc
 
 
-async def _in_scope(hub: Hub, caller: Principal, dead_letter_id: int) -> None:
-    """404 when the caller is scoped to a site the dead letter's agent has no device in (or
-    its agent is not known)."""
-    if caller.site is None:
-        return
-    row = await hub.dead_letters.get(dead_letter_id)
-    sites = await current_sites(hub)
-    if row is None or not sees(caller.site, sites.agent_sites(row.agent_id)):
-        raise not_found(f"no dead letter {dead_letter_id}")
-
-
 @router.get("")
 async def list_dead_letters(
     hub: HubDep,
@@ -205,7 +192,7 @@ async def list_dead_letters(
         return found.items, found.next_cursor
 
     def visible(row: DeadLetterRow) -> bool:
-        return sites is None or sees(caller.site, sites.agent_sites(row.agent_id))
+        return sites is None or sees_object(caller, sites, None, row.agent_id)
 
     try:
         page = await scoped_page(fetch, visible, limit, cursor)
@@ -220,7 +207,7 @@ async def list_dead_letters(
 async def get_dead_letter(
     dead_letter_id: DeadLetterId, hub: HubDep, caller: Admin
 ) -> DeadLetterOut:
-    await _in_scope(hub, caller, dead_letter_id)
+    await dead_letter_in_scope(hub, caller, dead_letter_id)
     row = await hub.dead_letters.get(dead_letter_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dead letter {dead_letter_id}")
@@ -249,7 +236,7 @@ async def replay_dead_letter(
     nothing is refused this time the dead letter is deleted; what is refused again becomes a
     new dead letter and this one is kept."""
     target = f"dead_letter:{dead_letter_id}"
-    await _in_scope(hub, caller, dead_letter_id)
+    await dead_letter_in_scope(hub, caller, dead_letter_id)
     try:
         result = await replay(hub, dead_letter_id)
     except DeadLetterNotFound as exc:
@@ -282,7 +269,7 @@ async def delete_dead_letter(
     dead_letter_id: DeadLetterId, hub: HubDep, caller: Admin, request: Request
 ) -> Response:
     """Forget a dead letter (its cause dealt with, or not worth keeping)."""
-    await _in_scope(hub, caller, dead_letter_id)
+    await dead_letter_in_scope(hub, caller, dead_letter_id)
     if not await hub.dead_letters.delete(dead_letter_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dead letter {dead_letter_id}")
     await audit(request, "dead_letter.delete", f"dead_letter:{dead_letter_id}")

@@ -26,7 +26,9 @@ from typing import Any, Generic, TypeVar
 
 from fastapi import HTTPException, status
 
+from cloud_hub.alarms import AlarmRow
 from cloud_hub.api.auth import Principal
+from cloud_hub.dead_letter_models import DeadLetterRow
 from cloud_hub.hub import Hub
 from cloud_hub.registry import CommandRow, DeviceRow
 from cloud_hub.sites import Sites, sees
@@ -34,14 +36,17 @@ from cloud_hub.sites import Sites, sees
 __all__ = [
     "ScopedPage",
     "agent_in_scope",
+    "alarm_in_scope",
     "command_in_scope",
     "confined_site",
     "current_sites",
+    "dead_letter_in_scope",
     "device_in_scope",
     "in_scope",
     "not_found",
     "scoped_page",
     "sees",
+    "sees_object",
     "selector_in_scope",
     "unscoped_only",
 ]
@@ -109,6 +114,35 @@ async def agent_in_scope(hub: Hub, principal: Principal, agent_id: str) -> None:
     sites = await current_sites(hub)
     if not sees(principal.site, sites.agent_sites(agent_id)):
         raise not_found(f"no agent '{agent_id}'")
+
+
+def sees_object(
+    principal: Principal, sites: Sites, device_id: str | None, agent_id: str | None
+) -> bool:
+    """Something about a device (or, without one, about a whole agent): an alarm, a dead
+    letter, a list's item."""
+    return sees(principal.site, sites.sites_of(device_id, agent_id))
+
+
+async def alarm_in_scope(hub: Hub, principal: Principal, alarm_id: str) -> AlarmRow:
+    """The alarm, or 404 when it does not exist or lies outside the caller's site."""
+    row = await hub.alarms.store.get(alarm_id)
+    if row is None or (
+        principal.site is not None
+        and not sees_object(principal, await current_sites(hub), row.device_id, row.agent_id)
+    ):
+        raise not_found(f"no alarm '{alarm_id}'")
+    return row
+
+
+async def dead_letter_in_scope(hub: Hub, principal: Principal, dead_letter_id: int) -> None:
+    """404 when the caller is scoped to a site the dead letter's agent has no device in (or
+    its agent is not known); whether it exists is the route's to say."""
+    if principal.site is None:
+        return
+    row: DeadLetterRow | None = await hub.dead_letters.get(dead_letter_id)
+    if row is None or not sees_object(principal, await current_sites(hub), None, row.agent_id):
+        raise not_found(f"no dead letter {dead_letter_id}")
 
 
 async def command_in_scope(hub: Hub, principal: Principal, command_id: str) -> CommandRow:
