@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -30,7 +30,7 @@ from cloud_hub.alarms import AlarmRow
 from cloud_hub.api import create_app
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.dead_letter_models import DeadLetterRow
-from cloud_hub.events import HubEvent
+from cloud_hub.events import EventKind, HubEvent
 from cloud_hub.hub import Hub
 from cloud_hub.provisioning.models import AgentCredentialRow
 from cloud_hub.registry import AgentRow, DeviceRow, Registry, utcnow
@@ -554,7 +554,8 @@ async def test_a_site_scoped_key_sees_nothing_of_another_site_on_any_route(rig: 
 
 
 def _events(site: str, n: int) -> list[HubEvent]:
-    """One event of every kind about ``site``'s device or agent, marked ``n``."""
+    """One event of every kind about ``site``'s device or agent (and a status of the agent as
+    a whole), marked ``n``."""
     device, agent = DEVICE[site], AGENT[site]
     return [
         HubEvent("telemetry", n, {"profile": "smart_pole", "values": {"tilt": 1}}, device, agent),
@@ -579,6 +580,10 @@ def _ours(document: dict[str, Any], n: int) -> bool:
 
 def _marks(documents: list[dict[str, Any]]) -> list[tuple[str, str | None, str | None]]:
     return [(d["kind"], d["device_id"], d["agent_id"]) for d in documents]
+
+
+def test_the_events_cover_every_event_kind() -> None:
+    assert {e.kind for e in _events(NORTH, 0)} == set(get_args(EventKind))
 
 
 async def stream_carries_only_north(rig: Rig, headers: dict[str, str]) -> None:
