@@ -9,6 +9,9 @@ Keys (see :mod:`cloud_hub.api_keys`) are shown once and stored hashed. A request
     operator      integration + acknowledge alarms + group commands
     technician    operator + provisioning tokens and device commissioning for their site
     admin         everything, including API keys, agents' revocation and webhooks
+
+A key of any role may have a ``site``: it then sees and acts on that site's objects only
+(:mod:`cloud_hub.api.scope`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: an API key's id, name, role and (for technicians) site scope."""
+    """Who is calling: an API key's id, name, role and site scope (None: every site)."""
 
     key_id: str
     name: str
