@@ -287,12 +287,19 @@ class Hub:
         # birth messages too, so a device's first readings never race its registration
         await client.subscribe(subscription(Channel.STATE), qos=QOS)
         self.telemetry_connected.set()
-        async with asyncio.TaskGroup() as group:
-            acks = group.create_task(self.stored_acks.run(client), name="stored-acks")
-            try:
-                await self._consume_telemetry(client)
-            finally:
-                acks.cancel()
+        # consume and acknowledge side by side; either failing (a lost link) ends the session
+        tasks = {
+            asyncio.create_task(self._consume_telemetry(client), name="telemetry-consume"),
+            asyncio.create_task(self.stored_acks.run(client), name="stored-acks"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raises the MqttError that ended the session
 
     def _taken(self, client: aiomqtt.Client, message: aiomqtt.Message, accepted: Accepted) -> None:
         """A telemetry message is stored (or dead-lettered): PUBACK it to the broker, and
