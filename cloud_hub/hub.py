@@ -38,7 +38,7 @@ from cloud_hub.alarms import AlarmEngine
 from cloud_hub.dead_letters import DeadLetterStore
 from cloud_hub.event_log import EventLog
 from cloud_hub.events import EventBus, HubEvent
-from cloud_hub.ingest import Ingest
+from cloud_hub.ingest import Accepted, Ingest, batch_of
 from cloud_hub.leadership import Duty, Leadership
 from cloud_hub.lease import LeaderLease, Lease, SoleLease, holder_id
 from cloud_hub.lighting import Lighting
@@ -48,6 +48,7 @@ from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Regi
 from cloud_hub.settings import HubSettings
 from cloud_hub.spool import TelemetrySpool
 from cloud_hub.storage import TelemetryStore, open_store
+from cloud_hub.stored_acks import StoredAcks
 from cloud_hub.webhook_relay import WebhookRelay
 from cloud_hub.webhooks import WebhookDispatcher
 from cloud_hub.writer import Pending, TelemetryWriter
@@ -145,6 +146,8 @@ class Hub:
         self.provisioning = ProvisioningService.from_settings(
             self.registry, settings.provisioning, settings.mqtt
         )
+        #: telemetry batches stored, to acknowledge to their agents
+        self.stored_acks = StoredAcks()
         self.connected = asyncio.Event()
         self.telemetry_connected = asyncio.Event()
         self._control: aiomqtt.Client | None = None
@@ -284,6 +287,28 @@ class Hub:
         # birth messages too, so a device's first readings never race its registration
         await client.subscribe(subscription(Channel.STATE), qos=QOS)
         self.telemetry_connected.set()
+        # consume and acknowledge side by side; either failing (a lost link) ends the session
+        tasks = {
+            asyncio.create_task(self._consume_telemetry(client), name="telemetry-consume"),
+            asyncio.create_task(self.stored_acks.run(client), name="stored-acks"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # re-raises the MqttError that ended the session
+
+    def _taken(self, client: aiomqtt.Client, message: aiomqtt.Message, accepted: Accepted) -> None:
+        """A telemetry message is stored (or dead-lettered): PUBACK it to the broker, and
+        tell its agent that it may forget the batch."""
+        ack(client, message)
+        if accepted.batch is not None:
+            self.stored_acks.add(*accepted.batch)
+
+    async def _consume_telemetry(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if message.topic.matches(subscription(Channel.STATE)):
@@ -295,10 +320,13 @@ class Hub:
             except Exception as exc:  # a poison message is dead-lettered, never retried forever
                 log.exception("telemetry message failed", topic=str(message.topic))
                 self.ingest.dead_letter(str(message.topic), f"hub error: {exc!r}", payload)
-                ack(client, message)
+                self._taken(client, message, Accepted(batch=batch_of(str(message.topic), payload)))
                 continue
             await self.writer.submit(
-                Pending(accepted.readings, lambda m=message: ack(client, m))  # type: ignore[misc]
+                Pending(
+                    accepted.readings,
+                    lambda m=message, a=accepted: self._taken(client, m, a),  # type: ignore[misc]
+                )
             )
 
     # -- commands ---------------------------------------------------------------------------

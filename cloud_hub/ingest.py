@@ -9,6 +9,7 @@ valid readings beside it.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,7 +37,7 @@ from device_profiles.wire import (
     parse_topic,
 )
 
-__all__ = ["Accepted", "Ingest", "Refusals", "check_reading", "telemetry_event"]
+__all__ = ["Accepted", "Ingest", "Refusals", "batch_of", "check_reading", "telemetry_event"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,8 @@ class Accepted:
 
     readings: list[StoredReading] = field(default_factory=list)
     command_result: CommandResult | None = None
+    #: a telemetry message's (agent id, seq), to acknowledge once stored; None if unknown
+    batch: tuple[str, int] | None = None
 
 
 NOTHING = Accepted()
@@ -204,10 +207,11 @@ class Ingest:
     async def handle(self, topic: str, payload: bytes) -> Accepted:
         """Validate one message and apply its registry effects; return what is left to do."""
         self.stats["messages"] += 1
+        channel = None
         try:
             agent_id, channel = parse_topic(topic)
             if channel is Channel.TELEMETRY:
-                return Accepted(readings=self._telemetry(topic, agent_id, payload))
+                return self._telemetry(topic, agent_id, payload)
             if channel is Channel.STATE:
                 await self._state(agent_id, decode(AgentState, payload))
             elif channel is Channel.EVENTS:
@@ -231,6 +235,8 @@ class Ingest:
                 self.dead_letter(topic, f"the hub does not consume {channel.value!r}", payload)
         except WireError as exc:
             self.dead_letter(topic, str(exc), payload)
+            if channel is Channel.TELEMETRY:  # kept as a dead letter: the agent may forget it
+                return Accepted(batch=batch_of(topic, payload))
         return NOTHING
 
     def learn_devices(self, topic: str, payload: bytes) -> None:
@@ -326,11 +332,11 @@ class Ingest:
                 )
             )
 
-    def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> list[StoredReading]:
-        stored, refused = self._check_telemetry(agent_id, payload)
+    def _telemetry(self, topic: str, agent_id: str, payload: bytes) -> Accepted:
+        stored, refused, seq = self._check_telemetry(agent_id, payload)
         for reason in refused:
             self.dead_letter(topic, reason, payload)
-        return stored
+        return Accepted(readings=stored, batch=(agent_id, seq))
 
     def check_telemetry(self, topic: str, payload: bytes) -> tuple[list[StoredReading], list[str]]:
         """Validate a telemetry message as :meth:`handle` does, without any side effect: the
@@ -339,11 +345,12 @@ class Ingest:
         agent_id, channel = parse_topic(topic)
         if channel is not Channel.TELEMETRY:
             raise WireError(f"{topic!r} is not a telemetry topic")
-        return self._check_telemetry(agent_id, payload)
+        stored, refused, _ = self._check_telemetry(agent_id, payload)
+        return stored, refused
 
     def _check_telemetry(
         self, agent_id: str, payload: bytes
-    ) -> tuple[list[StoredReading], list[str]]:
+    ) -> tuple[list[StoredReading], list[str], int]:
         batch, bad = decode_telemetry(payload)
         if batch.agent_id != agent_id:
             raise WireError(
@@ -368,4 +375,18 @@ class Ingest:
             stored.append(
                 StoredReading(reading.device_id, agent_id, meta.profile.name, reading.ts, values)
             )
-        return stored, refused
+        return stored, refused, batch.seq
+
+
+def batch_of(topic: str, payload: bytes) -> tuple[str, int] | None:
+    """(agent id, seq) of a telemetry message whose envelope did not validate, when the
+    topic names an agent and the payload still has a usable ``seq``: so that a batch kept
+    as a dead letter is acknowledged, and not sent again forever."""
+    try:
+        agent_id, _ = parse_topic(topic)
+        seq = json.loads(payload).get("seq")
+    except (WireError, ValueError, AttributeError, RecursionError):
+        return None
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63:
+        return agent_id, seq
+    return None

@@ -56,6 +56,9 @@ class Agent:
             flush_interval_s=buffer.flush_interval_s,
             flush_max_readings=buffer.flush_max_readings,
             synchronous=buffer.synchronous,
+            window_batches=settings.delivery.window_batches,
+            ack_timeout_s=settings.delivery.ack_timeout_s,
+            ack_timeout_max_s=settings.delivery.ack_timeout_max_s,
         )
         # an NB-IoT uplink sleeps between cycles: urgent messages (results, events) wake it
         self.outbox: DiskOutbox | WakingOutbox = (
@@ -87,6 +90,7 @@ class Agent:
                 self.executor.handle,
                 software_version=software_version(),
                 on_config=self.apply_config,
+                confirm=settings.delivery.confirm,
             )
         self._poll_tasks: dict[str, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None

@@ -57,6 +57,8 @@ class HealthReporter:
             buffer_bytes=getattr(self.outbox, "bytes_used", 0),
             dropped_readings=self.outbox.dropped_readings,
             uplink_connects=self.uplink.connects,
+            unconfirmed_batches=self.outbox.unconfirmed_batches,
+            resent_batches=self.outbox.resent_batches,
             devices={
                 p.device.device_id: DeviceHealth(
                     online=p.online,

@@ -1,7 +1,9 @@
 """What waits to go up: telemetry readings (batched) and control messages (results, events).
 
 Items leave the outbox only when :meth:`Outbox.ack` confirms the broker's PUBACK, so a
-publish interrupted by a broken link is sent again after reconnecting. Control messages are
+publish interrupted by a broken link is sent again after reconnecting. (The on-disk outbox
+also keeps a telemetry batch after the PUBACK, :meth:`~edge_agent.spool.DiskOutbox.sent`,
+until the hub says it stored it, :meth:`~edge_agent.spool.DiskOutbox.stored`.) Control messages are
 never dropped; when the reading limit is reached the oldest readings are dropped and counted.
 
 This in-memory outbox keeps nothing across a process restart: the agent uses the on-disk
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,8 +47,15 @@ class OutboxLike(Protocol):
     def dropped_readings(self) -> int: ...
     def put_reading(self, reading: Reading) -> None: ...
     def put_control(self, channel: Channel, message: BaseModel) -> None: ...
+    @property
+    def unconfirmed_batches(self) -> int: ...
+    @property
+    def resent_batches(self) -> int: ...
     async def next(self) -> Outgoing: ...
     def ack(self, item: Outgoing) -> None: ...
+    def sent(self, item: Outgoing) -> None: ...
+    def stored(self, seqs: Iterable[int]) -> int: ...
+    def rewind(self) -> None: ...
 
 
 async def gather_burst(
@@ -127,3 +136,17 @@ class Outbox:
         """The broker has the message: forget it."""
         if self._inflight is item:
             self._inflight = None
+
+    # Kept in memory only, this outbox cannot wait for the hub's stored acknowledgements: a
+    # batch the broker has is forgotten (sent() is ack()), as a process restart would anyway.
+    unconfirmed_batches = 0
+    resent_batches = 0
+
+    def sent(self, item: Outgoing) -> None:
+        self.ack(item)
+
+    def stored(self, seqs: Iterable[int]) -> int:
+        return 0
+
+    def rewind(self) -> None:
+        pass

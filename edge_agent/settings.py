@@ -78,6 +78,32 @@ class BufferSettings(BaseModel):
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
 
+class DeliverySettings(BaseModel):
+    """When a telemetry batch may leave the spool (MQTT uplink; NB-IoT is always confirmed by
+    the hub's CoAP response).
+
+    ``confirm: stored`` (default) keeps every batch until the hub acknowledges that it stored
+    it (on the agent's ``acks`` channel), sending what is unconfirmed again after a reconnect
+    or ``ack_timeout_s`` (doubling up to ``ack_timeout_max_s`` while no acknowledgement comes),
+    with at most ``window_batches`` batches waiting. ``confirm: broker`` forgets a batch on the
+    broker's PUBACK, as hubs before stored acknowledgements need: a broker that crashes before
+    writing its queue to disk then loses what it acknowledged.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    confirm: Literal["stored", "broker"] = "stored"
+    window_batches: int = Field(default=16, ge=1, le=1000)
+    ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    ack_timeout_max_s: float = Field(default=300.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> DeliverySettings:
+        if self.ack_timeout_max_s < self.ack_timeout_s:
+            raise ValueError("ack_timeout_max_s must be at least ack_timeout_s")
+        return self
+
+
 def check_unique_device_ids(devices: Sequence[DeviceConfig]) -> None:
     """ValueError naming the first device whose ``device_id`` an earlier one already has."""
     seen: set[str] = set()
@@ -104,6 +130,7 @@ class AgentSettings(FileAndEnvSettings):
         default=0.2, ge=0, le=60, description="How long a reading may wait for others to batch."
     )
     buffer: BufferSettings = Field(default_factory=BufferSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     nbiot: NbIotUplinkSettings | None = Field(
         default=None,
         description="Send through an NB-IoT modem to the hub's CoAP ingress instead of MQTT "

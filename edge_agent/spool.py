@@ -75,7 +75,10 @@ Modules
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +111,30 @@ log = structlog.get_logger(__name__)
 MIN_MAX_BYTES = 256 * 1024
 _WAL_MIN = 64 * 1024
 _WAL_MAX = 1024 * 1024
-_NO_RANGE = (0, -1)
 _WIRE_MODELS: tuple[type[BaseModel], ...] = MESSAGE_TYPES
+
+
+def _check_settings(
+    *,
+    max_bytes: int,
+    batch_max_readings: int,
+    flush_max_readings: int,
+    flush_interval_s: float,
+    synchronous: str,
+    window_batches: int,
+    ack_timeout_s: float,
+    ack_timeout_max_s: float,
+) -> None:
+    if max_bytes < MIN_MAX_BYTES:
+        raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES}")
+    if not 1 <= batch_max_readings <= MAX_READINGS_PER_BATCH:
+        raise ValueError(f"batch_max_readings must be 1..{MAX_READINGS_PER_BATCH}")
+    if flush_max_readings < 1 or flush_interval_s <= 0:
+        raise ValueError("flush_max_readings must be >= 1 and flush_interval_s > 0")
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+    if window_batches < 1 or not 0 < ack_timeout_s <= ack_timeout_max_s:
+        raise ValueError("window_batches must be >= 1 and 0 < ack_timeout_s <= ack_timeout_max_s")
 
 
 @dataclass(frozen=True)
@@ -145,15 +170,20 @@ class DiskOutbox:
         synchronous: Synchronous = "NORMAL",
         control_models: Iterable[type[BaseModel]] = (),
         on_flush: Callable[[int], None] | None = None,
+        window_batches: int = 16,
+        ack_timeout_s: float = 30.0,
+        ack_timeout_max_s: float = 300.0,
     ) -> None:
-        if max_bytes < MIN_MAX_BYTES:
-            raise ValueError(f"max_bytes must be at least {MIN_MAX_BYTES}")
-        if not 1 <= batch_max_readings <= MAX_READINGS_PER_BATCH:
-            raise ValueError(f"batch_max_readings must be 1..{MAX_READINGS_PER_BATCH}")
-        if flush_max_readings < 1 or flush_interval_s <= 0:
-            raise ValueError("flush_max_readings must be >= 1 and flush_interval_s > 0")
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        _check_settings(
+            max_bytes=max_bytes,
+            batch_max_readings=batch_max_readings,
+            flush_max_readings=flush_max_readings,
+            flush_interval_s=flush_interval_s,
+            synchronous=synchronous,
+            window_batches=window_batches,
+            ack_timeout_s=ack_timeout_s,
+            ack_timeout_max_s=ack_timeout_max_s,
+        )
         self.path = Path(path)
         self.agent_id = agent_id
         self.max_bytes = max_bytes
@@ -163,6 +193,11 @@ class DiskOutbox:
         self.flush_max_readings = flush_max_readings
         self.synchronous = synchronous
         self.on_flush = on_flush
+        self.window_batches = window_batches
+        self.ack_timeout_s = ack_timeout_s
+        self.ack_timeout_max_s = ack_timeout_max_s
+        #: batches handed out again because the hub's acknowledgement did not come in time
+        self.resent_batches = 0
         #: readings committed by this instance (``on_flush`` receives it after each commit)
         self.flushed_readings = 0
         self.control_over_cap = 0
@@ -175,16 +210,23 @@ class DiskOutbox:
         self._timer: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
         self._inflight: Outgoing | None = None
-        self._batch: SpoolBatch | None = None  # the telemetry batch handed out and not acked
+        self._batch: SpoolBatch | None = None  # the telemetry batch handed out, not published
+        #: readings per batch handed out and not yet confirmed (the in-flight one included)
+        self._batch_rows: dict[int, int] = {}
+        #: sent batches waiting for the hub's acknowledgement: seq -> when sent (monotonic;
+        #: -inf: send again now), oldest first
+        self._unconfirmed: dict[int, float] = {}
+        self._timeout = ack_timeout_s
+        self._batches_stale = False  # the cap deleted whole batches: recount them
         self._control_id = 0  # the control message handed out and not acked
         self._over_cap = False
         self._failing = False  # the last flush failed (disk full, I/O error): retry on a timer
         self._file = SpoolFile(self.path, synchronous=synchronous, wal_bytes=self._wal_bytes)
         self._db = self._file.db
         self._reader = SpoolReader(self._file, self._models)
-        seq, lo, hi = (self._file.meta(k, -1) for k in ("batch_seq", "batch_lo", "batch_hi"))
-        if seq >= 0:
-            self._batch = SpoolBatch(seq, lo, hi)
+        self._load_batches()
+        # sent before a restart and not confirmed: send them again first (same seq, readings)
+        self._unconfirmed = dict.fromkeys(self._batch_rows, -math.inf)
         stored_agent = self._file.meta("agent_id", agent_id)
         if stored_agent != agent_id:
             log.warning(
@@ -196,6 +238,7 @@ class DiskOutbox:
             "spool opened",
             path=str(self.path),
             readings=self._file.disk_rows,
+            unconfirmed_batches=len(self._unconfirmed),
             control=self._file.control_rows,
             next_seq=self._file.counters["next_seq"],
         )
@@ -263,58 +306,116 @@ class DiskOutbox:
 
     # -- consumer ----------------------------------------------------------------------------
     async def next(self) -> Outgoing:
-        """The next message to publish; the same one again until it is acknowledged."""
+        """The next message to publish; the same one again until :meth:`ack` or :meth:`sent`.
+
+        Control messages first; then a sent batch whose acknowledgement is overdue (the same
+        ``seq`` and readings); then a new batch, unless ``window_batches`` sent batches are
+        waiting for the hub's acknowledgement."""
         self._check_open()
         if self._inflight is not None:
             return self._inflight
-        if self._batch is not None:  # handed out before a restart: same seq, same readings
-            item = self._telemetry(self._batch)
-            if item.readings:
-                return item
-            self.ack(item)
-        while not self._file.control_rows and not self.depth:
+        while True:
+            if control := self._next_control():
+                return control
+            if resend := self._next_resend():
+                return resend
+            if self._unassigned() and len(self._unconfirmed) < self.window_batches:
+                # let a burst gather into one message (unless a backlog waits), never past
+                # the delay
+                await gather_burst(
+                    self._changed,
+                    self.batch_max_delay_s,
+                    full=lambda: (
+                        self._unassigned() >= self.batch_max_readings
+                        or bool(self._file.control_rows)
+                    ),
+                    after_wake=self._check_open,
+                )
+                if control := self._next_control():
+                    return control
+                while self.flush() == 0 and not self._unassigned_on_disk():
+                    # the disk refused the readings: retry later; they stay in memory
+                    await asyncio.sleep(self.flush_interval_s)
+                    self._check_open()
+                if telemetry := self._next_telemetry():
+                    return telemetry
+                continue
             self._changed.clear()
-            await self._changed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._due_in())
             self._check_open()
-        if control := self._next_control():
-            return control
-        # let a burst gather into one message (unless a backlog waits), never past the delay
-        await gather_burst(
-            self._changed,
-            self.batch_max_delay_s,
-            full=lambda: self.depth >= self.batch_max_readings or bool(self._file.control_rows),
-            after_wake=self._check_open,
-        )
-        if control := self._next_control():
-            return control
-        while self.flush() == 0 and not self._file.disk_rows:  # the disk refused the readings
-            await asyncio.sleep(self.flush_interval_s)  # retry later; they stay in memory
-            self._check_open()
-        return self._next_telemetry()
 
     def ack(self, item: Outgoing) -> None:
-        """The broker has the message: delete it from the spool."""
+        """The broker has the message and that is enough: delete it from the spool."""
         if item is not self._inflight or self._closed:
             return
+        batch = self._batch
         try:
             with self._file.tx():
-                if self._batch is not None:
-                    cur = self._db.execute(
-                        "DELETE FROM readings WHERE id BETWEEN ? AND ?",
-                        (self._batch.lo, self._batch.hi),
-                    )
-                    for key in ("batch_seq", "batch_lo", "batch_hi"):
-                        self._file.set_meta(key, -1)
+                if batch is not None:
+                    cur = self._db.execute("DELETE FROM readings WHERE seq = ?", (batch.seq,))
                 else:
                     cur = self._db.execute("DELETE FROM control WHERE id = ?", (self._control_id,))
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot remove a published message from {self.path}: {exc}") from exc
-        if self._batch is not None:
+        if batch is not None:
             self._file.disk_rows -= cur.rowcount
+            self._batch_rows.pop(batch.seq, None)
+            self._unconfirmed.pop(batch.seq, None)
             self._batch = None
         else:
             self._file.control_rows -= cur.rowcount
         self._inflight = None
+
+    def sent(self, item: Outgoing) -> None:
+        """The broker has the message; a telemetry batch stays in the spool until the hub
+        confirms it stored it (:meth:`stored`), and is sent again if that does not come within
+        the acknowledgement timeout. A control message is deleted (as by :meth:`ack`)."""
+        if item is not self._inflight or self._closed:
+            return
+        batch = self._batch
+        if batch is None:
+            self.ack(item)
+            return
+        if batch.seq in self._batch_rows:  # not confirmed while it was being published
+            self._unconfirmed[batch.seq] = time.monotonic()
+        self._batch = None
+        self._inflight = None
+
+    def stored(self, seqs: Iterable[int]) -> int:
+        """The hub has stored these batches: delete them. Returns how many were waiting
+        (unknown or already confirmed sequence numbers are ignored)."""
+        self._check_open()
+        known = [seq for seq in dict.fromkeys(seqs) if seq in self._batch_rows]
+        if not known:
+            return 0
+        try:
+            with self._file.tx():
+                cur = self._db.executemany(
+                    "DELETE FROM readings WHERE seq = ?", [(seq,) for seq in known]
+                )
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot remove stored batches from {self.path}: {exc}") from exc
+        self._file.disk_rows -= cur.rowcount
+        for seq in known:
+            self._batch_rows.pop(seq, None)
+            self._unconfirmed.pop(seq, None)
+        self._timeout = self.ack_timeout_s
+        self._changed.set()
+        return len(known)
+
+    def rewind(self) -> None:
+        """Send every unconfirmed batch again now (the uplink reconnected: acknowledgements
+        published while it was away are lost)."""
+        for seq in self._unconfirmed:
+            self._unconfirmed[seq] = -math.inf
+        if self._unconfirmed:
+            self._changed.set()
+
+    @property
+    def unconfirmed_batches(self) -> int:
+        """Batches sent and waiting for the hub's acknowledgement."""
+        return len(self._unconfirmed)
 
     # -- metrics -----------------------------------------------------------------------------
     @property
@@ -403,28 +504,72 @@ class DiskOutbox:
         self._control_id, self._inflight = found
         return self._inflight
 
-    def _next_telemetry(self) -> Outgoing:
-        while True:
-            lo, hi = self._reader.next_range(self.batch_max_readings)
-            batch = SpoolBatch(self._file.counters["next_seq"], lo, hi)
+    def _next_telemetry(self) -> Outgoing | None:
+        """A new batch of readings not yet in one, in flight; None if there are none."""
+        while self._unassigned_on_disk():
+            seq = self._file.counters["next_seq"]
             try:
                 with self._file.tx():
-                    self._file.set_meta("batch_seq", batch.seq)
-                    self._file.set_meta("batch_lo", lo)
-                    self._file.set_meta("batch_hi", hi)
+                    count = self._reader.assign(seq, self.batch_max_readings)
                     self._file.bump("next_seq", 1)
             except sqlite3.Error as exc:
                 raise SpoolError(f"cannot record a batch in {self.path}: {exc}") from exc
-            self._batch = batch
-            item = self._telemetry(batch)
-            if item.readings:
+            if not count:
+                self._load_batches()  # the counts were off: trust the file
+                return None
+            self._batch_rows[seq] = count
+            if item := self._load(seq):
                 return item
-            self.ack(item)  # every row of the range was unreadable (counted); try the next
+        return None
 
-    def _telemetry(self, batch: SpoolBatch) -> Outgoing:
-        message = self._reader.load(batch, self.agent_id)
+    def _next_resend(self) -> Outgoing | None:
+        """The oldest sent batch whose acknowledgement is overdue, in flight again."""
+        while self._unconfirmed:
+            seq, at = next(iter(self._unconfirmed.items()))
+            if at + self._timeout > time.monotonic():
+                return None
+            del self._unconfirmed[seq]
+            if at != -math.inf:  # timed out (not a reconnect): the hub may be slow, or gone
+                self._timeout = min(self.ack_timeout_max_s, 2 * self._timeout)
+            if item := self._load(seq):
+                self.resent_batches += 1
+                return item
+        return None
+
+    def _load(self, seq: int) -> Outgoing | None:
+        """Batch ``seq`` in flight; None (and the batch forgotten) if none of its readings
+        is left or readable."""
+        self._batch = SpoolBatch(seq)
+        message = self._reader.load(self._batch, self.agent_id)
+        if not message.readings:
+            self._batch = None
+            self._batch_rows.pop(seq, None)
+            return None
+        self._batch_rows[seq] = len(message.readings)
         self._inflight = Outgoing(Channel.TELEMETRY, message, readings=len(message.readings))
         return self._inflight
+
+    def _due_in(self) -> float | None:
+        """Seconds until the oldest unconfirmed batch is overdue; None if there is none."""
+        if not self._unconfirmed:
+            return None
+        at = next(iter(self._unconfirmed.values()))
+        return max(0.0, at + self._timeout - time.monotonic())
+
+    def _unassigned_on_disk(self) -> int:
+        return self._file.disk_rows - sum(self._batch_rows.values())
+
+    def _unassigned(self) -> int:
+        """Readings not yet in a batch (committed or buffered)."""
+        return self._unassigned_on_disk() + len(self._pending)
+
+    def _load_batches(self) -> None:
+        """Read which batches are handed out and how many readings each has from the file."""
+        rows = self._db.execute(
+            "SELECT seq, count(*) FROM readings WHERE seq IS NOT NULL GROUP BY seq ORDER BY seq"
+        ).fetchall()
+        self._batch_rows = {int(seq): int(n) for seq, n in rows}
+        self._unconfirmed = {s: at for s, at in self._unconfirmed.items() if s in self._batch_rows}
 
     # -- writes ------------------------------------------------------------------------------
     def _insert_pending(self) -> int:
@@ -439,6 +584,9 @@ class DiskOutbox:
         return count
 
     def _after_commit(self) -> None:
+        if self._batches_stale:
+            self._batches_stale = False
+            self._load_batches()
         count = len(self._pending)
         self._pending = []
         if count:
@@ -447,9 +595,11 @@ class DiskOutbox:
                 self.on_flush(self.flushed_readings)
 
     def _enforce_cap(self, incoming: int = 0) -> None:
-        """Drop the oldest readings (never the batch being published) to fit the budget."""
-        lo, hi = (self._batch.lo, self._batch.hi) if self._batch else _NO_RANGE
-        for _ in range(16):
+        """Drop the oldest readings to fit the budget: those not yet sent first, then whole
+        unconfirmed batches, oldest first; never the batch being published."""
+        inflight = self._batch.seq if self._batch else -1
+        victims = [seq for seq in self._unconfirmed if seq != inflight]
+        for _ in range(16 + len(victims)):
             used = self.bytes_used
             excess = used + incoming - self._data_budget
             if excess <= 0:
@@ -458,11 +608,14 @@ class DiskOutbox:
             per_row = max(1, used // max(1, self._file.disk_rows + self._file.control_rows))
             cur = self._db.execute(
                 "DELETE FROM readings WHERE id IN (SELECT id FROM readings "
-                "WHERE id NOT BETWEEN ? AND ? ORDER BY id LIMIT ?)",
-                (lo, hi, excess // per_row + 8),
+                "WHERE seq IS NULL ORDER BY id LIMIT ?)",
+                (excess // per_row + 8,),
             )
             if cur.rowcount <= 0:
-                break
+                if not victims:
+                    break
+                cur = self._db.execute("DELETE FROM readings WHERE seq = ?", (victims.pop(0),))
+                self._batches_stale = True
             self._file.disk_rows -= cur.rowcount
             self._file.bump("dropped_readings", cur.rowcount)
         if not self._over_cap:

@@ -28,18 +28,17 @@ __all__ = ["SpoolBatch", "SpoolReader"]
 
 log = structlog.get_logger(__name__)
 
-_RANGE_SQL = (
-    "SELECT min(id), max(id) FROM (SELECT id FROM readings WHERE id {} ? ORDER BY id {} LIMIT ?)"
+_PICK_SQL = (
+    "UPDATE readings SET seq = ? WHERE id IN (SELECT id FROM readings "
+    "WHERE id {} ? AND seq IS NULL ORDER BY id {} LIMIT ?) RETURNING id"
 )
 
 
 @dataclass(frozen=True)
 class SpoolBatch:
-    """A telemetry batch handed out: its ``seq`` and the ids of its readings, ``lo`` to ``hi``."""
+    """A telemetry batch handed out: its ``seq`` names its readings (column ``seq``)."""
 
     seq: int
-    lo: int
-    hi: int
 
 
 class SpoolReader:
@@ -83,12 +82,15 @@ class SpoolReader:
                 raise SpoolError(f"spool {file.path}: deleting a bad row failed: {exc}") from exc
         return None
 
-    def next_range(self, size: int) -> tuple[int, int]:
-        """The ids of the next batch of at most ``size`` readings: live and backlog in turn."""
+    def assign(self, seq: int, size: int) -> int:
+        """Put at most ``size`` readings not yet in a batch into batch ``seq`` (inside a
+        transaction): live and backlog readings in turn. Return how many."""
         file, floor = self.file, self.live_floor
-        has_backlog = file.query("SELECT 1 FROM readings WHERE id <= ? LIMIT 1", floor)
+        has_backlog = file.query(
+            "SELECT 1 FROM readings WHERE id <= ? AND seq IS NULL LIMIT 1", floor
+        )
         live = file.query(
-            "SELECT count(*) FROM (SELECT 1 FROM readings WHERE id > ? LIMIT ?)",
+            "SELECT count(*) FROM (SELECT 1 FROM readings WHERE id > ? AND seq IS NULL LIMIT ?)",
             floor,
             2 * size + 1,
         )
@@ -96,18 +98,18 @@ class SpoolReader:
             self._live_turn = False
             # fallen behind by more than two batches: the newest first, the rest join the backlog
             order = "DESC" if live > 2 * size else "ASC"
-            lo, hi = file.db.execute(_RANGE_SQL.format(">", order), (floor, size)).fetchone()
-            self.live_floor = hi
+            ids = file.db.execute(_PICK_SQL.format(">", order), (seq, floor, size)).fetchall()
+            if ids:
+                self.live_floor = max(int(r[0]) for r in ids)
         else:
             self._live_turn = True
-            lo, hi = file.db.execute(_RANGE_SQL.format("<=", "ASC"), (floor, size)).fetchone()
-        return int(lo), int(hi)
+            ids = file.db.execute(_PICK_SQL.format("<=", "ASC"), (seq, floor, size)).fetchall()
+        return len(ids)
 
     def load(self, batch: SpoolBatch, agent_id: str) -> TelemetryBatch:
         """The readings of ``batch`` that still parse (the others are deleted and counted)."""
         rows = self.file.db.execute(
-            "SELECT id, body FROM readings WHERE id BETWEEN ? AND ? ORDER BY id",
-            (batch.lo, batch.hi),
+            "SELECT id, body FROM readings WHERE seq = ? ORDER BY id", (batch.seq,)
         ).fetchall()
         head = json.dumps({"agent_id": agent_id, "seq": batch.seq})[:-1].encode()
         try:  # one parse for the whole batch; row by row only if some row is bad

@@ -30,17 +30,18 @@ log = structlog.get_logger(__name__)
 
 Synchronous = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _LOCKED_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL, seq INTEGER);
 CREATE TABLE IF NOT EXISTS control (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, kind TEXT NOT NULL,
     body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
+_SEQ_INDEX = "CREATE INDEX IF NOT EXISTS readings_seq ON readings (seq) WHERE seq IS NOT NULL"
 COUNTERS = (
     "next_seq",
     "dropped_readings",
@@ -174,13 +175,20 @@ class SpoolFile:
         db.execute(f"PRAGMA wal_autocheckpoint = {self.wal_bytes // 4096}")
         db.execute(f"PRAGMA journal_size_limit = {self.wal_bytes}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise _Corrupt(f"unknown spool schema version {version}")
         check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
             raise _Corrupt(f"quick_check: {check}")
-        db.executescript(_SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        if version == 1:
+            _migrate_v1(db)
+        db.execute(_SEQ_INDEX)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
 
     def _set_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -194,3 +202,17 @@ class SpoolFile:
                 suffix = source.name[len(self.path.name) :]
                 source.rename(aside.with_name(aside.name + suffix))
         return aside
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Schema 1 to 2: a reading names the batch it was handed out in (``seq``), instead of
+    one batch range kept in ``meta``, so several sent batches can wait for the hub's
+    acknowledgement."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
+    if "seq" not in columns:
+        db.execute("ALTER TABLE readings ADD COLUMN seq INTEGER")
+    batch = dict(db.execute("SELECT key, value FROM meta WHERE key LIKE 'batch_%'").fetchall())
+    seq, lo, hi = (int(batch.get(k, -1)) for k in ("batch_seq", "batch_lo", "batch_hi"))
+    if seq >= 0:
+        db.execute("UPDATE readings SET seq = ? WHERE id BETWEEN ? AND ?", (seq, lo, hi))
+    db.execute("DELETE FROM meta WHERE key IN ('batch_seq', 'batch_lo', 'batch_hi')")

@@ -1,6 +1,13 @@
 """MQTT uplink: birth and Last Will, publishing the outbox, receiving commands, reconnecting.
 
-Every message is QoS 1 and leaves the outbox only after the broker's PUBACK. The session is
+Every message is QoS 1. A control message leaves the outbox after the broker's PUBACK; a
+telemetry batch (with ``confirm="stored"``, the default) only when the hub acknowledges that
+it stored it, on the agent's ``acks`` channel: the outbox sends unconfirmed batches again
+after a reconnect or a timeout (see :class:`~edge_agent.spool.DiskOutbox`). A PUBACK with
+reason 16 ("no matching subscribers", MQTT 5) means the broker discarded the message (e.g. it
+restarted without the hub's session): the message stays in the outbox and is published again
+after a back-off (not health reports, which the next one supersedes, nor retained messages,
+which the broker keeps). The session is
 persistent, so commands published while the agent is away are delivered when it returns.
 Reconnects back off exponentially (capped) with jitter so a county's agents do not reconnect
 in lockstep after a broker restart.
@@ -13,7 +20,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 import structlog
@@ -26,14 +33,15 @@ from device_profiles.wire import (
     CommandRequest,
     DesiredConfig,
     DeviceInfo,
+    StoredAck,
     WireError,
     agent_client_id,
     decode,
     encode,
     topic,
 )
-from edge_agent.outbox import OutboxLike
-from iot_runtime.mqtt import MqttSettings, make_client
+from edge_agent.outbox import OutboxLike, Outgoing
+from iot_runtime.mqtt import NO_MATCHING_SUBSCRIBERS, Client, MqttSettings, make_client
 
 __all__ = ["MqttUplink"]
 
@@ -41,6 +49,11 @@ log = structlog.get_logger(__name__)
 
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
+#: back-off of a message published again after "no matching subscribers"
+UNHEARD_RETRY_MIN_S = 1.0
+UNHEARD_RETRY_MAX_S = 30.0
+
+Confirm = Literal["stored", "broker"]
 
 
 class MqttUplink:
@@ -53,6 +66,7 @@ class MqttUplink:
         on_command: Callable[[CommandRequest], Coroutine[Any, Any, None]],
         software_version: str = "",
         on_config: Callable[[DesiredConfig], Coroutine[Any, Any, object]] | None = None,
+        confirm: Confirm = "stored",
     ) -> None:
         self.agent_id = agent_id
         self.settings = settings
@@ -61,12 +75,18 @@ class MqttUplink:
         self.on_command = on_command
         self.software_version = software_version
         self.on_config = on_config
+        self.confirm = confirm
         self.connected = asyncio.Event()
         self.connects = 0
         self.bad_commands = 0
+        #: publishes the broker answered "no matching subscribers" (kept and published again)
+        self.unheard = 0
+        #: stored acknowledgements received, and the batches they confirmed
+        self.acks_received = 0
+        self.batches_confirmed = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> Client:
         offline = AgentState(agent_id=self.agent_id, state="offline")
         will = aiomqtt.Will(
             topic(self.agent_id, Channel.STATE), encode(offline), qos=QOS, retain=True
@@ -97,10 +117,14 @@ class MqttUplink:
             log_method("uplink down, reconnecting", error=str(error), retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: Client) -> None:
         await client.subscribe(topic(self.agent_id, Channel.COMMANDS), qos=QOS)
         if self.on_config is not None:
             await client.subscribe(topic(self.agent_id, Channel.CONFIG_DESIRED), qos=QOS)
+        if self.confirm == "stored":
+            await client.subscribe(topic(self.agent_id, Channel.ACKS), qos=Channel.ACKS.qos)
+            # acknowledgements published while the link was down are lost: send again
+            self.outbox.rewind()
         await client.publish(
             topic(self.agent_id, Channel.STATE), encode(self._birth()), qos=QOS, retain=True
         )
@@ -144,16 +168,47 @@ class MqttUplink:
         """Publish the birth message again (through the outbox), e.g. after the devices changed."""
         self.outbox.put_control(Channel.STATE, self._birth())
 
-    async def _publish_loop(self, client: aiomqtt.Client) -> None:
+    async def _publish_loop(self, client: Client) -> None:
+        unheard = 0  # in a row
         while True:
             item = await self.outbox.next()
-            await client.publish(
+            reason = await client.publish_reason(
                 topic(self.agent_id, item.channel),
                 encode(item.message),
-                qos=QOS,
+                qos=item.channel.qos,
                 retain=item.channel.retained,
             )
-            self.outbox.ack(item)
+            if reason == NO_MATCHING_SUBSCRIBERS and _must_be_heard(item):
+                self.unheard += 1
+                unheard += 1
+                delay = min(UNHEARD_RETRY_MAX_S, UNHEARD_RETRY_MIN_S * 2 ** (unheard - 1))
+                (log.warning if unheard == 1 else log.debug)(
+                    "broker has no subscriber for the message (is the hub connected?); "
+                    "kept, publishing again",
+                    channel=item.channel.value,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                continue  # the outbox hands out the same message again
+            if unheard:
+                log.info("broker has a subscriber again", channel=item.channel.value)
+                unheard = 0
+            if item.channel is Channel.TELEMETRY and self.confirm == "stored":
+                self.outbox.sent(item)  # kept until the hub says it stored it
+            else:
+                self.outbox.ack(item)
+
+    def _stored(self, payload: bytes | str) -> None:
+        try:
+            ack = decode(StoredAck, payload)
+        except WireError as exc:
+            log.warning("malformed stored acknowledgement ignored", error=str(exc))
+            return
+        if ack.agent_id != self.agent_id:
+            log.warning("stored acknowledgement for another agent ignored", agent=ack.agent_id)
+            return
+        self.acks_received += 1
+        self.batches_confirmed += self.outbox.stored(ack.seqs)
 
     async def _desired(self, payload: bytes | str) -> None:
         assert self.on_config is not None
@@ -166,11 +221,15 @@ class MqttUplink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+    async def _receive_loop(self, client: Client) -> None:
+        acks = topic(self.agent_id, Channel.ACKS)
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | str):
                 payload = b""
+            if message.topic.matches(acks):
+                self._stored(payload)
+                continue
             if self.on_config is not None and message.topic.matches(
                 topic(self.agent_id, Channel.CONFIG_DESIRED)
             ):
@@ -187,3 +246,9 @@ class MqttUplink:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+
+def _must_be_heard(item: Outgoing) -> bool:
+    """Whether a message the broker discarded for want of a subscriber is published again:
+    not a retained one (the broker keeps it) nor a health report (the next one replaces it)."""
+    return not item.channel.retained and item.channel is not Channel.HEALTH

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -54,8 +55,29 @@ class WakingOutbox:
     async def next(self) -> Outgoing:
         return await self.inner.next()
 
+    @property
+    def unconfirmed_batches(self) -> int:
+        return self.inner.unconfirmed_batches
+
+    @property
+    def resent_batches(self) -> int:
+        return self.inner.resent_batches
+
+    def stored(self, seqs: Iterable[int]) -> int:
+        return self.inner.stored(seqs)
+
+    def rewind(self) -> None:
+        self.inner.rewind()
+
+    def sent(self, item: Outgoing) -> None:
+        self.inner.sent(item)
+        self._sent(item)
+
     def ack(self, item: Outgoing) -> None:
         self.inner.ack(item)
+        self._sent(item)
+
+    def _sent(self, item: Outgoing) -> None:
         if item.channel in self.urgent_channels and self._urgent_waiting > 0:
             self._urgent_waiting -= 1
             if self._urgent_waiting == 0:

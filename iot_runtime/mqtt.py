@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["MqttSettings", "TlsSettings", "ack", "make_client"]
+__all__ = [
+    "NO_MATCHING_SUBSCRIBERS",
+    "Client",
+    "MqttSettings",
+    "TlsSettings",
+    "ack",
+    "make_client",
+]
+
+#: PUBACK reason code of an MQTT 5 broker that had no subscriber for a message (it is gone).
+NO_MATCHING_SUBSCRIBERS = 16
 
 
 class TlsSettings(BaseModel):
@@ -48,6 +60,53 @@ class MqttSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, description="Wait for CONNACK/PUBACK/SUBACK.")
 
 
+class Client(aiomqtt.Client):
+    """An aiomqtt client that can also tell the PUBACK reason code of a QoS 1 publish.
+
+    aiomqtt 2 resolves a publish on PUBACK whatever its reason code, but an MQTT 5 broker
+    answers reason 16 ("no matching subscribers") for a message nobody was subscribed to,
+    which it then discards. :meth:`publish_reason` publishes and returns the code.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watched: set[int] = set()
+        self._reasons: dict[int, int] = {}
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if mid in self._watched:
+            self._reasons[mid] = int(reason_code.value)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_reason(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool = False
+    ) -> int:
+        """Publish as :meth:`publish` does and return the broker's PUBACK reason code (0 for
+        success, and always for QoS 0 and MQTT 3.1.1)."""
+        info = self._client.publish(topic, payload, qos, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if qos == 0:
+            return 0
+        self._watched.add(info.mid)
+        try:
+            if not info.is_published():
+                confirmation = asyncio.Event()
+                with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                    await self._wait_for(confirmation.wait(), timeout=None)
+            return self._reasons.get(info.mid, 0)
+        finally:
+            self._watched.discard(info.mid)
+            self._reasons.pop(info.mid, None)
+
+
 def make_client(
     settings: MqttSettings,
     client_id: str,
@@ -56,7 +115,7 @@ def make_client(
     session_expiry_s: int = 0,
     will: aiomqtt.Will | None = None,
     manual_ack: bool = False,
-) -> aiomqtt.Client:
+) -> Client:
     """An aiomqtt client for ``settings``.
 
     With ``persistent_session`` the broker keeps the session (subscriptions and queued QoS 1
@@ -70,7 +129,7 @@ def make_client(
     if v5 and persistent_session:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = session_expiry_s
-    client = aiomqtt.Client(
+    client = Client(
         settings.host,
         settings.port,
         identifier=client_id,

@@ -16,7 +16,8 @@ Set the broker up once with ``mosquitto_ctrl dynsec init dynsec.json <admin> <pa
     plugin_opt_config_file /var/lib/mosquitto/dynsec.json
 
 The hub's own broker user needs a role of its own (subscribe/receive ``iot/v1/#``, publish
-``iot/v1/+/commands`` and ``iot/v1/+/config/desired``: :func:`hub_acls`); create it once with
+``iot/v1/+/commands``, ``iot/v1/+/config/desired`` and ``iot/v1/+/acks``: :func:`hub_acls`);
+create it once with
 ``MosquittoDynsec(admin).create_user("cloud-hub", password, hub_acls())``.
 
 :class:`NullBrokerAdmin` is for brokers without authentication (the embedded amqtt demo
@@ -50,7 +51,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cloud_hub.provisioning.tokens import ProvisioningError
-from device_profiles.wire import ROOT, agent_client_id
+from device_profiles.wire import ROOT, Channel, agent_client_id, subscription
 from iot_runtime.mqtt import MqttSettings, make_client
 
 __all__ = [
@@ -146,13 +147,16 @@ def agent_acls(agent_id: str) -> list[dict[str, Any]]:
 def hub_acls() -> list[dict[str, Any]]:
     """The ACL of the hub's own broker user: every agent's namespace (also through MQTT 5
     shared subscriptions, which Mosquitto checks as ``$share/<group>/<filter>``); publish
-    only commands and desired configuration."""
+    only on the channels the hub sends (commands, desired configuration, stored acks)."""
     return [
         _acl("subscribePattern", f"{ROOT}/#", allow=True, priority=10),
         _acl("subscribePattern", f"$share/+/{ROOT}/#", allow=True, priority=10),
         _acl("publishClientReceive", f"{ROOT}/#", allow=True, priority=10),
-        _acl("publishClientSend", f"{ROOT}/+/commands", allow=True, priority=10),
-        _acl("publishClientSend", f"{ROOT}/+/config/desired", allow=True, priority=10),
+        *(
+            _acl("publishClientSend", subscription(channel), allow=True, priority=10)
+            for channel in Channel
+            if channel.downlink
+        ),
         *(_acl(kind, "#", allow=False, priority=0) for kind in _KINDS),
     ]
 

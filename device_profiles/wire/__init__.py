@@ -2,6 +2,7 @@
 
 from device_profiles.wire.errors import WireError
 from device_profiles.wire.messages import (
+    MAX_ACKED_SEQS,
     MAX_READINGS_PER_BATCH,
     MESSAGE_TYPES,
     TERMINAL_COMMAND_STATUSES,
@@ -16,6 +17,7 @@ from device_profiles.wire.messages import (
     DeviceInfo,
     Reading,
     ReportedConfig,
+    StoredAck,
     TelemetryBatch,
     decode,
     decode_telemetry,
@@ -40,6 +42,7 @@ from device_profiles.wire.topics import (
 __all__ = [
     "ID_PATTERN",
     "KEEPALIVE_S",
+    "MAX_ACKED_SEQS",
     "MAX_READINGS_PER_BATCH",
     "MESSAGE_TYPES",
     "QOS",
@@ -58,6 +61,7 @@ __all__ = [
     "DeviceInfo",
     "Reading",
     "ReportedConfig",
+    "StoredAck",
     "TelemetryBatch",
     "WireError",
     "agent_client_id",

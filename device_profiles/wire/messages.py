@@ -28,6 +28,7 @@ from device_profiles.wire.errors import WireError
 from device_profiles.wire.topics import ID_PATTERN
 
 __all__ = [
+    "MAX_ACKED_SEQS",
     "MAX_READINGS_PER_BATCH",
     "MESSAGE_TYPES",
     "TERMINAL_COMMAND_STATUSES",
@@ -42,6 +43,7 @@ __all__ = [
     "DeviceInfo",
     "Reading",
     "ReportedConfig",
+    "StoredAck",
     "TelemetryBatch",
     "decode",
     "decode_telemetry",
@@ -53,6 +55,8 @@ PointName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 EpochMs = Annotated[int, Field(ge=0, lt=2**53)]
 WireValue = StrictBool | StrictInt | StrictFloat | StrictStr
 MAX_READINGS_PER_BATCH = 10_000
+#: Most batch sequence numbers one :class:`StoredAck` carries.
+MAX_ACKED_SEQS = 1000
 
 #: Statuses an agent reports for a command. The hub adds queued, sent, timed_out, cancelled.
 CommandStatus = Literal["delivered", "succeeded", "failed", "rejected", "expired"]
@@ -140,6 +144,12 @@ class AgentHealth(_Message):
     buffer_bytes: int = 0
     dropped_readings: int = 0
     uplink_connects: int = 0
+    unconfirmed_batches: int = Field(
+        default=0, description="Telemetry batches sent and not yet confirmed stored by the hub."
+    )
+    resent_batches: int = Field(
+        default=0, description="Telemetry batches sent again (no stored acknowledgement in time)."
+    )
     devices: dict[WireId, DeviceHealth] = Field(default_factory=dict)
 
 
@@ -188,6 +198,14 @@ class ReportedConfig(_Message):
     ts: EpochMs
 
 
+class StoredAck(_Message):
+    """Telemetry batches of an agent that the hub has stored (or kept as dead letters), by
+    ``seq``: the agent may forget them. Published by the hub on the agent's ``acks`` channel."""
+
+    agent_id: WireId
+    seqs: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_ACKED_SEQS)
+
+
 #: Every message type of the contract (e.g. for a store that keeps messages by type name).
 MESSAGE_TYPES: tuple[type[BaseModel], ...] = (
     AgentHealth,
@@ -197,6 +215,7 @@ MESSAGE_TYPES: tuple[type[BaseModel], ...] = (
     DesiredConfig,
     DeviceEvent,
     ReportedConfig,
+    StoredAck,
     TelemetryBatch,
 )
 

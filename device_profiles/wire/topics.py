@@ -11,6 +11,10 @@ Every agent owns one namespace, ``iot/v1/{agent_id}/#``; broker ACLs grant an ag
     config/desired     hub → edge  1    yes       desired agent configuration
     config/reported    edge → hub  1    yes       configuration the agent applied or rejected
     health             edge → hub  1    no        AgentHealth (periodic statistics)
+    acks               hub → edge  0    no        StoredAck (telemetry batches the hub stored)
+
+``acks`` is QoS 0: a lost acknowledgement only makes the agent resend a batch, which the store
+keeps once (one value per series and time).
 """
 
 from __future__ import annotations
@@ -48,10 +52,21 @@ class Channel(StrEnum):
     CONFIG_DESIRED = "config/desired"
     CONFIG_REPORTED = "config/reported"
     HEALTH = "health"
+    ACKS = "acks"
 
     @property
     def retained(self) -> bool:
         return self in (Channel.STATE, Channel.CONFIG_DESIRED, Channel.CONFIG_REPORTED)
+
+    @property
+    def downlink(self) -> bool:
+        """Whether the hub publishes on this channel (and the agent subscribes)."""
+        return self in (Channel.COMMANDS, Channel.CONFIG_DESIRED, Channel.ACKS)
+
+    @property
+    def qos(self) -> int:
+        """The channel's QoS: :data:`QOS`, but 0 for stored acknowledgements."""
+        return 0 if self is Channel.ACKS else QOS
 
 
 def topic(agent_id: str, channel: Channel) -> str:

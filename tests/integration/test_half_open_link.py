@@ -1,5 +1,6 @@
 """A link that silently drops everything (no FIN, no RST) is detected within the keepalive
-bound, the agent reconnects when the path works again, and delivers what it buffered."""
+bound, the agent reconnects when the path works again, and delivers what it buffered to the
+hub (which confirms what it stored; the hub's own link is not cut)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings
+from tests.harness import free_port
 from tests.harness.blackhole import BlackholeProxy
-from tests.helpers import eventually
+from tests.helpers import eventually, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +29,15 @@ KEEPALIVE_S = 5
 async def test_silent_link_is_detected_within_the_keepalive_bound(
     mosquitto: Any, tmp_path: Path, unique_id: str
 ) -> None:
+    hub_settings = HubSettings(
+        mqtt=MqttSettings(host=mosquitto.host, port=mosquitto.port),
+        client_id=f"hub-{unique_id}",
+        storage=SqliteStoreSettings(path=tmp_path / "telemetry.db"),
+        registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
+        api=ApiSettings(port=free_port()),
+    )
     async with (
+        running_hub(hub_settings),
         BlackholeProxy(mosquitto.host, mosquitto.port) as proxy,
         run_smart_pole(seed=1, port=0, tick_s=None) as sim,
     ):
