@@ -98,7 +98,13 @@ class Hub:
         self.store = store if store is not None else open_store(settings.storage)
         self.events = EventBus()
         self.dead_letters = DeadLetterStore(self.registry, settings.dead_letters)
-        self.ingest = Ingest(self.registry, self.events, self.dead_letters)
+        self.ingest = Ingest(
+            self.registry,
+            self.events,
+            self.dead_letters,
+            min_ts_ms=int(settings.ingest.min_ts.timestamp() * 1000),
+            max_ahead_ms=int(settings.ingest.max_ahead_s * 1000),
+        )
         group = settings.shared_subscription_group
         # in a group this process's bus has a share of the readings: the leader's feed has all
         self.alarms = AlarmEngine(

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 
@@ -138,6 +139,9 @@ class Ingest:
     events: EventBus
     #: where refused messages and readings are kept
     dead_letters: DeadLetterStore
+    #: read times taken: not before ``min_ts_ms``, not more than ``max_ahead_ms`` ahead
+    min_ts_ms: int = 946_684_800_000  # 2000-01-01
+    max_ahead_ms: int = 3_600_000
     stats: Counter[str] = field(default_factory=Counter)
     _devices: dict[str, _DeviceMeta] = field(default_factory=dict)
     #: id(reading) -> who waits to hear whether the store refused it (replays)
@@ -361,6 +365,7 @@ class Ingest:
         rejected = {index for index, _ in bad}
         # positions of the valid readings in the payload, for messages that point at them
         positions = [i for i in range(len(batch.readings) + len(bad)) if i not in rejected]
+        latest_ms = _now_ms() + self.max_ahead_ms
         for index, reading in zip(positions, batch.readings, strict=True):
             meta = self._devices.get(reading.device_id)
             if meta is None or meta.agent_id != agent_id:
@@ -371,6 +376,10 @@ class Ingest:
                 values = check_reading(meta.profile, reading, meta.kinds)
             except ValueError as exc:
                 refused.append(f"seq {batch.seq} reading {index}: {exc}")
+                continue
+            if not self.min_ts_ms <= reading.ts <= latest_ms:
+                reason = _outside_window(reading.ts, self.min_ts_ms, latest_ms)
+                refused.append(f"seq {batch.seq} reading {index}: {reason}")
                 continue
             stored.append(
                 StoredReading(reading.device_id, agent_id, meta.profile.name, reading.ts, values)
@@ -390,3 +399,17 @@ def batch_of(topic: str, payload: bytes) -> tuple[str, int] | None:
     if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63:
         return agent_id, seq
     return None
+
+
+def _outside_window(ts: int, min_ts_ms: int, latest_ms: int) -> str:
+    when = _iso(ts)
+    if ts < min_ts_ms:
+        return f"read time {when} is before {_iso(min_ts_ms)} (ingest.min_ts; device clock unset?)"
+    return f"read time {when} is ahead of the hub's clock by more than ingest.max_ahead_s"
+
+
+def _iso(ms: int) -> str:
+    seconds = ms / 1000
+    if seconds >= 253_402_300_800:  # past 9999-12-31
+        return f"{ms} ms"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from cloud_hub.coap_settings import CoapIngressSettings
@@ -121,6 +130,35 @@ class ApiSettings(BaseModel):
     )
 
 
+class IngestSettings(BaseModel):
+    """What readings the hub takes: read times within a window the store can keep and that
+    cannot pin a device's latest value in the future (a device clock in 2100). A reading
+    outside it is dead-lettered (replayable once the clock is fixed); the others beside it
+    are stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_ts: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Readings read before this time are refused (a device clock never set).",
+    )
+    max_ahead_s: float = Field(
+        default=3600,
+        gt=0,
+        le=366 * 86400,
+        description="Readings read more than this far ahead of the hub's clock are refused.",
+    )
+
+    @field_validator("min_ts")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2000-01-01T00:00:00Z")
+        if value.timestamp() < 0:
+            raise ValueError("must not be before 1970-01-01")
+        return value
+
+
 class HubSettings(FileAndEnvSettings):
     """Settings of the hub process."""
 
@@ -147,6 +185,7 @@ class HubSettings(FileAndEnvSettings):
         description="The durable log of status, alarm and command events that webhooks read.",
     )
     storage: StorageSettings = Field(default_factory=SqliteStoreSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     registry_url: str = Field(
         default="sqlite+aiosqlite:///var/registry.db",

@@ -219,6 +219,14 @@ class TelemetryWriter:
                 await self._write(readings[half:], may_spool=may_spool)
                 return
             except StorageRejected as exc:
+                if len(readings) > 1:
+                    # isolate what the store refuses: bisect, so that every good reading beside
+                    # it is stored (rewriting a half the store partly took is harmless)
+                    self.stats["rejected_splits"] += 1
+                    half = len(readings) // 2
+                    await self._write(readings[:half], may_spool=may_spool)
+                    await self._write(readings[half:], may_spool=may_spool)
+                    return
                 self.stats["rejected_batches"] += 1
                 self.on_rejected(readings, str(exc))
                 return

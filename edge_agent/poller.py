@@ -8,11 +8,13 @@ event, and so is its return.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
 import structlog
 
+from device_profiles import Value
 from device_profiles.wire import Channel, DeviceEvent, Reading
 from drivers import DriverError
 from edge_agent.devices import DeviceRuntime
@@ -41,6 +43,9 @@ class DevicePoller:
         self.polls = 0
         self.errors = 0
         self.last_latency_ms = 0.0
+        #: points whose value was NaN or infinite (not reported), and how many such values
+        self.non_finite: set[str] = set()
+        self.non_finite_values = 0
         profile = device.profile
         self.changes = ChangeFilter(
             profile, device.config.max_silent_s, enabled=device.config.report_on_change
@@ -92,10 +97,29 @@ class DevicePoller:
                 log.info("device available again", device_id=device_id)
             self._event("online", "")
             self.online = True
+        values = self._finite(values)
         report = self.changes.select(values, read_at)
         if report:
             self.outbox.put_reading(Reading(device_id=device_id, ts=read_at, values=report))
         return True
+
+    def _finite(self, values: dict[str, Value]) -> dict[str, Value]:
+        """``values`` without NaN or infinite numbers (a float register's "no value", or an
+        overflow of scale and offset), which no store can keep; each point said once."""
+        bad = [n for n, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+        if not bad:
+            return values
+        for name in bad:
+            if name not in self.non_finite:
+                log.warning(
+                    "device value is not a finite number; not reported",
+                    device_id=self.device.device_id,
+                    point=name,
+                    value=str(values[name]),
+                )
+        self.non_finite.update(bad)
+        self.non_finite_values += len(bad)
+        return {n: v for n, v in values.items() if n not in bad}
 
     def _event(self, kind: str, detail: str) -> None:
         event = DeviceEvent.model_validate(

@@ -73,9 +73,10 @@ class _Message(BaseModel):
 
 
 class Reading(BaseModel):
-    """Values of one device read at one time."""
+    """Values of one device read at one time. Numbers are finite: NaN, ±Infinity and
+    overflowing literals such as ``1e999`` are refused (no store can keep them)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     device_id: WireId
     ts: EpochMs

@@ -92,7 +92,7 @@ async def test_coap_refusals_name_the_agent_once_it_is_authenticated(hub: Hub) -
     anonymous = aiocoap.Message(code=Code.POST, payload=b"hello")
     assert (await ingress.handle("p", None, anonymous)).code == Code.UNAUTHORIZED
 
-    reading = {"device_id": "m1", "ts": 1, "values": {"tilt": 1.0}}
+    reading = {"device_id": "m1", "ts": 1_760_000_000_000, "values": {"tilt": 1.0}}
     body = json.dumps({"v": 1, "agent_id": "nb-2", "seq": 1, "readings": [reading]}).encode()
     ts = int(time.time())
     mac = request_mac(derive_key(SECRET), "nb-1", "t", ts, CF_JSON, body)
@@ -118,7 +118,7 @@ async def test_a_replay_the_store_refuses_again_is_kept_with_the_reason(hub: Hub
         "v": 1,
         "agent_id": "a1",
         "seq": 3,
-        "readings": [{"device_id": "p1", "ts": 1_000, "values": {"power": 5.0}}],
+        "readings": [{"device_id": "p1", "ts": 1_760_000_000_000, "values": {"power": 5.0}}],
     }
     hub.ingest.dead_letter(
         topic("a1", Channel.TELEMETRY), "an operator's test", json.dumps(batch).encode()
@@ -137,7 +137,7 @@ async def test_a_replay_the_store_refuses_again_is_kept_with_the_reason(hub: Hub
     hub.store.refuse = False  # type: ignore[attr-defined]  # the store is fixed
     result = await replay(hub, original.id)
     assert result.accepted and result.deleted and result.readings_stored == 1
-    assert [r.ts_ms for r in hub.store.written] == [1_000]  # type: ignore[attr-defined]
+    assert [r.ts_ms for r in hub.store.written] == [1_760_000_000_000]  # type: ignore[attr-defined]
     assert [row.id for row in await _kept(hub)] == [newest.id]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ async def ingest(tmp_path: Path):
     store = SqliteStore(SqliteStoreSettings(path=tmp_path / "telemetry.db"))
     await registry.start()
     await store.start()
-    ingest = Ingest(registry, EventBus(), DeadLetterStore(registry))
+    ingest = Ingest(registry, EventBus(), DeadLetterStore(registry), min_ts_ms=0)  # tiny ts
     ingest.store = store  # type: ignore[attr-defined]  # where _handle() writes, as the hub's writer does
     birth = AgentState(
         agent_id="a1", state="online", devices=[DeviceInfo(device_id="p1", profile="smart_pole")]
@@ -124,3 +125,20 @@ async def test_replayed_reading_is_stored_once(ingest: Ingest) -> None:
     await _handle(ingest, topic("a1", Channel.TELEMETRY), payload)
     cursor = await ingest.store.db.execute("SELECT COUNT(*) FROM readings")  # type: ignore[attr-defined]
     assert (await cursor.fetchone())[0] == 1
+
+
+async def test_read_times_outside_the_window_are_refused_one_by_one(ingest: Ingest) -> None:
+    ingest.min_ts_ms, ingest.max_ahead_ms = 946_684_800_000, 60_000  # 2000-01-01, 1 min
+    now = time.time_ns() // 1_000_000
+    payload = _batch(
+        {"device_id": "p1", "ts": 946_684_799_999, "values": {"power": 1.0}},  # 1999
+        {"device_id": "p1", "ts": now, "values": {"power": 2.0}},
+        {"device_id": "p1", "ts": now + 120_000, "values": {"power": 3.0}},  # 2 min ahead
+    )
+    with ingest.refusals(record_only=True) as refusals:
+        accepted = await ingest.handle("iot/v1/a1/telemetry", payload)
+    assert [r.values for r in accepted.readings] == [{"power": 2.0}]
+    assert accepted.batch == ("a1", 1)
+    assert len(refusals.reasons) == 2
+    assert "before 2000-01-01" in refusals.reasons[0]
+    assert "ahead of the hub's clock" in refusals.reasons[1]

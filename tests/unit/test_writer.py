@@ -85,14 +85,19 @@ async def test_too_large_batches_are_split() -> None:
 
 
 async def test_rejected_data_is_dead_lettered_and_acked() -> None:
-    store = FakeStore([StorageRejected("field type conflict")])
-    rejected: list[str] = []
+    # the store refuses the pair, then the first reading alone: only that one is refused
+    store = FakeStore([StorageRejected("field type conflict")] * 2)
+    rejected: list[tuple[int, str]] = []
     acked: list[bool] = []
     writer = TelemetryWriter(
-        store, on_stored=lambda r: None, on_rejected=lambda r, why: rejected.append(why)
+        store,
+        on_stored=lambda r: None,
+        on_rejected=lambda r, why: rejected.extend((x.ts_ms, why) for x in r),
     )
     await _run(writer, [Pending(_readings(2), lambda: acked.append(True))])
-    assert rejected == ["field type conflict"]
+    assert rejected == [(0, "field type conflict")]
+    assert [r.ts_ms for r in store.written] == [1]
+    assert writer.stats["rejected_splits"] == 1
     assert acked == [True]
 
 
