@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 from typing import Literal
 
 import aiomqtt
@@ -11,6 +10,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from iot_runtime.config_paths import ConfigPath
 
 __all__ = ["MqttSettings", "TlsSettings", "ack", "make_client"]
 
@@ -20,9 +21,13 @@ class TlsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ca_file: Path | None = Field(default=None, description="CA bundle; system CAs when unset.")
-    cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = Field(
+        default=None, description="CA bundle; system CAs when unset."
+    )
+    cert_file: ConfigPath | None = Field(
+        default=None, description="Client certificate (mutual TLS)."
+    )
+    key_file: ConfigPath | None = None
 
     def context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.api_keys import hash_key
+from cloud_hub.registry import Registry
 from firmware_sim import run_smart_pole
 from tests.harness import free_port
 
@@ -20,7 +22,7 @@ BIN = Path(sys.executable).parent
 
 
 def _run(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / args[0]), *args[1:]],
@@ -28,6 +30,7 @@ def _run(
         text=True,
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=cwd,
         check=False,
     )
 
@@ -118,3 +121,36 @@ def test_profiles_validate_reports_file_and_field(tmp_path: Path) -> None:
     assert "commands.dim.writes[0].value: 150 is above the maximum 100" in result.stderr
     ok = _run("iotctl", "profiles", "validate", "device_profiles/profiles/smart_pole.yaml")
     assert ok.returncode == 0, ok.stderr
+
+
+async def _key_role(registry_url: str, secret: str) -> str | None:
+    registry = Registry(registry_url)
+    await registry.start()
+    try:
+        row = await registry.api_key_by_hash(hash_key(secret))
+    finally:
+        await registry.close()
+    return None if row is None else row.role
+
+
+def test_create_admin_key_from_another_directory_uses_the_configured_registry(
+    tmp_path: Path,
+) -> None:
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    config = site / "hub.yaml"
+    config.write_text("registry_url: sqlite+aiosqlite:///var/registry.db\n")
+    registry_url = f"sqlite+aiosqlite:///{site}/var/registry.db"
+
+    first = _run("cloud-hub", "create-admin-key", "--config", str(config), cwd=elsewhere)
+    assert first.returncode == 0, first.stderr
+    assert f"written to registry {registry_url} (a new registry" in first.stderr
+    assert (site / "var/registry.db").exists()
+    assert not (elsewhere / "var").exists()
+
+    second = _run("cloud-hub", "create-admin-key", "--config", str(config), cwd=elsewhere)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.strip() == f"admin key 'admin' written to registry {registry_url}"
+    for result in (first, second):
+        assert asyncio.run(_key_role(registry_url, result.stdout.strip())) == "admin"
