@@ -26,6 +26,7 @@ from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings
 from iotctl.embedded_broker import embedded_broker
+from iotctl.port_check import ensure_port_free
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -67,6 +68,9 @@ def _mqtt_settings(url: str) -> MqttSettings:
 
 
 async def run_demo(options: DemoOptions, console: Console) -> None:
+    """Run until cancelled (or ``duration_s``); PortTaken, before anything starts, if the
+    API's port is in use."""
+    ensure_port_free(options.api_host, options.api_port)
     options.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         if options.mqtt_url:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,29 @@ def test_demo_shows_live_readings_of_the_simulated_pole(tmp_path: Path) -> None:
     readings = [line for line in lines if "pole-0001" in line and "power=" in line]
     assert readings, result.stdout
     assert "demo finished" in result.stdout
+
+
+def test_demo_script_with_its_api_port_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            ["scripts/demo.sh", "--api-port", str(port), "--data-dir", str(tmp_path / "demo")],
+            capture_output=True,
+            text=True,
+            timeout=300,  # the first run installs the package into .venv (pip, no download)
+            env={**os.environ, "COLUMNS": "200"},
+            cwd=Path(__file__).parents[2],
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: the API's port {port} is taken (already in use); choose another with "
+        f"--api-port, e.g. --api-port {port + 1}"
+    ]
+    assert not (tmp_path / "demo").exists()  # stopped before starting anything
 
 
 def test_demo_uses_real_servers_when_given(mosquitto: Any, influx_db: Any, tmp_path: Path) -> None:
