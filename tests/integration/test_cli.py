@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 
 from cloud_hub.api_keys import hash_key
 from cloud_hub.registry import Registry
+from device_profiles import load_builtin_profile
 from firmware_sim import run_smart_pole
 from tests.harness import free_port
 
@@ -116,9 +119,26 @@ async def test_edge_agent_check_probes_every_device(tmp_path: Path) -> None:
             f"data_dir: {tmp_path / 'agent'}\n"
         )
         result = await asyncio.to_thread(_run, "edge-agent", "check", "--config", str(config))
+        as_json = await asyncio.to_thread(
+            _run, "edge-agent", "check", "--config", str(config), "--json"
+        )
     assert result.returncode == 1  # pole-2 is unreachable
     assert "pole-1" in result.stdout and "ok" in result.stdout and "16 points" in result.stdout
     assert "pole-2" in result.stdout and "ConnectError" in result.stdout
+    # every point, not the first six, each shown as its profile says
+    profile = load_builtin_profile("smart_pole")
+    assert all(re.search(rf"│ {name} +│", result.stdout) for name in profile.points), result.stdout
+    assert re.search(r"│ voltage +│ \d+\.\d V +│", result.stdout), result.stdout
+    assert re.search(r"│ lamp_on +│ (true|false) +│", result.stdout), result.stdout
+
+    assert as_json.returncode == 1
+    document = json.loads(as_json.stdout)
+    pole_1, pole_2 = document["devices"]
+    assert pole_1["ok"] is True and list(pole_1["points"]) == list(profile.points)
+    voltage = pole_1["points"]["voltage"]
+    assert isinstance(voltage["value"], float) and voltage["unit"] == "V"
+    assert voltage["text"] == f"{voltage['value']:.1f} V"  # the value as read beside its text
+    assert pole_2["ok"] is False and pole_2["error"]["type"] == "ConnectError"
 
 
 def test_bad_configuration_names_the_setting_and_exits_2(tmp_path: Path) -> None:
