@@ -86,7 +86,9 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
             "no active alarms": "PASS",
         }
         assert "telemetry shows dimming = 40" in json.dumps(document)
-        assert poles.sims[0].image.get("dimming") == 40 and poles.sims[0].image.get("lamp_on") is False
+        assert (
+            poles.sims[0].image.get("dimming") == 40 and poles.sims[0].image.get("lamp_on") is False
+        )
 
         code, text = await iotctl(url, keys["technician"], "show", device_id)
         assert code == 0 and re.search(r"│ dimming +│ 40% +│", text), text
