@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.registry import Registry
@@ -70,10 +71,23 @@ def create_admin_key(
     config: ConfigOption = None,
     name: Annotated[str, typer.Option(help="Who or what the key is for.")] = "admin",
 ) -> None:
-    """Create an admin API key in the registry and print it (shown once)."""
+    """Create an admin API key in the registry and print it (shown once); standard error
+    says which registry it was written to."""
     settings = _settings(config)
+    new_file = _sqlite_file(settings.registry_url)
+    is_new = new_file is not None and not new_file.exists()
     secret = asyncio.run(_create_admin_key(settings, name))
+    where = make_url(settings.registry_url).render_as_string(hide_password=True)
+    note = " (a new registry: the file did not exist)" if is_new else ""
+    typer.echo(f"admin key {name!r} written to registry {where}{note}", err=True)
     typer.echo(secret)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 async def _create_admin_key(settings: HubSettings, name: str) -> str:

@@ -256,7 +256,7 @@ class Ingest:
         except WireError:
             return
         if state.agent_id == agent_id:
-            for info in state.devices:
+            for info in state.devices or ():
                 self._remember(info.device_id, agent_id, info.profile)
 
     def stored(self, readings: Sequence[StoredReading]) -> None:
@@ -296,9 +296,10 @@ class Ingest:
         await self.registry.agent_state(
             agent_id, state.state, state.software_version, state.devices, state.report_interval_s
         )
-        for info in state.devices:
+        for info in state.devices or ():
             self._remember(info.device_id, agent_id, info.profile)
-        log.info("agent state", agent_id=agent_id, state=state.state, devices=len(state.devices))
+        devices = None if state.devices is None else len(state.devices)
+        log.info("agent state", agent_id=agent_id, state=state.state, devices=devices)
         key = None  # the event log keys it by its time...
         if state.ts is not None and state.state == "online":
             self._online_ts[agent_id] = state.ts

@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cloud_hub.coap_settings import CoapIngressSettings
 from cloud_hub.dead_letters import DeadLetterSettings
@@ -25,7 +27,7 @@ from cloud_hub.lighting.settings import LightingSettings
 from cloud_hub.provisioning import ProvisioningSettings
 from cloud_hub.spool_settings import SpoolSettings
 from cloud_hub.webhooks import WebhookSettings
-from iot_runtime import FileAndEnvSettings
+from iot_runtime import ConfigPath, FileAndEnvSettings, resolve_config_path
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings
 
@@ -36,6 +38,7 @@ __all__ = [
     "InfluxV2Settings",
     "SqliteStoreSettings",
     "StorageSettings",
+    "resolve_sqlite_url",
 ]
 
 
@@ -94,7 +97,11 @@ class SqliteStoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["sqlite"] = "sqlite"
-    path: Path = Path("var/telemetry.db")
+    path: ConfigPath = Field(
+        default=Path("var/telemetry.db"),
+        validate_default=True,
+        description="SQLite file; a relative path is relative to the config file's folder.",
+    )
 
 
 StorageSettings = Annotated[
@@ -189,7 +196,9 @@ class HubSettings(FileAndEnvSettings):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     registry_url: str = Field(
         default="sqlite+aiosqlite:///var/registry.db",
-        description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+asyncpg://...",
+        validate_default=True,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file or postgresql+asyncpg://... "
+        "(a relative SQLite file is relative to the config file's folder).",
     )
     auto_migrate: bool = Field(
         default=True,
@@ -219,3 +228,34 @@ class HubSettings(FileAndEnvSettings):
     )
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
+
+    @field_validator("registry_url")
+    @classmethod
+    def _resolve_sqlite_file(cls, url: str) -> str:
+        return resolve_sqlite_url(url)
+
+    @model_validator(mode="after")
+    def _default_spool_path(self) -> HubSettings:
+        if self.spool.path is None:  # one spool a process: named by its client id
+            path = resolve_config_path(Path(f"var/spool-{self.client_id}.db"))
+            self.spool = self.spool.model_copy(update={"path": path})
+        return self
+
+
+def resolve_sqlite_url(url: str) -> str:
+    """``url`` with a relative SQLite file resolved as a configured path
+    (:func:`~iot_runtime.resolve_config_path`); other URLs unchanged. ValueError if ``url``
+    is not a database URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {exc}") from None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return url
+    if database.startswith("file:"):  # an SQLite URI filename: left as written
+        return url
+    resolved = resolve_config_path(Path(database))
+    if str(resolved) == database:
+        return url
+    return parsed.set(database=str(resolved)).render_as_string(hide_password=False)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from iot_runtime import ConfigPath
 
 __all__ = ["SpoolSettings"]
 
@@ -15,9 +15,10 @@ class SpoolSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Spool readings to disk in a store outage.")
-    path: Path | None = Field(
+    path: ConfigPath | None = Field(
         default=None,
-        description="SQLite file of the spool; default var/spool-<client_id>.db (one a process).",
+        description="SQLite file of the spool; default var/spool-<client_id>.db (one a process), "
+        "relative to the config file's folder.",
     )
     after_s: float = Field(
         default=0.0,

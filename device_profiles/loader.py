@@ -16,6 +16,7 @@ from device_profiles.yaml_io import load_yaml_mapping, parse_yaml_mapping
 
 __all__ = [
     "builtin_profile_names",
+    "is_profile_path",
     "load_builtin_profile",
     "load_profile",
     "parse_profile",
@@ -62,9 +63,14 @@ def load_builtin_profile(name: str) -> DeviceProfile:
     return profile
 
 
+def is_profile_path(ref: str) -> bool:
+    """Whether a profile reference names a YAML file (else a built-in profile)."""
+    return ref.endswith((".yaml", ".yml")) or "/" in ref
+
+
 def resolve_profile(ref: str, base_dir: Path | None = None) -> DeviceProfile:
     """A profile by reference: a built-in name, or a path to a YAML file."""
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+    if is_profile_path(ref):
         path = Path(ref)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path

@@ -157,6 +157,14 @@ class Point(_Strict):
     min: float | None = Field(default=None, description="Lowest valid engineering value.")
     max: float | None = Field(default=None, description="Highest valid engineering value.")
     enum: dict[int, str] | None = Field(default=None, description="Labels of integer values.")
+    precision: int | None = Field(
+        default=None,
+        ge=0,
+        le=9,
+        description="Decimal places a number is shown with (CLI, console; telemetry and the "
+        "API keep the value as read). Default: 0 for integers, the scale's decimals for "
+        "scaled integers, 2 for floats.",
+    )
     poll_interval_s: float | None = Field(default=None, gt=0, le=86400)
     deadband: float | None = Field(
         default=None, ge=0, description="Report only changes larger than this (engineering)."
@@ -222,6 +230,9 @@ class Point(_Strict):
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         if self.momentary and not self.writable:
             raise ValueError("only a writable point can be momentary")
+        if self.precision is not None and (t in ("bool", "string") or self.enum is not None):
+            kind = "enum" if self.enum is not None else t
+            raise ValueError(f"precision applies to numbers, not to {kind} points")
         return self
 
     def _check_modbus(self, loc: ModbusLocation) -> None:

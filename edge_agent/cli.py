@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from drivers import DriverError
 from edge_agent.agent import Agent
-from edge_agent.devices import DeviceRuntime
+from edge_agent.probe import DeviceProbe, probe_devices
 from edge_agent.provision import provision
 from edge_agent.settings import AgentSettings
 from iot_runtime import ConfigError, configure_logging, load_settings
@@ -50,33 +51,46 @@ def run(config: ConfigOption) -> None:
 
 
 @app.command()
-def check(config: ConfigOption) -> None:
-    """Validate the configuration and read every device once, printing a table."""
+def check(
+    config: ConfigOption,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON document (values as read, beside their text)."),
+    ] = False,
+) -> None:
+    """Validate the configuration and read every point of every device once; exit 1 if a
+    device could not be read."""
     settings = _settings(config)
     configure_logging("WARNING", settings.log_format)
-    failures = asyncio.run(_probe(settings))
-    raise typer.Exit(1 if failures else 0)
+    probes = asyncio.run(probe_devices(settings))
+    if as_json:
+        document = {"agent_id": settings.agent_id, "devices": [p.as_json() for p in probes]}
+        typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
+    else:
+        _print_probes(settings.agent_id, probes)
+    raise typer.Exit(0 if all(p.ok for p in probes) else 1)
 
 
-async def _probe(settings: AgentSettings) -> int:
-    table = Table(title=f"agent {settings.agent_id}")
+def _print_probes(agent_id: str, probes: list[DeviceProbe]) -> None:
+    summary = Table(title=f"agent {agent_id}")
     for column in ("device", "profile", "connection", "result"):
-        table.add_column(column)
-    failures = 0
-    for config in settings.devices:
-        device = DeviceRuntime.from_config(config)
-        connection = config.connection.model_dump_json(exclude={"transport"})
-        try:
-            async with device.driver:
-                values = await device.read_values(list(device.profile.points))
-            shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:6])
-            result = f"[green]ok[/] {len(values)} points: {shown}"
-        except DriverError as exc:
-            failures += 1
-            result = f"[red]{type(exc).__name__}[/]: {exc}"
-        table.add_row(config.device_id, device.profile.name, connection, result)
-    out.print(table)
-    return failures
+        summary.add_column(column)
+    for probe in probes:
+        if probe.error is None:
+            result = f"[green]ok[/] {len(probe.values)} points"
+        else:
+            result = f"[red]{type(probe.error).__name__}[/]: {escape(str(probe.error))}"
+        connection = json.dumps(probe.connection, ensure_ascii=False)
+        summary.add_row(probe.config.device_id, probe.profile.name, escape(connection), result)
+    out.print(summary)
+    for probe in probes:
+        if probe.ok:
+            points = Table(
+                "point", "value", title=f"{probe.config.device_id} ({probe.profile.name})"
+            )
+            for shown in probe.shown():
+                points.add_row(shown.name, escape(shown.text))
+            out.print(points)
 
 
 app.command("provision")(provision)

@@ -10,10 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from device_profiles import ProfileError, resolve_profile
+from device_profiles.loader import is_profile_path
 from device_profiles.wire import ID_PATTERN
 from drivers import ConnectionSettings
 from edge_agent.nbiot_settings import NbIotUplinkSettings
-from iot_runtime import FileAndEnvSettings
+from iot_runtime import ConfigPath, FileAndEnvSettings, resolve_config_path
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings
 
@@ -28,7 +29,10 @@ class DeviceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: WireId
-    profile: str = Field(description="A built-in profile name or a path to a profile YAML file.")
+    profile: str = Field(
+        description="A built-in profile name or a path to a profile YAML file (a relative "
+        "path is relative to the config file's folder)."
+    )
     connection: ConnectionSettings
     poll_interval_s: float | None = Field(
         default=None, gt=0, le=86400, description="Overrides the profile's poll intervals."
@@ -51,6 +55,8 @@ class DeviceConfig(BaseModel):
     @field_validator("profile")
     @classmethod
     def _profile_loads(cls, ref: str) -> str:
+        if is_profile_path(ref):
+            ref = str(resolve_config_path(Path(ref)))
         try:
             resolve_profile(ref)
         except ProfileError as exc:
@@ -139,7 +145,12 @@ class AgentSettings(FileAndEnvSettings):
     health_interval_s: float = Field(
         default=60.0, gt=0, le=86400, description="How often the agent reports its health."
     )
-    data_dir: Path = Field(default=Path("var/edge-agent"))
+    data_dir: ConfigPath = Field(
+        default=Path("var/edge-agent"),
+        validate_default=True,
+        description="The agent's buffer, journal and applied configuration; a relative path is "
+        "relative to the config file's folder.",
+    )
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
 

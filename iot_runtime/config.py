@@ -3,6 +3,7 @@
 Environment variables win over the file; nested settings use ``__``
 (``HUB_MQTT__PORT=1884``). Every problem is reported with its setting path, e.g.
 ``hub.yaml: mqtt.port: Input should be less than or equal to 65535 (got 70000)``.
+Relative paths resolve against the file's folder (:mod:`iot_runtime.config_paths`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from device_profiles.errors import ProfileError, validation_issues
 from device_profiles.yaml_io import load_yaml_mapping
+from iot_runtime.config_paths import relative_to
 
 __all__ = ["ConfigError", "FileAndEnvSettings", "load_settings"]
 
@@ -46,7 +48,10 @@ class FileAndEnvSettings(BaseSettings):
 
 
 def load_settings(cls: type[S], path: Path | None = None, **overrides: Any) -> S:
-    """Build ``cls`` from ``path`` (optional YAML), the environment and ``overrides``."""
+    """Build ``cls`` from ``path`` (optional YAML), the environment and ``overrides``.
+
+    With a file, relative paths resolve against the file's folder, not the working directory.
+    """
     source = str(path) if path is not None else "environment"
     try:
         data: dict[str, Any] = load_yaml_mapping(path) if path is not None else {}
@@ -54,7 +59,10 @@ def load_settings(cls: type[S], path: Path | None = None, **overrides: Any) -> S
         raise ConfigError(source, exc.issues) from exc
     data.update(overrides)
     try:
-        return cls(**data)
+        if path is None:
+            return cls(**data)
+        with relative_to(path.parent):
+            return cls(**data)
     except ValidationError as exc:
         prefix = str(cls.model_config.get("env_prefix", ""))
         issues = validation_issues(exc, data)

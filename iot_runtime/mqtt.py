@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from pathlib import Path
 from typing import Any, Literal
 
 import aiomqtt
@@ -13,6 +12,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from iot_runtime.config_paths import ConfigPath
 
 __all__ = [
     "NO_MATCHING_SUBSCRIBERS",
@@ -32,9 +33,13 @@ class TlsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ca_file: Path | None = Field(default=None, description="CA bundle; system CAs when unset.")
-    cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
-    key_file: Path | None = None
+    ca_file: ConfigPath | None = Field(
+        default=None, description="CA bundle; system CAs when unset."
+    )
+    cert_file: ConfigPath | None = Field(
+        default=None, description="Client certificate (mutual TLS)."
+    )
+    key_file: ConfigPath | None = None
 
     def context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)

@@ -14,6 +14,7 @@ from iot_runtime import configure_logging
 from iotctl.demo import DemoOptions, run_demo_until_done
 from iotctl.hj212_cli import app as hj212_app
 from iotctl.hub_cli import app as hub_app
+from iotctl.port_check import PortTaken
 
 app = typer.Typer(help="City IoT: demo, device profiles and tools.", no_args_is_help=True)
 profiles_app = typer.Typer(
@@ -58,8 +59,20 @@ def demo(
         data_dir=data_dir,
         duration_s=duration,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        run_demo_until_done(options, out)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_demo_until_done(options, out)
+    except PortTaken as exc:
+        err.print(
+            f"[red]error:[/] the API's port {exc.port} is taken ({exc.reason}); "
+            f"choose another with --api-port, e.g. --api-port {_another_port(exc.port)}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _another_port(port: int) -> int:
+    return port + 1 if port < 65535 else 8081
 
 
 @profiles_app.command("list")

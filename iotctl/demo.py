@@ -15,17 +15,21 @@ from urllib.parse import urlsplit
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from cloud_hub.api_keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings, SqliteStoreSettings
+from device_profiles import load_builtin_profile
+from device_profiles.display import show_values
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings
 from iotctl.embedded_broker import embedded_broker
+from iotctl.port_check import ensure_port_free
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -67,6 +71,9 @@ def _mqtt_settings(url: str) -> MqttSettings:
 
 
 async def run_demo(options: DemoOptions, console: Console) -> None:
+    """Run until cancelled (or ``duration_s``); PortTaken, before anything starts, if the
+    API's port is in use."""
+    ensure_port_free(options.api_host, options.api_port)
     options.data_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         if options.mqtt_url:
@@ -145,6 +152,7 @@ class _DemoOver(Exception):
 
 async def _print_readings(api: str, api_key: str, options: DemoOptions, console: Console) -> None:
     url = f"{api}/api/v1/devices/{DEVICE_ID}/telemetry/latest"
+    profile = load_builtin_profile("smart_pole")
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(timeout=5, headers=headers) as http:
         while True:
@@ -157,16 +165,9 @@ async def _print_readings(api: str, api_key: str, options: DemoOptions, console:
             if not points:
                 continue
             newest = max(p["ts"] for p in points.values())
-            shown = "  ".join(
-                f"{name}={_fmt(points[name]['value'])}{points[name]['unit']}"
-                for name in SHOWN
-                if name in points
-            )
-            console.print(f"{newest[11:19]}Z {DEVICE_ID}  {shown}")
-
-
-def _fmt(value: object) -> str:
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+            values = {name: points[name]["value"] for name in SHOWN if name in points}
+            shown = "  ".join(f"{s.name}={s.text}" for s in show_values(profile, values))
+            console.print(f"{newest[11:19]}Z {DEVICE_ID}  {escape(shown)}")
 
 
 def run_demo_until_done(options: DemoOptions, console: Console) -> None:

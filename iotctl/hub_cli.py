@@ -24,10 +24,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from device_profiles.display import show_values
 from iotctl.commissioning import Check, commission, parse_test_command
 from iotctl.hub_client import HubClient, HubError
+from iotctl.profiles_known import local_profile
 
 __all__ = ["app"]
 
@@ -101,9 +104,12 @@ def show(device_id: str, url: Url = DEFAULT_URL, key: Key = None) -> None:
     for name in facts:
         if device.get(name) is not None:
             out.print(f"{name:15} {device[name]}")
-    table = Table("point", "value", "unit", "read")
-    for name, point in sorted(latest["points"].items()):
-        table.add_row(name, repr(point["value"]), point["unit"], _age(point["ts"]))
+    points: dict[str, Any] = latest["points"]
+    values = {name: point["value"] for name, point in points.items()}
+    units = {name: point["unit"] for name, point in points.items()}
+    table = Table("point", "value", "read")
+    for shown in show_values(local_profile(device.get("profile")), values, units):
+        table.add_row(shown.name, escape(shown.text), _age(points[shown.name]["ts"]))
     out.print(table)
 
 

@@ -18,5 +18,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 constraints=()
 [ -f constraints.txt ] && constraints=(-c constraints.txt)
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraints[@]}" -e .
+# installed (editable) once; again only when the dependencies or entry points may have changed
+stamp=.venv/.demo-installed
+if [ ! -x .venv/bin/iotctl ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || { [ -f constraints.txt ] && [ constraints.txt -nt "$stamp" ]; }; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraints[@]}" -e .
+  touch "$stamp"
+fi
 exec .venv/bin/iotctl demo "$@"

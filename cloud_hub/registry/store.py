@@ -81,12 +81,13 @@ class Registry:
         self,
         agent_id: str,
         state: str,
-        software_version: str,
-        devices: Sequence[DeviceInfo],
+        software_version: str | None,
+        devices: Sequence[DeviceInfo] | None,
         report_interval_s: float | None = None,
     ) -> None:
-        """Record an agent's state and devices. Several hub processes may record the same
-        birth message at once: a lost insert race is retried as an update."""
+        """Record an agent's state and devices (None: not stated, left as they are). Several
+        hub processes may record the same birth message at once: a lost insert race is
+        retried as an update."""
         for attempt in range(3):
             try:
                 await self._agent_state(
@@ -101,8 +102,8 @@ class Registry:
         self,
         agent_id: str,
         state: str,
-        software_version: str,
-        devices: Sequence[DeviceInfo],
+        software_version: str | None,
+        devices: Sequence[DeviceInfo] | None,
         report_interval_s: float | None,
     ) -> None:
         now = utcnow()
@@ -115,9 +116,10 @@ class Registry:
             agent.state_changed_at = now
             if state == "online":
                 agent.last_seen = now
-                agent.software_version = software_version
+                if software_version is not None:
+                    agent.software_version = software_version
                 agent.report_interval_s = report_interval_s
-            for info in devices:
+            for info in devices or ():
                 device = await db.get(DeviceRow, info.device_id)
                 if device is None:
                     device = DeviceRow(device_id=info.device_id, created_at=now)

@@ -109,13 +109,27 @@ class DeviceInfo(BaseModel):
 
 
 class AgentState(_Message):
-    """Retained state of an agent: the birth message (online) or the Last Will (offline)."""
+    """Retained state of an agent: the birth message (online) or the Last Will (offline).
+
+    A message states only what its sender knows when it is written: the birth message states
+    the software version and the devices; the Last Will, composed at connect time and sent by
+    the broker, states neither, and an omitted field means "not stated" (an empty ``devices``
+    list would mean "this agent has no devices").
+    """
 
     agent_id: WireId
     state: Literal["online", "offline"]
-    ts: EpochMs | None = None
-    software_version: str = ""
-    devices: list[DeviceInfo] = Field(default_factory=list)
+    ts: EpochMs | None = Field(
+        default=None, description="Edge time of the message; omitted in a Last Will."
+    )
+    software_version: str | None = Field(
+        default=None, description="The agent's software version; omitted: not stated."
+    )
+    devices: list[DeviceInfo] | None = Field(
+        default=None,
+        description="The agent's devices (a birth message states them all); omitted: not "
+        "stated, and the devices the hub knows stay as they are.",
+    )
     report_interval_s: float | None = Field(
         default=None,
         gt=0,

@@ -250,21 +250,28 @@ def parse_cp(text: str) -> CpData:
             key, eq, value = pair_text.partition("=")
             if not eq:
                 raise FieldError("CP", f"{pair_text!r} is not key=value")
-            if not _CP_KEY.fullmatch(key):
-                raise FieldError("CP", f"invalid key {key!r}")
-            if not _CP_VALUE.fullmatch(value):
-                raise FieldError("CP", f"invalid value {value!r} of {key}")
+            _check_pair(key, value)
             pairs.append((key, value))
         items.append(tuple(pairs))
     return CpData(tuple(items))
 
 
+def _check_pair(key: str, value: str) -> None:
+    """FieldError naming the key or value that a frame cannot carry (frames are ASCII)."""
+    if not _CP_KEY.fullmatch(key):
+        raise FieldError("CP", f"invalid key {key!r}")
+    if not value.isascii():
+        bad = next(char for char in value if not char.isascii())
+        raise FieldError(
+            "CP", f"value {value!r} of {key} has the non-ASCII character {bad!r} (frames are ASCII)"
+        )
+    if not _CP_VALUE.fullmatch(value):
+        raise FieldError("CP", f"invalid value {value!r} of {key}")
+
+
 def _check_cp(cp: CpData) -> None:
     for key, value in cp.pairs():
-        if not _CP_KEY.fullmatch(key):
-            raise FieldError("CP", f"invalid key {key!r}")
-        if not _CP_VALUE.fullmatch(value):
-            raise FieldError("CP", f"invalid value {value!r} of {key}")
+        _check_pair(key, value)
 
 
 # -- frames -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,15 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
             "no active alarms": "PASS",
         }
         assert "telemetry shows dimming = 40" in json.dumps(document)
-        assert poles.sims[0].image.get("dimming") == 40 and poles.sims[0].image.get("lamp_on") is False
+        assert (
+            poles.sims[0].image.get("dimming") == 40 and poles.sims[0].image.get("lamp_on") is False
+        )
 
         code, text = await iotctl(url, keys["technician"], "show", device_id)
-        assert code == 0 and "dimming" in text and "40" in text
+        assert code == 0 and re.search(r"│ dimming +│ 40% +│", text), text
+        # rounded to the profile's precision, with the unit (the API has the raw number)
+        assert re.search(r"│ voltage +│ \d+\.\d V +│", text), text
+        assert re.search(r"│ lamp_on +│ false +│", text), text
 
         # refused by the hub, with its reason; exit 1
         code, text = await iotctl(

@@ -91,6 +91,15 @@ def test_encode_refuses_bad_fields() -> None:
     assert "field CN" in result.stderr
 
 
+def test_encode_refuses_non_ascii_cp_cleanly() -> None:
+    result = runner.invoke(app, ["encode", "--cn=2011", "--mn=M1", "--cp=a34004-Rtd=温度"])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "cannot encode" in result.stderr
+    assert "non-ASCII character '温'" in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_encode_standard_example() -> None:
     result = runner.invoke(
         app,

@@ -226,6 +226,19 @@ def test_cp_structure() -> None:
     assert cp.encode() == "DataTime=20160801084000;a21026-Rtd=58,a21026-Flag=N;LA-Rtd=50.1"
 
 
+def test_encode_refuses_a_non_ascii_cp_value_naming_it() -> None:
+    # frames are ASCII: encoding must refuse the value, not die in str.encode("ascii")
+    frame = Frame(cn="2011", mn="M1", cp=CpData.of({"a34004-Rtd": "温度"}))
+    for build in (encode_frame, split_frame, Frame.segment):
+        with pytest.raises(FieldError) as info:
+            build(frame)
+        assert info.value.field == "CP"
+        assert "a34004-Rtd" in info.value.why
+        assert "'温'" in info.value.why
+    with pytest.raises(FieldError, match="non-ASCII"):
+        parse_cp("a34004-Rtd=温度")
+
+
 def test_cp_duplicate_key_is_an_error() -> None:
     with pytest.raises(FieldError):
         parse_cp("a=1;a=2").as_dict()

@@ -55,6 +55,26 @@ def _batch(*readings: dict[str, object], agent_id: str = "a1") -> bytes:
     return json.dumps({"v": 1, "agent_id": agent_id, "seq": 1, "readings": list(readings)}).encode()
 
 
+async def test_a_last_will_changes_only_the_state(ingest: Ingest) -> None:
+    """The Last Will states neither version nor devices: what the hub knows of them stays."""
+    name = topic("a1", Channel.STATE)
+    birth = AgentState(
+        agent_id="a1",
+        state="online",
+        software_version="1.2.3",
+        devices=[DeviceInfo(device_id="p1", profile="smart_pole")],
+    )
+    await ingest.handle(name, encode(birth))
+    await ingest.handle(name, b'{"v": 1, "agent_id": "a1", "state": "offline"}')
+    agent = await ingest.registry.get_agent("a1")
+    assert agent is not None
+    assert (agent.state, agent.software_version) == ("offline", "1.2.3")
+    device = await ingest.registry.get_device("p1")
+    assert device is not None and device.agent_id == "a1"
+    assert ingest.profile_of("p1") is not None
+    assert await _reasons(ingest) == []
+
+
 async def test_birth_registers_devices(ingest: Ingest) -> None:
     device = await ingest.registry.get_device("p1")
     assert device is not None and device.agent_id == "a1" and device.profile == "smart_pole"

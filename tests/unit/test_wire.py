@@ -136,3 +136,21 @@ def test_random_bytes_raise_only_wire_error(payload: bytes) -> None:
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     state = decode(AgentState, b'{"v":1,"agent_id":"a","state":"online","future":42}')
     assert state.state == "online"
+
+
+def test_agent_state_states_only_what_it_knows() -> None:
+    """A Last Will states neither software version nor devices: omitted means "not
+    stated", while an empty list would say "this agent has no devices"."""
+    will = AgentState(agent_id="cabinet-1", state="offline")
+    assert json.loads(encode(will)) == {"v": 1, "agent_id": "cabinet-1", "state": "offline"}
+    decoded = decode(AgentState, encode(will))
+    assert decoded.devices is None and decoded.software_version is None
+    birth = AgentState(
+        agent_id="cabinet-1", state="online", ts=1, software_version="0.1.0", devices=[]
+    )
+    assert json.loads(encode(birth))["devices"] == []  # a birth says "no devices" when so
+    # an older agent's Last Will, with the empty fields, is still read
+    old = decode(
+        AgentState, b'{"v":1,"agent_id":"a","state":"offline","software_version":"","devices":[]}'
+    )
+    assert old.devices == []
