@@ -2,7 +2,8 @@
 
 The agent is the last line of defence (Modbus has no authentication): a command is checked
 against the device profile here again, written through the driver, read back and verified.
-Each command id runs at most once; an expired command never runs.
+Each command id runs at most once; an expired command never runs. What it read back (and,
+for a momentary write, the point confirming it) is reported as telemetry at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from device_profiles import CommandRejected, Point, PointWrite, Value
-from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus
+from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus, Reading
 from drivers import DriverError
 from edge_agent.command_journal import CommandJournal
 from edge_agent.devices import DeviceRuntime
@@ -117,22 +118,27 @@ class CommandExecutor:
             try:
                 for write in writes:
                     await device.write_value(write.point, write.value)
-                points = device.profile.points
-                verified = [w for w in writes if not points[w.point].momentary]
-                read_back = await device.read_values([w.point for w in verified])
+                read_back = await device.read_values(_read_back(device, writes))
             except DriverError as exc:
                 return "failed", f"{type(exc).__name__}: {exc}"
+            read_at = self.clock_ms()
+        # what the command did is reported now, changed or not, so every consumer of the
+        # hub's latest values sees it (not only after the device's max_silent_s)
+        reported = device.changes.report_now(read_back, read_at)
+        if reported:
+            self.outbox.put_reading(
+                Reading(device_id=device.device_id, ts=read_at, values=reported)
+            )
+        points = device.profile.points
+        verified = [w for w in writes if not points[w.point].momentary]
         mismatches = [
             f"{w.point} reads back {read_back.get(w.point)!r}, expected {w.value!r}"
             for w in verified
-            if not _matches(device.profile.points[w.point], w, read_back.get(w.point))
+            if not _matches(points[w.point], w, read_back.get(w.point))
         ]
         if mismatches:
             return "failed", "; ".join(mismatches)
-        done = ", ".join(
-            f"{w.point}={w.value}" + ("" if w in verified else " (momentary, not read back)")
-            for w in writes
-        )
+        done = ", ".join(_done(w, points[w.point], read_back) for w in writes)
         return "succeeded", f"wrote and verified {done}" if verified else f"wrote {done}"
 
     def _report(self, request: CommandRequest, status: CommandStatus, detail: str) -> None:
@@ -146,6 +152,31 @@ class CommandExecutor:
                 ts=self.clock_ms(),
             ),
         )
+
+
+def _read_back(device: DeviceRuntime, writes: list[PointWrite]) -> list[str]:
+    """The points to read after ``writes``: each written point except momentary ones (the
+    device clears those), which are represented by the point confirming them, if any."""
+    names: list[str] = []
+    for write in writes:
+        if not device.profile.points[write.point].momentary:
+            name = write.point
+        elif write.confirm is not None:
+            name = write.confirm.point
+        else:
+            continue
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _done(write: PointWrite, point: Point, read_back: dict[str, Value]) -> str:
+    if not point.momentary:
+        return f"{write.point}={write.value}"
+    if write.confirm is None:
+        return f"{write.point}={write.value} (momentary, not read back)"
+    shown = write.confirm.point
+    return f"{write.point}={write.value} (momentary; {shown} reads {read_back.get(shown)!r})"
 
 
 def _matches(point: Point, write: PointWrite, actual: Value | None) -> bool:

@@ -150,3 +150,40 @@ async def test_command_ids_stay_idempotent_across_a_restart(tmp_path: Path) -> N
     assert "interrupted by an agent restart" in results[1].detail
     assert len(driver.writes) == 1  # neither ran again
     restarted.journal.close()  # type: ignore[union-attr]
+
+
+async def test_what_a_command_read_back_is_reported_at_once_even_unchanged() -> None:
+    executor, driver, outbox = _setup()
+    device = executor.devices["pole-1"]
+    driver.set("lamp_on", True)
+    # the poller reported lamp_on True a moment ago: unchanged, it would stay silent
+    assert device.changes.select({"lamp_on": True}, NOW - 1000) == {"lamp_on": True}
+    assert device.changes.select({"lamp_on": True}, NOW - 500) == {}
+    await executor.handle(_request("lamp_on"))
+    assert [r.status for r in await _results(outbox)] == ["delivered", "succeeded"]
+    [reading] = list(outbox._readings)
+    assert (reading.device_id, reading.ts, reading.values) == ("pole-1", NOW, {"lamp_on": True})
+    # recorded as reported: the next unchanged poll stays silent again
+    assert device.changes.select({"lamp_on": True}, NOW + 500) == {}
+
+
+async def test_a_momentary_write_reads_and_reports_the_point_confirming_it() -> None:
+    profile = load_builtin_profile("barrier_gate")
+    driver = FakeDriver(profile, {"state": 2})  # already open
+    config = DeviceConfig(
+        device_id="gate-1",
+        profile="barrier_gate",
+        connection=ModbusTcpSettings(host="127.0.0.1"),
+    )
+    outbox = Outbox(agent_id="a1")
+    executor = CommandExecutor(
+        {"gate-1": DeviceRuntime(config, profile, driver)}, outbox, clock_ms=lambda: NOW
+    )
+    request = _request("open").model_copy(update={"device_id": "gate-1"})
+    await executor.handle(request)
+    final = (await _results(outbox))[-1]
+    assert final.status == "succeeded"
+    assert final.detail == "wrote command=1 (momentary; state reads 2)"
+    assert driver.reads == [("state",)]  # the command register itself is never read back
+    [reading] = list(outbox._readings)
+    assert reading.values == {"state": 2}

@@ -195,3 +195,46 @@ def test_points_carry_exactly_their_transports_location() -> None:
     data = _pole()
     del data["points"]["pm25"]["modbus"]
     assert "points.pm25: needs exactly one location" in _issues(data)
+
+
+def _gate() -> dict[str, Any]:
+    text = (ROOT / "device_profiles/profiles/barrier_gate.yaml").read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+def test_a_momentary_write_names_the_point_confirming_it() -> None:
+    gate = load_builtin_profile("barrier_gate")
+    [write] = gate.resolve_command("open", {})
+    assert write.confirm is not None
+    assert (write.confirm.point, write.confirm.values) == ("state", [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("confirm", "issue"),
+    [
+        (
+            {"point": "status", "values": [1]},
+            "commands.open.writes[0].confirm.point: unknown point 'status'",
+        ),
+        (
+            {"point": "state", "values": [1, 7]},
+            "commands.open.writes[0].confirm.values[1]: point 'state' 7 is not one of",
+        ),
+        (
+            {"point": "state", "values": [True]},
+            "commands.open.writes[0].confirm.values[0]: point 'state' expects a number",
+        ),
+        ({"point": "state", "values": []}, "commands.open.writes[0].confirm.values: List should"),
+    ],
+)
+def test_bad_confirmations_are_refused_with_their_path(confirm: dict[str, Any], issue: str) -> None:
+    data = _gate()
+    data["commands"]["open"]["writes"][0]["confirm"] = confirm
+    assert issue in _issues(data)
+
+
+def test_a_confirmation_is_only_for_momentary_points() -> None:
+    data = _pole()
+    data["commands"]["lamp_on"]["writes"][0]["confirm"] = {"point": "power", "values": [150]}
+    assert "commands.lamp_on.writes[0].confirm: only a write to a momentary point" in _issues(data)
