@@ -26,6 +26,7 @@ from device_profiles.schema import (
     Point,
     PointWrite,
     Value,
+    WriteCondition,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PointWrite",
     "ProfileError",
     "Value",
+    "WriteCondition",
     "builtin_profile_names",
     "format_location",
     "load_builtin_profile",

@@ -1,7 +1,9 @@
 """Commands of a profile: what an operator may send, and exactly which points each writes.
 
 A command lists its parameters and its writes, in order; a write sets a point to a constant
-or to a parameter (``"{level}"``). A write to a ``momentary`` point (a trigger the device
+or to a parameter (``"{level}"``), always or only ``when`` a parameter compares so (a lamp's
+``set_dimming``: level 0 switches the relay off, any other level sets the dimming and switches
+the relay on, as lighting controllers mean a level: uCIFI, TALQ). A write to a ``momentary`` point (a trigger the device
 clears by itself, so it cannot be read back) may name the point that shows the device
 accepted it (``confirm``: the gate's ``state`` after a write to its command register).
 
@@ -13,8 +15,9 @@ Everything is checked when the profile loads (:func:`check_command`, errors name
 from __future__ import annotations
 
 import math
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +34,7 @@ __all__ = [
     "Confirmation",
     "PointWrite",
     "Value",
+    "WriteCondition",
     "check_command",
     "resolve_command",
 ]
@@ -93,6 +97,45 @@ class CommandParam(_Strict):
         return value
 
 
+CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
+_COMPARE: dict[str, Callable[[Value, Value], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+class WriteCondition(_Strict):
+    """Make a write only when a parameter compares so: ``{param: level, op: ">", value: 0}``."""
+
+    param: Name
+    op: CompareOp
+    value: bool | int | float | str
+
+    def holds(self, params: Mapping[str, Value]) -> bool:
+        return _COMPARE[self.op](params[self.param], self.value)
+
+    def check(self, where: str, params: Mapping[str, CommandParam]) -> None:
+        """ValueError naming the field unless it compares a parameter with a value of its type."""
+        param = params.get(self.param)
+        if param is None:
+            raise ValueError(f"{where}.param: '{self.param}' names no parameter")
+        if param.type in ("bool", "string"):
+            fits = isinstance(self.value, bool if param.type == "bool" else str)
+            if fits and self.op not in ("==", "!="):
+                raise ValueError(f"{where}.op: a {param.type} compares with == or != only")
+        else:
+            fits = isinstance(self.value, int | float) and not isinstance(self.value, bool)
+        if not fits:
+            raise ValueError(
+                f"{where}.value: {self.value!r} cannot be compared with '{self.param}' "
+                f"(a {param.type})"
+            )
+
+
 class Confirmation(_Strict):
     """The point that shows a device accepted a momentary write, and the values that do."""
 
@@ -107,6 +150,9 @@ class CommandWrite(_Strict):
 
     point: Name
     value: bool | int | float | str
+    when: WriteCondition | None = Field(
+        default=None, description="Write only when a parameter compares so (else skip it)."
+    )
     confirm: Confirmation | None = Field(
         default=None,
         description="Momentary points only (they are not read back): the point and values "
@@ -151,6 +197,9 @@ def check_command(cname: str, command: Command, points: Mapping[str, Point]) -> 
             raise ValueError(f"{where}.point: point '{write.point}' is not writable")
         if write.confirm is not None:
             _check_confirmation(f"{where}.confirm", write, point, points)
+        if write.when is not None:
+            write.when.check(f"{where}.when", command.params)
+            referenced.add(write.when.param)
         param_name = write.param
         if param_name is None:
             try:
@@ -165,7 +214,7 @@ def check_command(cname: str, command: Command, points: Mapping[str, Point]) -> 
         _check_param_fits(f"commands.{cname}.params.{param_name}", param, write.point, point)
     unused = set(command.params) - referenced
     if unused:
-        raise ValueError(f"commands.{cname}.params: {sorted(unused)} are never written")
+        raise ValueError(f"commands.{cname}.params: {sorted(unused)} are never used")
 
 
 def _check_confirmation(
@@ -218,6 +267,8 @@ def resolve_command(
         checked[pname] = param.check(pname, params[pname])
     writes = []
     for write in command.writes:
+        if write.when is not None and not write.when.holds(checked):
+            continue
         point = points[write.point]
         ref = write.param
         value = checked[ref] if ref is not None else write.value
@@ -226,6 +277,9 @@ def resolve_command(
         except CommandRejected as exc:
             raise CommandRejected(f"command '{name}': point '{write.point}' {exc.reason}") from exc
         writes.append(PointWrite(point=write.point, value=value, confirm=write.confirm))
+    if not writes:
+        shown = ", ".join(f"{k}={v!r}" for k, v in checked.items())
+        raise CommandRejected(f"command '{name}' writes nothing when {shown}")
     return writes
 
 

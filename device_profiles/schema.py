@@ -25,6 +25,7 @@ from device_profiles.commands import (
     Confirmation,
     PointWrite,
     Value,
+    WriteCondition,
     check_command,
     num,
     resolve_command,
@@ -47,6 +48,7 @@ __all__ = [
     "Point",
     "PointWrite",
     "Value",
+    "WriteCondition",
 ]
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]

@@ -131,6 +131,7 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
             url, keys["viewer"], "lighting", "--preview", strategy_id, "--hours", "48"
         )
         assert code == 0 and text.count("set_dimming level=50") == 2  # two nights
+        assert text.count("lamp_on=True dimming=50") == 2  # the lamp state each step leaves
     # the hub cannot be asked: exit 2 with why
     code, text = await iotctl(url, keys["technician"], "devices")
     assert code == 2 and "cannot reach the hub" in text

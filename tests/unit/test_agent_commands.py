@@ -57,12 +57,23 @@ async def _results(outbox: Outbox) -> list[CommandResult]:
     return out
 
 
-async def test_set_dimming_writes_the_register_and_verifies() -> None:
+async def test_set_dimming_writes_the_level_then_the_relay_and_verifies() -> None:
     executor, driver, outbox = _setup()
     await executor.handle(_request("set_dimming", {"level": 40}))
-    assert [(w.name, w.raw) for w in driver.writes] == [("dimming", 40)]
-    statuses = [r.status for r in await _results(outbox)]
-    assert statuses == ["delivered", "succeeded"]
+    assert [(w.name, w.raw) for w in driver.writes] == [("dimming", 40), ("lamp_on", True)]
+    results = await _results(outbox)
+    assert [r.status for r in results] == ["delivered", "succeeded"]
+    assert results[-1].detail == "wrote and verified dimming=40, lamp_on=True"
+
+
+async def test_set_dimming_zero_switches_the_lamp_off_and_keeps_the_level() -> None:
+    executor, driver, outbox = _setup()
+    driver.set("lamp_on", True)
+    driver.set("dimming", 70)
+    await executor.handle(_request("set_dimming", {"level": 0}))
+    assert [(w.name, w.raw) for w in driver.writes] == [("lamp_on", False)]
+    assert driver.values["dimming"] == 70  # the next lamp_on comes back at 70 %
+    assert [r.status for r in await _results(outbox)] == ["delivered", "succeeded"]
 
 
 @pytest.mark.parametrize(
@@ -96,7 +107,7 @@ async def test_duplicate_command_id_executes_once_and_reports_again() -> None:
     executor, driver, outbox = _setup()
     await executor.handle(_request("set_dimming", {"level": 30}))
     await executor.handle(_request("set_dimming", {"level": 30}))
-    assert len(driver.writes) == 1
+    assert len(driver.writes) == 2  # one run: the level and the relay
     assert [r.status for r in await _results(outbox)] == ["delivered", "succeeded", "succeeded"]
 
 
@@ -148,7 +159,7 @@ async def test_command_ids_stay_idempotent_across_a_restart(tmp_path: Path) -> N
         ("died-mid-way", "failed"),
     ]
     assert "interrupted by an agent restart" in results[1].detail
-    assert len(driver.writes) == 1  # neither ran again
+    assert len(driver.writes) == 2  # the first run's level and relay; neither ran again
     restarted.journal.close()  # type: ignore[union-attr]
 
 
