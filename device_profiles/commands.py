@@ -143,6 +143,19 @@ class Confirmation(_Strict):
     values: list[bool | int | float | str] = Field(
         min_length=1, description="Any of these shows the write was accepted."
     )
+    within_s: float = Field(
+        default=2.0, gt=0, le=60, description="How long the device may take to show it."
+    )
+
+    def shown_by(self, value: Value | None) -> bool:
+        """True when ``value`` (of :attr:`point`) is one of :attr:`values`."""
+        return any(_same(value, wanted) for wanted in self.values)
+
+
+def _same(got: object, wanted: Value) -> bool:
+    if isinstance(got, bool) or isinstance(wanted, bool):  # True is not 1 here
+        return isinstance(got, bool) and isinstance(wanted, bool) and got == wanted
+    return got == wanted
 
 
 class CommandWrite(_Strict):

@@ -2,12 +2,15 @@
 
 The agent is the last line of defence (Modbus has no authentication): a command is checked
 against the device profile here again, written through the driver, read back and verified.
-Each command id runs at most once; an expired command never runs. What it read back (and,
-for a momentary write, the point confirming it) is reported as telemetry at once.
+A momentary write (a trigger the device clears, so it cannot be read back) is verified by the
+point its profile names in ``confirm`` (a gate's ``state``), read again until it shows one of
+the expected values or ``within_s`` passed. Each command id runs at most once; an expired
+command never runs. What a command read back is reported as telemetry at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -27,6 +30,8 @@ __all__ = ["CommandExecutor"]
 log = structlog.get_logger(__name__)
 
 _REMEMBERED = 10_000
+#: how often a point confirming a momentary write is read again until it shows the effect
+_CONFIRM_POLL_S = 0.1
 
 
 def _now_ms() -> int:
@@ -119,6 +124,7 @@ class CommandExecutor:
                 for write in writes:
                     await device.write_value(write.point, write.value)
                 read_back = await device.read_values(_read_back(device, writes))
+                await _await_confirmations(device, writes, read_back)
             except DriverError as exc:
                 return "failed", f"{type(exc).__name__}: {exc}"
             read_at = self.clock_ms()
@@ -136,10 +142,18 @@ class CommandExecutor:
             for w in verified
             if not _matches(points[w.point], w, read_back.get(w.point))
         ]
+        mismatches += [
+            f"{w.point}={w.value} not confirmed: {w.confirm.point} reads "
+            f"{read_back.get(w.confirm.point)!r} after {w.confirm.within_s:g} s, expected "
+            + " or ".join(map(repr, w.confirm.values))
+            for w in writes
+            if w.confirm is not None and not w.confirm.shown_by(read_back.get(w.confirm.point))
+        ]
         if mismatches:
             return "failed", "; ".join(mismatches)
         done = ", ".join(_done(w, points[w.point], read_back) for w in writes)
-        return "succeeded", f"wrote and verified {done}" if verified else f"wrote {done}"
+        checked = verified or any(w.confirm is not None for w in writes)
+        return "succeeded", f"wrote and verified {done}" if checked else f"wrote {done}"
 
     def _report(self, request: CommandRequest, status: CommandStatus, detail: str) -> None:
         self.outbox.put_control(
@@ -170,13 +184,31 @@ def _read_back(device: DeviceRuntime, writes: list[PointWrite]) -> list[str]:
     return names
 
 
+async def _await_confirmations(
+    device: DeviceRuntime, writes: list[PointWrite], read_back: dict[str, Value]
+) -> None:
+    """Read the points confirming momentary writes again (into ``read_back``) until each
+    shows an expected value or its ``within_s`` passed: a device takes a moment to act."""
+    pending = [w.confirm for w in writes if w.confirm is not None]
+    if not pending:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(c.within_s for c in pending)
+    while True:
+        unseen = [c for c in pending if not c.shown_by(read_back.get(c.point))]
+        if not unseen or loop.time() >= deadline:
+            return
+        await asyncio.sleep(_CONFIRM_POLL_S)  # a Modbus device has no event to wait on
+        read_back.update(await device.read_values(list(dict.fromkeys(c.point for c in unseen))))
+
+
 def _done(write: PointWrite, point: Point, read_back: dict[str, Value]) -> str:
     if not point.momentary:
         return f"{write.point}={write.value}"
     if write.confirm is None:
         return f"{write.point}={write.value} (momentary, not read back)"
     shown = write.confirm.point
-    return f"{write.point}={write.value} (momentary; {shown} reads {read_back.get(shown)!r})"
+    return f"{write.point}={write.value} (momentary, confirmed by {shown}={read_back.get(shown)!r})"
 
 
 def _matches(point: Point, write: PointWrite, actual: Value | None) -> bool:

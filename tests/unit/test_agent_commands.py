@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from device_profiles import load_builtin_profile
+from device_profiles import Value, load_builtin_profile, parse_profile
 from device_profiles.wire import CommandRequest, CommandResult
 from drivers import DriverTimeout, ModbusTcpSettings
 from drivers.fake import FakeDriver
@@ -194,7 +197,66 @@ async def test_a_momentary_write_reads_and_reports_the_point_confirming_it() -> 
     await executor.handle(request)
     final = (await _results(outbox))[-1]
     assert final.status == "succeeded"
-    assert final.detail == "wrote command=1 (momentary; state reads 2)"
+    assert final.detail == "wrote and verified command=1 (momentary, confirmed by state=2)"
     assert driver.reads == [("state",)]  # the command register itself is never read back
     [reading] = list(outbox._readings)
     assert reading.values == {"state": 2}
+
+
+async def test_a_momentary_write_the_device_does_not_act_on_fails_with_why() -> None:
+    """Closing is refused while a vehicle is on the loop: the state stays open (2)."""
+    data = _gate_document()
+    data["commands"]["close"]["writes"][0]["confirm"]["within_s"] = 0.3
+    profile = parse_profile(data, "barrier_gate.yaml")
+    driver = FakeDriver(profile, {"state": 2})
+    config = DeviceConfig(
+        device_id="gate-1",
+        profile="barrier_gate",
+        connection=ModbusTcpSettings(host="127.0.0.1"),
+    )
+    outbox = Outbox(agent_id="a1")
+    executor = CommandExecutor(
+        {"gate-1": DeviceRuntime(config, profile, driver)}, outbox, clock_ms=lambda: NOW
+    )
+    await executor.handle(_request("close").model_copy(update={"device_id": "gate-1"}))
+    final = (await _results(outbox))[-1]
+    assert final.status == "failed"
+    assert final.detail == "command=2 not confirmed: state reads 2 after 0.3 s, expected 3 or 0"
+    assert len(driver.reads) > 1  # read again until within_s passed
+
+
+async def test_a_device_that_takes_a_moment_to_act_is_confirmed_when_it_does() -> None:
+    profile = load_builtin_profile("barrier_gate")
+    driver = FakeDriver(profile, {"state": 0})
+    config = DeviceConfig(
+        device_id="gate-1",
+        profile="barrier_gate",
+        connection=ModbusTcpSettings(host="127.0.0.1"),
+    )
+    outbox = Outbox(agent_id="a1")
+    executor = CommandExecutor(
+        {"gate-1": DeviceRuntime(config, profile, driver)}, outbox, clock_ms=lambda: NOW
+    )
+    reads = 0
+    read = driver.read
+
+    async def slow_controller(names: Sequence[str]) -> dict[str, Value]:
+        nonlocal reads
+        reads += 1
+        if reads == 3:  # the controller starts the boom only a little after the write
+            driver.set("state", 1)
+        return await read(names)
+
+    driver.read = slow_controller  # type: ignore[method-assign]
+    await executor.handle(_request("open").model_copy(update={"device_id": "gate-1"}))
+    final = (await _results(outbox))[-1]
+    assert final.status == "succeeded", final.detail
+    assert final.detail == "wrote and verified command=1 (momentary, confirmed by state=1)"
+    [reading] = list(outbox._readings)
+    assert reading.values == {"state": 1}
+
+
+def _gate_document() -> dict[str, Any]:
+    text = (Path(__file__).parents[2] / "device_profiles/profiles/barrier_gate.yaml").read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
