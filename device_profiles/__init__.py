@@ -18,6 +18,7 @@ from device_profiles.schema import (
     Command,
     CommandParam,
     CommandWrite,
+    Confirmation,
     DataType,
     DeviceProfile,
     ModbusLocation,
@@ -25,6 +26,7 @@ from device_profiles.schema import (
     Point,
     PointWrite,
     Value,
+    WriteCondition,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "CommandParam",
     "CommandRejected",
     "CommandWrite",
+    "Confirmation",
     "DataType",
     "DeviceProfile",
     "ModbusLocation",
@@ -41,6 +44,7 @@ __all__ = [
     "PointWrite",
     "ProfileError",
     "Value",
+    "WriteCondition",
     "builtin_profile_names",
     "format_location",
     "load_builtin_profile",

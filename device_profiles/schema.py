@@ -13,11 +13,23 @@ by the edge agent and the simulators alike (drivers only move raw values).
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from device_profiles.commands import (
+    NAME_PATTERN,
+    Command,
+    CommandParam,
+    CommandWrite,
+    Confirmation,
+    PointWrite,
+    Value,
+    WriteCondition,
+    check_command,
+    num,
+    resolve_command,
+)
 from device_profiles.errors import CommandRejected
 
 __all__ = [
@@ -27,6 +39,7 @@ __all__ = [
     "Command",
     "CommandParam",
     "CommandWrite",
+    "Confirmation",
     "DataType",
     "DeviceProfile",
     "Hj212Location",
@@ -35,9 +48,9 @@ __all__ = [
     "Point",
     "PointWrite",
     "Value",
+    "WriteCondition",
 ]
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 DataType = Literal[
@@ -69,10 +82,6 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 }
 _BIT_TABLES = ("coil", "discrete_input")
 _WRITABLE_TABLES = ("coil", "holding_register")
-
-#: An engineering value as carried in telemetry and commands.
-Value = bool | int | float | str
-_PARAM_REF = re.compile(r"^\{([a-z][a-z0-9_]*)\}$")
 
 
 class _Strict(BaseModel):
@@ -293,9 +302,9 @@ class Point(_Strict):
         if not math.isfinite(value):
             raise CommandRejected(f"expects a finite number, got {value!r}")
         if self.min is not None and value < self.min:
-            raise CommandRejected(f"{value} is below the minimum {_num(self.min)}{self.unit}")
+            raise CommandRejected(f"{value} is below the minimum {num(self.min)}{self.unit}")
         if self.max is not None and value > self.max:
-            raise CommandRejected(f"{value} is above the maximum {_num(self.max)}{self.unit}")
+            raise CommandRejected(f"{value} is above the maximum {num(self.max)}{self.unit}")
         if self.enum is not None and value not in self.enum:
             allowed = ", ".join(f"{k} ({v})" for k, v in sorted(self.enum.items()))
             raise CommandRejected(f"{value} is not one of {allowed}")
@@ -315,81 +324,6 @@ class Point(_Strict):
         if self.type in _INT_RANGES:
             return round(raw)
         return raw
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-class CommandParam(_Strict):
-    """A parameter an operator supplies with a command."""
-
-    type: Literal["int", "float", "bool", "string"]
-    description: str = ""
-    unit: str = ""
-    min: float | None = None
-    max: float | None = None
-    choices: list[int | float | str] | None = None
-
-    def check(self, name: str, value: object) -> Value:
-        if self.type == "bool":
-            ok = isinstance(value, bool)
-        elif self.type == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif self.type == "float":
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            article = "an" if self.type == "int" else "a"
-            raise CommandRejected(
-                f"parameter '{name}' must be {article} {self.type}, got {value!r}"
-            )
-        assert isinstance(value, bool | int | float | str)  # narrowed by the checks above
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise CommandRejected(f"parameter '{name}' must be finite, got {value!r}")
-            if self.min is not None and value < self.min:
-                raise CommandRejected(
-                    f"parameter '{name}' = {value} is below the minimum {_num(self.min)}{self.unit}"
-                )
-            if self.max is not None and value > self.max:
-                raise CommandRejected(
-                    f"parameter '{name}' = {value} is above the maximum {_num(self.max)}{self.unit}"
-                )
-        if self.choices is not None and value not in self.choices:
-            raise CommandRejected(f"parameter '{name}' = {value!r} is not one of {self.choices}")
-        return value
-
-
-class CommandWrite(_Strict):
-    """One point a command writes: a constant, or a parameter written as ``"{name}"``."""
-
-    point: Name
-    value: bool | int | float | str
-
-    @property
-    def param(self) -> str | None:
-        if isinstance(self.value, str):
-            match = _PARAM_REF.match(self.value)
-            if match:
-                return match.group(1)
-        return None
-
-
-class Command(_Strict):
-    """An operation an operator may request, mapped onto point writes."""
-
-    description: str = ""
-    params: dict[Name, CommandParam] = Field(default_factory=dict)
-    writes: list[CommandWrite] = Field(min_length=1)
-
-
-class PointWrite(_Strict):
-    """A validated write of an engineering value to a point."""
-
-    point: str
-    value: Value
 
 
 class AlarmRule(_Strict):
@@ -431,7 +365,7 @@ class DeviceProfile(_Strict):
         if self.transport == "modbus":
             self._check_overlaps()
         for cname, command in self.commands.items():
-            self._check_command(cname, command)
+            check_command(cname, command, self.points)
         for aname, rule in self.alarms.items():
             point = self.points.get(rule.point)
             if point is None:
@@ -457,31 +391,6 @@ class DeviceProfile(_Strict):
                         )
                 used.setdefault((loc.table, reg), []).append((pname, loc.bit))
 
-    def _check_command(self, cname: str, command: Command) -> None:
-        referenced: set[str] = set()
-        for index, write in enumerate(command.writes):
-            point = self.points.get(write.point)
-            where = f"commands.{cname}.writes[{index}]"
-            if point is None:
-                raise ValueError(f"{where}.point: unknown point '{write.point}'")
-            if not point.writable:
-                raise ValueError(f"{where}.point: point '{write.point}' is not writable")
-            param_name = write.param
-            if param_name is None:
-                try:
-                    point.check_value(write.value)
-                except CommandRejected as exc:
-                    raise ValueError(f"{where}.value: {exc.reason}") from exc
-                continue
-            param = command.params.get(param_name)
-            if param is None:
-                raise ValueError(f"{where}.value: '{write.value}' names no parameter")
-            referenced.add(param_name)
-            _check_param_fits(f"commands.{cname}.params.{param_name}", param, write.point, point)
-        unused = set(command.params) - referenced
-        if unused:
-            raise ValueError(f"commands.{cname}.params: {sorted(unused)} are never written")
-
     # -- use --------------------------------------------------------------------------------
 
     def resolve_command(self, name: str, params: dict[str, object]) -> list[PointWrite]:
@@ -491,54 +400,8 @@ class DeviceProfile(_Strict):
         Modbus has no authentication): unknown commands, missing, unknown or mistyped
         parameters and out-of-range values are all refused.
         """
-        command = self.commands.get(name)
-        if command is None:
-            known = ", ".join(sorted(self.commands)) or "none"
-            raise CommandRejected(
-                f"unknown command '{name}' for profile '{self.name}' (known: {known})"
-            )
-        unknown = sorted(set(params) - set(command.params))
-        if unknown:
-            raise CommandRejected(
-                f"command '{name}' takes no parameter {', '.join(map(repr, unknown))}"
-            )
-        checked: dict[str, Value] = {}
-        for pname, param in command.params.items():
-            if pname not in params:
-                raise CommandRejected(f"command '{name}' needs parameter '{pname}'")
-            checked[pname] = param.check(pname, params[pname])
-        writes = []
-        for write in command.writes:
-            point = self.points[write.point]
-            ref = write.param
-            value = checked[ref] if ref is not None else write.value
-            try:
-                value = point.check_value(value)
-            except CommandRejected as exc:
-                raise CommandRejected(
-                    f"command '{name}': point '{write.point}' {exc.reason}"
-                ) from exc
-            writes.append(PointWrite(point=write.point, value=value))
-        return writes
+        return resolve_command(self.name, self.commands, self.points, name, params)
 
     def poll_interval(self, point_name: str) -> float:
         interval = self.points[point_name].poll_interval_s
         return interval if interval is not None else self.default_poll_interval_s
-
-
-def _check_param_fits(where: str, param: CommandParam, point_name: str, point: Point) -> None:
-    kinds = {"bool": ("bool",), "string": ("string",)}
-    expected = kinds.get(point.type, ("int", "float"))
-    if param.type not in expected:
-        raise ValueError(
-            f"{where}: a {param.type} cannot be written to '{point_name}' ({point.type})"
-        )
-    if point.is_numeric:
-        if point.min is not None and (param.min is None or param.min < point.min):
-            raise ValueError(
-                f"{where}: must declare min >= {_num(point.min)} (the minimum of point '{point_name}')"
-            )
-        if point.max is not None and (param.max is None or param.max > point.max):
-            raise ValueError(
-                f"{where}: must declare max <= {_num(point.max)} (the maximum of point '{point_name}')"
-            )

@@ -2,11 +2,15 @@
 
 The agent is the last line of defence (Modbus has no authentication): a command is checked
 against the device profile here again, written through the driver, read back and verified.
-Each command id runs at most once; an expired command never runs.
+A momentary write (a trigger the device clears, so it cannot be read back) is verified by the
+point its profile names in ``confirm`` (a gate's ``state``), read again until it shows one of
+the expected values or ``within_s`` passed. Each command id runs at most once; an expired
+command never runs. What a command read back is reported as telemetry at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -15,7 +19,7 @@ from collections.abc import Callable
 import structlog
 
 from device_profiles import CommandRejected, Point, PointWrite, Value
-from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus
+from device_profiles.wire import Channel, CommandRequest, CommandResult, CommandStatus, Reading
 from drivers import DriverError
 from edge_agent.command_journal import CommandJournal
 from edge_agent.devices import DeviceRuntime
@@ -26,6 +30,8 @@ __all__ = ["CommandExecutor"]
 log = structlog.get_logger(__name__)
 
 _REMEMBERED = 10_000
+#: how often a point confirming a momentary write is read again until it shows the effect
+_CONFIRM_POLL_S = 0.1
 
 
 def _now_ms() -> int:
@@ -117,23 +123,37 @@ class CommandExecutor:
             try:
                 for write in writes:
                     await device.write_value(write.point, write.value)
-                points = device.profile.points
-                verified = [w for w in writes if not points[w.point].momentary]
-                read_back = await device.read_values([w.point for w in verified])
+                read_back = await device.read_values(_read_back(device, writes))
+                await _await_confirmations(device, writes, read_back)
             except DriverError as exc:
                 return "failed", f"{type(exc).__name__}: {exc}"
+            read_at = self.clock_ms()
+        # what the command did is reported now, changed or not, so every consumer of the
+        # hub's latest values sees it (not only after the device's max_silent_s)
+        reported = device.changes.report_now(read_back, read_at)
+        if reported:
+            self.outbox.put_reading(
+                Reading(device_id=device.device_id, ts=read_at, values=reported)
+            )
+        points = device.profile.points
+        verified = [w for w in writes if not points[w.point].momentary]
         mismatches = [
             f"{w.point} reads back {read_back.get(w.point)!r}, expected {w.value!r}"
             for w in verified
-            if not _matches(device.profile.points[w.point], w, read_back.get(w.point))
+            if not _matches(points[w.point], w, read_back.get(w.point))
+        ]
+        mismatches += [
+            f"{w.point}={w.value} not confirmed: {w.confirm.point} reads "
+            f"{read_back.get(w.confirm.point)!r} after {w.confirm.within_s:g} s, expected "
+            + " or ".join(map(repr, w.confirm.values))
+            for w in writes
+            if w.confirm is not None and not w.confirm.shown_by(read_back.get(w.confirm.point))
         ]
         if mismatches:
             return "failed", "; ".join(mismatches)
-        done = ", ".join(
-            f"{w.point}={w.value}" + ("" if w in verified else " (momentary, not read back)")
-            for w in writes
-        )
-        return "succeeded", f"wrote and verified {done}" if verified else f"wrote {done}"
+        done = ", ".join(_done(w, points[w.point], read_back) for w in writes)
+        checked = verified or any(w.confirm is not None for w in writes)
+        return "succeeded", f"wrote and verified {done}" if checked else f"wrote {done}"
 
     def _report(self, request: CommandRequest, status: CommandStatus, detail: str) -> None:
         self.outbox.put_control(
@@ -146,6 +166,49 @@ class CommandExecutor:
                 ts=self.clock_ms(),
             ),
         )
+
+
+def _read_back(device: DeviceRuntime, writes: list[PointWrite]) -> list[str]:
+    """The points to read after ``writes``: each written point except momentary ones (the
+    device clears those), which are represented by the point confirming them, if any."""
+    names: list[str] = []
+    for write in writes:
+        if not device.profile.points[write.point].momentary:
+            name = write.point
+        elif write.confirm is not None:
+            name = write.confirm.point
+        else:
+            continue
+        if name not in names:
+            names.append(name)
+    return names
+
+
+async def _await_confirmations(
+    device: DeviceRuntime, writes: list[PointWrite], read_back: dict[str, Value]
+) -> None:
+    """Read the points confirming momentary writes again (into ``read_back``) until each
+    shows an expected value or its ``within_s`` passed: a device takes a moment to act."""
+    pending = [w.confirm for w in writes if w.confirm is not None]
+    if not pending:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(c.within_s for c in pending)
+    while True:
+        unseen = [c for c in pending if not c.shown_by(read_back.get(c.point))]
+        if not unseen or loop.time() >= deadline:
+            return
+        await asyncio.sleep(_CONFIRM_POLL_S)  # a Modbus device has no event to wait on
+        read_back.update(await device.read_values(list(dict.fromkeys(c.point for c in unseen))))
+
+
+def _done(write: PointWrite, point: Point, read_back: dict[str, Value]) -> str:
+    if not point.momentary:
+        return f"{write.point}={write.value}"
+    if write.confirm is None:
+        return f"{write.point}={write.value} (momentary, not read back)"
+    shown = write.confirm.point
+    return f"{write.point}={write.value} (momentary, confirmed by {shown}={read_back.get(shown)!r})"
 
 
 def _matches(point: Point, write: PointWrite, actual: Value | None) -> bool:

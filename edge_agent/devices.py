@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from device_profiles import DeviceProfile, Value, resolve_profile
 from device_profiles.wire import DeviceInfo
 from drivers import Driver, open_driver
+from edge_agent.reporting import ChangeFilter
 from edge_agent.settings import DeviceConfig
 
 __all__ = ["DeviceRuntime"]
@@ -23,6 +24,13 @@ class DeviceRuntime:
     command_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: monotonic times of the commands executed in the last minute (the rate limit)
     recent_commands: deque[float] = field(default_factory=deque)
+    #: what was last reported of each point (shared by the poller and the command executor)
+    changes: ChangeFilter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.changes = ChangeFilter(
+            self.profile, self.config.max_silent_s, enabled=self.config.report_on_change
+        )
 
     def allow_command(self, now: float) -> bool:
         """Count a command against the device's per-minute limit; False when over it."""

@@ -19,7 +19,6 @@ from device_profiles.wire import Channel, DeviceEvent, Reading
 from drivers import DriverError
 from edge_agent.devices import DeviceRuntime
 from edge_agent.outbox import OutboxLike
-from edge_agent.reporting import ChangeFilter
 
 __all__ = ["DevicePoller"]
 
@@ -47,9 +46,7 @@ class DevicePoller:
         self.non_finite: set[str] = set()
         self.non_finite_values = 0
         profile = device.profile
-        self.changes = ChangeFilter(
-            profile, device.config.max_silent_s, enabled=device.config.report_on_change
-        )
+        self.changes = device.changes
         override = device.config.poll_interval_s
         self.intervals = {
             name: override if override is not None else profile.poll_interval(name)

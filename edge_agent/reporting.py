@@ -3,6 +3,10 @@ been silent for ``max_silent_s``, whichever comes first.
 
 Deadbands come from the profile (``deadband`` of a point, in engineering units); a point
 without one is reported on any change. Booleans and strings are reported on any change.
+
+Values read right after a command (what it wrote, read back) are reported at once whether
+they changed or not (:meth:`ChangeFilter.report_now`): the hub's latest view then shows the
+command's effect for every consumer, not only after ``max_silent_s``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ class ChangeFilter:
             else:
                 self.suppressed += 1
         return out
+
+    def report_now(self, values: dict[str, Value], ts_ms: int) -> dict[str, Value]:
+        """All of ``values``, recorded as reported at ``ts_ms`` (read back after a command)."""
+        for name, value in values.items():
+            self._last[name] = (value, ts_ms)
+        return dict(values)
 
     def _changed(self, name: str, old: Value, new: Value) -> bool:
         point = self.profile.points[name]

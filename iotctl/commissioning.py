@@ -7,7 +7,10 @@ mounting and wiring a pole controller, meter or sensor, before leaving the site.
    exception sends unchanged values only now and then), or one arrives within the timeout;
 4. each test command (``set_dimming level=40``…) succeeds — the agent verified it by reading
    the device back — and the telemetry the hub then receives shows the written values (when
-   the profile is known here);
+   the profile is known here; the agent reports what it read back at once). A momentary
+   point (a trigger the device clears, e.g. a gate's command register) is not kept by the
+   device: the point its write names in ``confirm`` (the gate's ``state``) must show one of
+   the values given there; without one, the agent's result is all there is to check;
 5. no alarm of the device is active (a warning, not a failure: a tilt alarm may be why the
    technician is there).
 
@@ -24,7 +27,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from device_profiles import CommandRejected, DeviceProfile, ProfileError, resolve_profile
+from device_profiles import (
+    CommandRejected,
+    DeviceProfile,
+    PointWrite,
+    ProfileError,
+    Value,
+    resolve_profile,
+)
 from iotctl.hub_client import HubClient, HubError
 
 __all__ = ["Check", "Report", "TestCommand", "commission", "parse_test_command"]
@@ -199,21 +209,71 @@ def _run_test(
         record(name, "PASS", "succeeded (read back by the agent; profile not known here)")
         return
     try:
-        expected = {w.point: w.value for w in profile.resolve_command(test.name, test.params)}
+        writes = profile.resolve_command(test.name, test.params)
     except CommandRejected as exc:  # the hub took it: the local profile is another version
         record(name, "PASS", f"succeeded; not compared with telemetry ({exc.reason})")
+        return
+    expected = _expected(profile, writes)
+    unseen = [
+        f"{w.point}={w.value!r}"
+        for w in writes
+        if profile.points[w.point].momentary and w.confirm is None
+    ]
+    momentary = (
+        f" ({', '.join(unseen)}: momentary, written by the agent; the profile names no point "
+        "that shows it)"
+        if unseen
+        else ""
+    )
+    if not expected:
+        record(name, "PASS", f"succeeded{momentary}")
         return
 
     def reported() -> str | None:
         points = hub.latest(device_id)["points"]
-        for point, value in expected.items():
+        for point, allowed in expected.items():
             got = points.get(point)
-            if got is None or _ts(got["ts"]) < sent_at or got["value"] != value:
+            if got is None or _ts(got["ts"]) < sent_at:
                 return None
-        return ", ".join(f"{p} = {v!r}" for p, v in expected.items())
+            if not any(_same(got["value"], value) for value in allowed):
+                return None
+        return ", ".join(_shown(profile, p, points[p]["value"]) for p in expected)
 
     shown = _wait(reported, timeout_s)
     if shown is None:
-        record(name, "FAIL", f"succeeded, but the hub's telemetry does not show {expected}")
+        wanted = ", ".join(
+            f"{p} = {' or '.join(_label(profile, p, v) for v in allowed)}"
+            for p, allowed in expected.items()
+        )
+        record(name, "FAIL", f"succeeded, but the hub's telemetry does not show {wanted}")
     else:
-        record(name, "PASS", f"succeeded; telemetry shows {shown}")
+        record(name, "PASS", f"succeeded; telemetry shows {shown}{momentary}")
+
+
+def _expected(profile: DeviceProfile, writes: Sequence[PointWrite]) -> dict[str, list[Value]]:
+    """Point -> the values the hub's telemetry should then show: a written point its value;
+    a momentary one (the device clears it) the values of the point confirming it, if any."""
+    expected: dict[str, list[Value]] = {}
+    for write in writes:
+        if not profile.points[write.point].momentary:
+            expected[write.point] = [write.value]
+        elif write.confirm is not None:
+            expected[write.confirm.point] = list(write.confirm.values)
+    return expected
+
+
+def _same(got: object, want: Value) -> bool:
+    if isinstance(got, bool) or isinstance(want, bool):
+        return isinstance(got, bool) and isinstance(want, bool) and got == want
+    return got == want
+
+
+def _shown(profile: DeviceProfile, point: str, value: object) -> str:
+    return f"{point} = {_label(profile, point, value)}"
+
+
+def _label(profile: DeviceProfile, point: str, value: object) -> str:
+    """``1 (opening)`` for a point with enum labels, ``40`` otherwise."""
+    labels = profile.points[point].enum or {}
+    label = labels.get(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    return f"{value!r}" + (f" ({label})" if label else "")

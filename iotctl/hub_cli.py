@@ -249,10 +249,16 @@ def lighting(
         except HubError as exc:
             _fail(exc)
     if preview is not None:
-        table = Table("local time", "UTC", "step", "command")
+        table = Table("local time", "UTC", "step", "command", "then")
         for f in plan["firings"]:
             params = " ".join(f"{k}={v}" for k, v in f["params"].items())
-            table.add_row(f["at_local"], f["at_utc"], f["at"], f"{f['command']} {params}".strip())
+            table.add_row(
+                f["at_local"],
+                f["at_utc"],
+                f["at"],
+                f"{f['command']} {params}".strip(),
+                _state(f.get("state", {})),
+            )
         out.print(table)
         for s in plan["skipped"]:
             out.print(f"skipped: step {s['step']} on {s['date']}: {s['reason']}")
@@ -265,3 +271,21 @@ def lighting(
             r["strategy_id"], r["name"], str(r["enabled"]), json.dumps(r["selector"]), nxt
         )
     out.print(table)
+
+
+def _state(state: dict[str, dict[str, Any]]) -> str:
+    """``lamp_on=True dimming=100`` (each profile's, named when there are several)."""
+    shown = {
+        profile: " ".join(
+            f"{point}={value}" for point, value in sorted(points.items(), key=_lamp_first)
+        )
+        for profile, points in state.items()
+        if points
+    }
+    if len(shown) == 1:
+        return next(iter(shown.values()))
+    return "; ".join(f"{profile}: {text}" for profile, text in shown.items())
+
+
+def _lamp_first(item: tuple[str, Any]) -> tuple[bool, str]:
+    return (not isinstance(item[1], bool), item[0])

@@ -25,12 +25,15 @@ from cloud_hub.lighting import (
     LightingFiringRow,
     LightingStrategyRow,
     NothingInEffect,
+    PointState,
     StepSpec,
     StrategySpec,
     firings_between,
     next_firing,
     spec_of,
+    states_after,
 )
+from cloud_hub.lighting.schedule import DEFAULT_REACH
 from cloud_hub.registry import utcnow
 
 __all__ = ["router"]
@@ -58,6 +61,7 @@ _FIRING_EXAMPLE: dict[str, JsonValue] = {
     "at_local": "2026-12-01T17:10:00+08:00",
     "command": "set_dimming",
     "params": {"level": 100},
+    "state": {"smart_pole": {"dimming": 100, "lamp_on": True}},
 }
 
 
@@ -72,6 +76,13 @@ class PlannedFiring(BaseModel):
     at_local: datetime = Field(description="The same instant in the strategy's time zone.")
     command: str
     params: dict[str, Any]
+    state: dict[str, dict[str, bool | int | float | str]] = Field(
+        default_factory=dict,
+        description="In a preview: per profile of the selected devices, the points the "
+        "strategy writes as this step leaves them (smart_pole: lamp_on and dimming; "
+        "set_dimming 0 and lamp_off switch off and keep the level). Earlier steps of the last "
+        "8 days count; a point no step wrote is absent.",
+    )
 
 
 class SkippedDay(BaseModel):
@@ -176,7 +187,7 @@ class Applied(BaseModel):
     firing: FiringOut
 
 
-def _planned(spec: StrategySpec, firing: Firing) -> PlannedFiring:
+def _planned(spec: StrategySpec, firing: Firing, state: PointState | None = None) -> PlannedFiring:
     return PlannedFiring(
         step=firing.step,
         at=spec.steps[firing.step].at,
@@ -184,6 +195,7 @@ def _planned(spec: StrategySpec, firing: Firing) -> PlannedFiring:
         at_local=firing.local,
         command=firing.command,
         params=firing.params,
+        state=state or {},
     )
 
 
@@ -291,18 +303,22 @@ async def preview_strategy(
     hours: Annotated[int, Query(ge=1, le=168, description="How far ahead.")] = 48,
 ) -> Preview:
     """The steps that will happen in the next ``hours`` (also for a disabled strategy), with
-    their UTC and local times; sun steps skipped on dates without that sun event."""
+    their UTC and local times and the lamp state each leaves (``state``: lamp_on and dimming
+    of a smart pole); sun steps skipped on dates without that sun event."""
     row = await _strategy(hub, caller, strategy_id)
     spec = spec_of(row)
     start = utcnow()
     end = start + timedelta(hours=hours)
     schedule = firings_between(spec, start, end)
+    earlier = firings_between(spec, start - DEFAULT_REACH, start).firings
+    profiles = await hub.lighting.profiles(spec.selector)
+    states = states_after(profiles, schedule.firings, earlier)
     return Preview(
         strategy_id=strategy_id,
         timezone=spec.timezone,
         start=start,
         end=end,
-        firings=[_planned(spec, f) for f in schedule.firings],
+        firings=[_planned(spec, f, s) for f, s in zip(schedule.firings, states, strict=True)],
         skipped=[SkippedDay(step=s.step, date=s.day, reason=s.reason) for s in schedule.skipped],
     )
 

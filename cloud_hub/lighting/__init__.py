@@ -2,7 +2,8 @@
 
 A strategy (:mod:`~cloud_hub.lighting.spec`) selects devices as group commands do and lists
 steps at local clock times or relative to sunrise/sunset (:mod:`~cloud_hub.lighting.sun`);
-:mod:`~cloud_hub.lighting.schedule` computes their instants (pure functions);
+:mod:`~cloud_hub.lighting.schedule` computes their instants and
+:mod:`~cloud_hub.lighting.effect` the lamp state each leaves (pure functions);
 :mod:`~cloud_hub.lighting.scheduler` is the leader duty that sends them, each at most once
 (:mod:`~cloud_hub.lighting.models`, :mod:`~cloud_hub.lighting.store`);
 :mod:`~cloud_hub.lighting.service` is what the API calls.
@@ -16,6 +17,7 @@ Errors::
     └── NoSunEvent                      no sunrise/sunset that day (the step is skipped)
 """
 
+from cloud_hub.lighting.effect import PointState, states_after
 from cloud_hub.lighting.models import FIRING_OUTCOMES, LightingFiringRow, LightingStrategyRow
 from cloud_hub.lighting.schedule import (
     Firing,
@@ -44,6 +46,7 @@ __all__ = [
     "LightingStrategyRow",
     "NoSunEvent",
     "NothingInEffect",
+    "PointState",
     "Schedule",
     "Skipped",
     "StepSpec",
@@ -54,5 +57,6 @@ __all__ = [
     "next_firing",
     "parse_at",
     "spec_of",
+    "states_after",
     "sun_event",
 ]

@@ -1,5 +1,6 @@
 """What the API does with strategies: check them against the devices' profiles, store them
-(waking the scheduler), preview them and apply the step in effect now."""
+(waking the scheduler), preview them (with the lamp state each step leaves,
+:mod:`~cloud_hub.lighting.effect`) and apply the step in effect now."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from cloud_hub.lighting.models import LightingFiringRow, LightingStrategyRow
 from cloud_hub.lighting.schedule import Firing, in_effect
 from cloud_hub.lighting.scheduler import GroupCommands, LightingScheduler, send_claimed
 from cloud_hub.lighting.settings import LightingSettings
-from cloud_hub.lighting.spec import StrategySpec
+from cloud_hub.lighting.spec import StrategySelector, StrategySpec
 from cloud_hub.lighting.store import Claim, LightingStore, spec_of
 from cloud_hub.registry import Registry, utcnow
 from device_profiles import CommandRejected, DeviceProfile
@@ -39,15 +40,20 @@ class Lighting:
         self.scheduler = LightingScheduler(self.store, commands, settings)
         self._profile_of = profile_of
 
-    async def check(self, spec: StrategySpec) -> None:
-        """CommandRejected unless every step's command and params are accepted by the profile
-        of at least one device the selector picks now."""
-        devices = await self.registry.select_devices(**spec.selector.model_dump(exclude_none=True))
+    async def profiles(self, selector: StrategySelector) -> dict[str, DeviceProfile]:
+        """The profiles (by name) of the devices ``selector`` picks now."""
+        devices = await self.registry.select_devices(**selector.model_dump(exclude_none=True))
         profiles: dict[str, DeviceProfile] = {}
         for device in devices:
             profile = self._profile_of(device.device_id)
             if profile is not None:
                 profiles.setdefault(profile.name, profile)
+        return profiles
+
+    async def check(self, spec: StrategySpec) -> None:
+        """CommandRejected unless every step's command and params are accepted by the profile
+        of at least one device the selector picks now."""
+        profiles = await self.profiles(spec.selector)
         if not profiles:
             raise CommandRejected("selector: it picks no device with a known profile")
         for index, step in enumerate(spec.steps):

@@ -147,7 +147,8 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
 
         done = await eventually(finished)
         assert done["status"] == "succeeded", done
-        assert [(w.point, w.value) for w in sim.writes] == [("dimming", 40)]
+        # a level as lighting controllers mean it: the level, then the relay on
+        assert [(w.point, w.value) for w in sim.writes] == [("dimming", 40), ("lamp_on", True)]
         assert sim.image.get("dimming") == 40
         full_power = expected["power"]
         assert sim.image.get("power") == pytest.approx(full_power * 0.4, rel=0.1)
@@ -172,7 +173,7 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
             assert response.status_code == 422, response.text
             assert response.headers["content-type"] == "application/problem+json"
             assert reason in response.json()["detail"]
-        assert len(sim.writes) == 1
+        assert len(sim.writes) == 2
         sent = (await api.get("/api/v1/audit", params={"action": "command.send"})).json()["items"]
         assert [e["detail"]["command_id"] for e in sent] == [command["command_id"]]
 

@@ -170,10 +170,14 @@ async def test_commands_in_flight_survive_a_hub_restart(
         try:
 
             async def executed() -> bool | None:
-                return True if len(sim.writes) == 2 else None
+                return True if len(sim.writes) == 3 else None
 
             await eventually(executed)
-            assert [(w.point, w.value) for w in sim.writes] == [("dimming", 30), ("lamp_on", False)]
+            assert [(w.point, w.value) for w in sim.writes] == [
+                ("dimming", 30),
+                ("lamp_on", True),
+                ("lamp_on", False),
+            ]
             async with running_hub(settings, keys) as hub:
 
                 async def all_done() -> list[str] | None:

@@ -12,10 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from drivers import ModbusRtuSettings
+from edge_agent.agent import Agent
+from edge_agent.settings import AgentSettings, DeviceConfig
+from firmware_sim import run_gateway_bus
 from tests.helpers import (
     devices_registered,
+    eventually,
     hub_settings,
     make_keys,
     poles_behind_an_agent,
@@ -49,11 +55,12 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
     keys = await make_keys(settings.registry_url, "admin", "technician", "viewer")
     device_id = f"pole-{unique_id}"
     url = f"http://127.0.0.1:{settings.api.port}"
+    # the hub first: the agent's first readings (of values that then stay still) reach it
     async with (
+        running_hub(settings, keys) as hub,
         poles_behind_an_agent(
             settings.mqtt, tmp_path / "agent", f"cabinet-{unique_id}", [device_id]
         ) as poles,
-        running_hub(settings, keys) as hub,
     ):
         await devices_registered(hub.api, [device_id])
         code, text = await iotctl(url, keys["technician"], "devices")
@@ -128,6 +135,7 @@ async def test_a_technician_commissions_a_pole_with_iotctl(
             url, keys["viewer"], "lighting", "--preview", strategy_id, "--hours", "48"
         )
         assert code == 0 and text.count("set_dimming level=50") == 2  # two nights
+        assert text.count("lamp_on=True dimming=50") == 2  # the lamp state each step leaves
     # the hub cannot be asked: exit 2 with why
     code, text = await iotctl(url, keys["technician"], "devices")
     assert code == 2 and "cannot reach the hub" in text
@@ -146,3 +154,87 @@ async def test_iotctl_says_when_its_key_is_refused(
         assert code == 2 and "403" in text
         code, text = await iotctl(url, keys["viewer"], "command", "pole-1", "set_dimming", "40")
         assert code == 2 and "name=value" in text
+
+
+async def reported(api: httpx.AsyncClient, device_id: str, point: str) -> None:
+    """Wait until the hub's latest values of ``device_id`` include ``point``."""
+
+    async def shown() -> bool | None:
+        response = await api.get(f"/api/v1/devices/{device_id}/telemetry/latest")
+        return True if response.status_code == 200 and point in response.json()["points"] else None
+
+    await eventually(shown, timeout=30)
+
+
+async def test_commissioning_a_lamp_that_is_already_on_passes_at_once(
+    mosquitto: Any, tmp_path: Path, unique_id: str
+) -> None:
+    """Unchanged points are re-sent only every max_silent_s (60 s); after a command the agent
+    reports what it read back at once, so the hub's latest view shows lamp_on True now."""
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    keys = await make_keys(settings.registry_url, "admin", "technician")
+    device_id = f"pole-{unique_id}"
+    url = f"http://127.0.0.1:{settings.api.port}"
+    # the hub first: the agent's first readings (of values that then stay still) reach it
+    async with (
+        running_hub(settings, keys) as hub,
+        poles_behind_an_agent(
+            settings.mqtt, tmp_path / "agent", f"cabinet-{unique_id}", [device_id]
+        ) as poles,
+    ):
+        await devices_registered(hub.api, [device_id])
+        await reported(hub.api, device_id, "lamp_on")
+        assert poles.sims[0].image.get("lamp_on") is True  # the simulated lamp starts on
+        code, text = await iotctl(
+            url, keys["technician"], "commission", device_id, "--test", "lamp_on", "--timeout", "8"
+        )
+        assert code == 0, text
+        assert "telemetry shows lamp_on = True" in text
+
+
+async def test_commissioning_a_barrier_gate_checks_the_state_its_command_leads_to(
+    mosquitto: Any, tmp_path: Path, unique_id: str
+) -> None:
+    """The gate's command register is momentary (cleared by the controller, never read
+    back): commissioning checks the state the profile names in ``confirm`` instead, also
+    when the gate is open already (unchanged: reported at once after the command)."""
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    keys = await make_keys(settings.registry_url, "admin", "technician")
+    gate_id = f"gate-{unique_id}"
+    url = f"http://127.0.0.1:{settings.api.port}"
+    async with (
+        run_gateway_bus(
+            seed=5, tick_s=None, units={"barrier_gate": 3}, directory=str(tmp_path)
+        ) as bus,
+        running_hub(settings, keys) as hub,
+    ):
+        agent = Agent(
+            AgentSettings(
+                agent_id=f"gateway-{unique_id}",
+                mqtt=settings.mqtt,
+                devices=[
+                    DeviceConfig(
+                        device_id=gate_id,
+                        profile="barrier_gate",
+                        connection=ModbusRtuSettings(
+                            port=bus.port_path, unit_id=3, baudrate=115200, timeout_s=0.5
+                        ),
+                        poll_interval_s=0.5,
+                    )
+                ],
+                data_dir=tmp_path / "agent",
+            )
+        )
+        task = asyncio.create_task(agent.run())
+        try:
+            await devices_registered(hub.api, [gate_id])
+            await reported(hub.api, gate_id, "state")
+            args = ("commission", gate_id, "--test", "open", "--test", "open", "--timeout", "8")
+            code, text = await iotctl(url, keys["technician"], *args)
+            assert code == 0, text
+            assert text.count("telemetry shows state = ") == 2, text
+            assert "state = 1 (opening)" in text or "state = 2 (open)" in text
+            assert bus.image_of("barrier_gate").get("state") in (1, 2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

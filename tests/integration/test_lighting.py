@@ -8,6 +8,7 @@ shows every command succeeded; a hub restart does not fire it again.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -265,3 +266,82 @@ async def test_two_leaders_racing_for_a_step_send_it_once(
     finally:
         for registry in registries:
             await registry.close()
+
+
+async def _command(hub: RunningHub, device_id: str, name: str, **params: Any) -> dict[str, Any]:
+    response = await hub.api.post(
+        f"/api/v1/devices/{device_id}/commands", json={"name": name, "params": params}
+    )
+    assert response.status_code == 202, response.text
+    command_id = response.json()["command_id"]
+
+    async def finished() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await hub.api.get(f"/api/v1/commands/{command_id}")).json()
+        return body if body["status"] not in {"queued", "sent", "delivered"} else None
+
+    done = await eventually(finished)
+    assert done["status"] == "succeeded", done
+    return done
+
+
+async def _latest(hub: RunningHub, device_id: str, **wanted: Any) -> dict[str, Any]:
+    """The hub's latest values once they show ``wanted`` (``power=...`` a predicate)."""
+
+    async def shown() -> dict[str, Any] | None:
+        response = await hub.api.get(f"/api/v1/devices/{device_id}/telemetry/latest")
+        if response.status_code != 200:
+            return None
+        values = {k: v["value"] for k, v in response.json()["points"].items()}
+        for point, want in wanted.items():
+            ok = want(values.get(point)) if callable(want) else values.get(point) is want
+            if not ok:
+                return None
+        return values
+
+    return await eventually(shown)
+
+
+async def test_the_documented_strategy_lights_the_street_and_its_preview_says_so(
+    mosquitto: Any, tmp_path: Path, unique_id: str
+) -> None:
+    """docs/operations.md: lamps on at 100 % at sunset, 50 % at 23:30, off at sunrise. A level
+    means what lighting controllers mean (uCIFI, TALQ): after lamp_off, set_dimming 100 turns
+    the lamp on at 100 % (real simulator: relay on, power drawn); set_dimming 0 turns it off."""
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    device_id = f"pole-{unique_id}"
+    async with (
+        running_hub(settings) as hub,
+        poles_behind_an_agent(
+            settings.mqtt, tmp_path / "agent", f"road-{unique_id}", [device_id]
+        ) as poles,
+    ):
+        sim = poles.sims[0]
+        await devices_registered(hub.api, [device_id])
+        await _command(hub, device_id, "lamp_off")
+        await _latest(hub, device_id, lamp_on=False, power=lambda w: w == 0)
+        done = await _command(hub, device_id, "set_dimming", level=100)
+        assert done["detail"] == "wrote and verified dimming=100, lamp_on=True"
+        assert sim.image.get("lamp_on") is True and sim.image.get("power") > 100
+        await _latest(
+            hub, device_id, lamp_on=True, dimming=lambda d: d == 100, power=lambda w: w > 100
+        )
+        await _command(hub, device_id, "set_dimming", level=0)
+        assert sim.image.get("lamp_on") is False and sim.image.get("power") == 0
+        await _latest(hub, device_id, lamp_on=False, power=lambda w: w == 0)
+
+        # the example of docs/operations.md, as written there, on this pole
+        text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+        section = text.split("## Lighting strategies", 1)[1]
+        documented = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+        documented["selector"] = {"device_ids": [device_id]}
+        created = await hub.api.post("/api/v1/lighting/strategies", json=documented)
+        assert created.status_code == 201, created.text
+        strategy_id = created.json()["strategy_id"]
+        preview = await hub.api.get(f"/api/v1/lighting/strategies/{strategy_id}/preview")
+        assert preview.status_code == 200, preview.text
+        states = {f["step"]: f["state"] for f in preview.json()["firings"]}
+        assert states == {
+            0: {"smart_pole": {"dimming": 100, "lamp_on": True}},
+            1: {"smart_pole": {"dimming": 50, "lamp_on": True}},
+            2: {"smart_pole": {"dimming": 50, "lamp_on": False}},
+        }

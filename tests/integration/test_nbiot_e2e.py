@@ -186,7 +186,7 @@ async def test_readings_arrive_and_a_command_comes_back(stack: Stack) -> None:
             return current.status if current.status == "succeeded" else None
 
         await eventually(finished)
-        assert [w.name for w in stack.driver.writes] == ["dimming"]
+        assert [w.name for w in stack.driver.writes] == ["dimming", "lamp_on"]
         assert stack.ingress.stats["commands_delivered"] == 1
 
         async def results_sent() -> bool | None:

@@ -149,7 +149,7 @@ def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
 def test_resolve_command_accepts_and_refuses_precisely() -> None:
     pole = load_builtin_profile("smart_pole")
     writes = pole.resolve_command("set_dimming", {"level": 40})
-    assert [(w.point, w.value) for w in writes] == [("dimming", 40)]
+    assert [(w.point, w.value) for w in writes] == [("dimming", 40), ("lamp_on", True)]
     cases = {
         ("set_dimming", (("level", 140),)): "above the maximum 100%",
         ("set_dimming", (("level", -1),)): "below the minimum 0%",
@@ -195,3 +195,91 @@ def test_points_carry_exactly_their_transports_location() -> None:
     data = _pole()
     del data["points"]["pm25"]["modbus"]
     assert "points.pm25: needs exactly one location" in _issues(data)
+
+
+def _gate() -> dict[str, Any]:
+    text = (ROOT / "device_profiles/profiles/barrier_gate.yaml").read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+def test_a_momentary_write_names_the_point_confirming_it() -> None:
+    gate = load_builtin_profile("barrier_gate")
+    [write] = gate.resolve_command("open", {})
+    assert write.confirm is not None
+    assert (write.confirm.point, write.confirm.values) == ("state", [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("confirm", "issue"),
+    [
+        (
+            {"point": "status", "values": [1]},
+            "commands.open.writes[0].confirm.point: unknown point 'status'",
+        ),
+        (
+            {"point": "state", "values": [1, 7]},
+            "commands.open.writes[0].confirm.values[1]: point 'state' 7 is not one of",
+        ),
+        (
+            {"point": "state", "values": [True]},
+            "commands.open.writes[0].confirm.values[0]: point 'state' expects a number",
+        ),
+        ({"point": "state", "values": []}, "commands.open.writes[0].confirm.values: List should"),
+    ],
+)
+def test_bad_confirmations_are_refused_with_their_path(confirm: dict[str, Any], issue: str) -> None:
+    data = _gate()
+    data["commands"]["open"]["writes"][0]["confirm"] = confirm
+    assert issue in _issues(data)
+
+
+def test_a_confirmation_is_only_for_momentary_points() -> None:
+    data = _pole()
+    data["commands"]["lamp_on"]["writes"][0]["confirm"] = {"point": "power", "values": [150]}
+    assert "commands.lamp_on.writes[0].confirm: only a write to a momentary point" in _issues(data)
+
+
+def test_set_dimming_means_what_lighting_controllers_mean() -> None:
+    """uCIFI / TALQ: a level of 0 is off, n is on at n % (the relay follows the level)."""
+    pole = load_builtin_profile("smart_pole")
+
+    def writes(level: int) -> list[tuple[str, object]]:
+        return [(w.point, w.value) for w in pole.resolve_command("set_dimming", {"level": level})]
+
+    assert writes(100) == [("dimming", 100), ("lamp_on", True)]
+    assert writes(1) == [("dimming", 1), ("lamp_on", True)]
+    assert writes(0) == [("lamp_on", False)]
+
+
+@pytest.mark.parametrize(
+    ("when", "issue"),
+    [
+        (
+            {"param": "lvl", "op": ">", "value": 0},
+            "commands.set_dimming.writes[0].when.param: 'lvl' names no parameter",
+        ),
+        (
+            {"param": "level", "op": ">", "value": "0"},
+            "commands.set_dimming.writes[0].when.value: '0' cannot be compared with 'level' (a int)",
+        ),
+        (
+            {"param": "level", "op": "~", "value": 0},
+            "commands.set_dimming.writes[0].when.op: Input should be",
+        ),
+    ],
+)
+def test_bad_write_conditions_are_refused_with_their_path(when: dict[str, Any], issue: str) -> None:
+    data = _pole()
+    data["commands"]["set_dimming"]["writes"][0]["when"] = when
+    assert issue in _issues(data)
+
+
+def test_a_command_that_writes_nothing_for_its_parameters_is_refused() -> None:
+    data = _pole()
+    data["commands"]["set_dimming"]["writes"] = [
+        {"point": "dimming", "value": "{level}", "when": {"param": "level", "op": ">", "value": 0}}
+    ]
+    profile = parse_profile(data, "test.yaml")
+    with pytest.raises(CommandRejected, match="command 'set_dimming' writes nothing when level=0"):
+        profile.resolve_command("set_dimming", {"level": 0})
