@@ -47,7 +47,7 @@ from cloud_hub.provisioning import ProvisioningService
 from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
 from cloud_hub.spool import TelemetrySpool
-from cloud_hub.storage import TelemetryStore, open_store
+from cloud_hub.storage import StorageError, TelemetryStore, open_store
 from cloud_hub.stored_acks import StoredAcks
 from cloud_hub.webhook_relay import WebhookRelay
 from cloud_hub.webhooks import WebhookDispatcher
@@ -154,13 +154,23 @@ class Hub:
         )
         #: telemetry batches stored, to acknowledge to their agents
         self.stored_acks = StoredAcks()
+        #: the store answered at start-up (else run() keeps trying: store_start_retry)
+        self.store_started = False
         self.connected = asyncio.Event()
         self.telemetry_connected = asyncio.Event()
         self._control: aiomqtt.Client | None = None
 
     async def start(self) -> None:
         await self.registry.start()
-        await self.store.start()
+        try:
+            await self.store.start()
+            self.store_started = True
+        except StorageError as exc:
+            # the disk spool is for exactly this: take telemetry, keep it, drain it later
+            log.warning(
+                "telemetry store unavailable at start-up: spooling readings, retrying",
+                error=str(exc),
+            )
         await self.writer.open()
         await self.ingest.load_devices()
         await self.event_log.start()
@@ -212,6 +222,8 @@ class Hub:
     async def run(self) -> None:
         """Stay connected to the broker and consume agents' messages until cancelled."""
         async with asyncio.TaskGroup() as group:
+            if not self.store_started:
+                group.create_task(self._start_store(), name="store-start")
             group.create_task(
                 self._periodic(LAST_SEEN_FLUSH_S, self.ingest.flush_last_seen), name="last-seen"
             )
@@ -227,6 +239,25 @@ class Hub:
             group.create_task(
                 self._stay_connected("telemetry", self._telemetry_session), name="mqtt-telemetry"
             )
+
+    @property
+    def store_ready(self) -> bool:
+        """Whether the telemetry store takes writes (as far as the hub knows now)."""
+        return self.store_started and not self.writer.store_unavailable
+
+    async def _start_store(self) -> None:
+        """Start the store that was down at start-up, retrying with a capped backoff."""
+        failures = 0
+        while not self.store_started:
+            failures += 1
+            await asyncio.sleep(min(RECONNECT_MAX_S, 0.5 * 2 ** (failures - 1)))
+            try:
+                await self.store.start()
+            except StorageError as exc:
+                log.debug("telemetry store still unavailable", error=str(exc))
+                continue
+            self.store_started = True
+            log.info("telemetry store available", attempts=failures)
 
     async def _stay_connected(
         self, role: str, session: Callable[[aiomqtt.Client], Awaitable[None]]

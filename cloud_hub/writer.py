@@ -76,6 +76,8 @@ class TelemetryWriter:
     queue: asyncio.Queue[Pending] = field(init=False)
     _spooled: asyncio.Event = field(init=False)
     _spool_full_logged: bool = field(init=False, default=False)
+    #: writes failing for want of the store, now (the last write attempt failed so)
+    store_unavailable: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.max_queued_messages)
@@ -231,6 +233,7 @@ class TelemetryWriter:
                 self.on_rejected(readings, str(exc))
                 return
             except StorageError as exc:  # unavailable, or anything unforeseen: retry
+                self.store_unavailable = True
                 failures += 1
                 self.stats["write_retries"] += 1
                 now = time.monotonic()
@@ -255,6 +258,7 @@ class TelemetryWriter:
                 )
                 await asyncio.sleep(delay)
                 continue
+            self.store_unavailable = False
             if failures:
                 log.info("telemetry store back", readings=len(readings), retries=failures)
             self.stats["batches"] += 1

@@ -87,9 +87,14 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], responses=problem_responses(503, s503="Not ready"))
     async def readyz() -> JSONResponse:
-        """Ready when both MQTT sessions are up; ``leader`` as in ``/healthz``."""
+        """Ready when both MQTT sessions are up and the telemetry store takes writes (while it
+        does not, readings are kept in the hub's disk spool); ``leader`` as in ``/healthz``."""
         if not (the_hub.connected.is_set() and the_hub.telemetry_connected.is_set()):
             return problem(503, "Not ready", "not connected to the MQTT broker")
+        if not the_hub.store_ready:
+            return problem(
+                503, "Not ready", "the telemetry store is unavailable; readings are spooled"
+            )
         return JSONResponse({"status": "ready", "leader": the_hub.is_leader})
 
     @app.get(

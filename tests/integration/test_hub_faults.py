@@ -191,3 +191,61 @@ async def test_commands_in_flight_survive_a_hub_restart(
         finally:
             agent.cancel()
             await asyncio.gather(agent, return_exceptions=True)
+
+
+async def test_the_hub_starts_while_influxdb_is_down_spools_and_drains_when_it_returns(
+    mosquitto: Any, influxdb_private: Any, tmp_path: Path, unique_id: str
+) -> None:
+    settings = _hub_settings(
+        mosquitto, tmp_path, unique_id, InfluxV1Settings(url=influxdb_private.url, database="up")
+    )
+    agent_id, device_id = f"agent-{unique_id}", f"pole-{unique_id}"
+    await asyncio.to_thread(influxdb_private.stop)
+    try:
+        async with running_hub(settings) as hub:  # a supervisor's restart loop would end here
+
+            async def not_ready_for_the_store() -> bool | None:
+                ready = await hub.api.get("/readyz")
+                assert ready.status_code == 503
+                return True if "telemetry store is unavailable" in ready.json()["detail"] else None
+
+            await eventually(not_ready_for_the_store, timeout=20)
+            client = make_client(settings.mqtt, agent_client_id(agent_id), persistent_session=False)
+            async with client as agent:
+                await announce_agent(agent, hub.api, agent_id, device_id, retain=False)
+                stamps = [BASE_TS + i for i in range(50)]
+                batch = TelemetryBatch(
+                    agent_id=agent_id,
+                    seq=0,
+                    readings=[
+                        Reading(device_id=device_id, ts=ts, values={"power": 1.5}) for ts in stamps
+                    ],
+                )
+                await agent.publish(topic(agent_id, Channel.TELEMETRY), encode(batch), qos=QOS)
+
+                async def spooled() -> bool | None:
+                    metrics = (await hub.api.get("/metrics")).text
+                    line = next(
+                        x for x in metrics.splitlines() if x.startswith("hub_spool_readings")
+                    )
+                    return True if float(line.split()[-1]) == len(stamps) else None
+
+                await eventually(spooled, timeout=30)
+                await asyncio.to_thread(influxdb_private.start)
+
+                def stored() -> int:
+                    body = influxdb_private.query("up", "SELECT COUNT(power) FROM smart_pole")
+                    series = body["results"][0].get("series")
+                    return int(series[0]["values"][0][1]) if series else 0
+
+                async def drained() -> bool | None:
+                    return True if await asyncio.to_thread(stored) == len(stamps) else None
+
+                await eventually(drained, timeout=60)
+
+                async def is_ready() -> bool | None:
+                    return True if (await hub.api.get("/readyz")).status_code == 200 else None
+
+                await eventually(is_ready, timeout=30)
+    finally:
+        await asyncio.to_thread(influxdb_private.start)
