@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.docs_pages import install_docs_pages
 from cloud_hub.api.limits import BodySizeLimit
 from cloud_hub.api.problems import (
     document_problems,
@@ -64,7 +65,10 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         version="1",
         summary="Devices, telemetry and commands of the county's smart poles, gateways and monitors.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead of a CDN (docs_pages)
+        redoc_url=None,
     )
+    install_docs_pages(app)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, per_path={"/api/v1/provisioning/bulk": MAX_CSV_BYTES})
     app.include_router(router)
