@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from cloud_hub.api.deps import HubDep, Reader
 from cloud_hub.api.scope import device_in_scope
 from cloud_hub.hub import UnknownDevice
-from cloud_hub.storage import Aggregate, SeriesQuery
+from cloud_hub.storage import EARLIEST_MS, LATEST_MS, Aggregate, SeriesQuery, aggregate_applies
 from device_profiles import DeviceProfile
 
 __all__ = ["router"]
@@ -49,6 +49,22 @@ class TelemetryOut(BaseModel):
     series: list[SeriesOut]
 
 
+def _check_aggregate(agg: Aggregate, wanted: list[str], profiles: list[DeviceProfile]) -> None:
+    """422 for a point asked for by name that ``agg`` does not apply to."""
+    for name in wanted:
+        for profile in profiles:
+            spec = profile.points.get(name)
+            if spec is not None and not aggregate_applies(agg, spec.type):
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"{agg!r} applies to {_APPLIES_TO[agg]}; {name!r} is {spec.type} "
+                    f"(in profile {profile.name!r}): ask for 'last' or 'count', or leave it out",
+                )
+
+
+_APPLIES_TO = {"mean": "numbers", "min": "numbers and booleans", "max": "numbers and booleans"}
+
+
 def _ms(value: datetime | None, default: int) -> int:
     return default if value is None else int(value.timestamp() * 1000)
 
@@ -65,14 +81,22 @@ async def query_telemetry(
         list[str] | None, Query(description="Points; all of the profile if none.")
     ] = None,
     start: Annotated[
-        datetime | None, Query(description="From (ISO 8601); 1 h before end if none.")
+        datetime | None,
+        Query(
+            description="From (ISO 8601); 1 h before end if none. Any time: the stores hold "
+            "1677-09-21 to 2262-04-11 (InfluxDB's range), a range past it the data there is."
+        ),
     ] = None,
     end: Annotated[
         datetime | None, Query(description="Until, exclusive (ISO 8601); now if none.")
     ] = None,
     window_s: Annotated[float | None, Query(gt=0, le=31 * 86400)] = None,
     agg: Annotated[
-        Aggregate | None, Query(description="With window_s: mean, min, max, last or count.")
+        Aggregate | None,
+        Query(
+            description="With window_s: mean (of numbers), min or max (of numbers and "
+            "booleans), last or count (of any point); without point, of the points it applies to."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Values per series at most.")] = 1000,
 ) -> TelemetryOut:
@@ -94,26 +118,31 @@ async def query_telemetry(
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         by_profile.setdefault(profile.name, (profile, []))[1].append(device)
     wanted = list(dict.fromkeys(point or []))
+    unknown = [p for p in wanted if not any(p in prof.points for prof, _ in by_profile.values())]
+    if unknown:
+        names = ", ".join(sorted(by_profile))
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"no point {', '.join(map(repr, unknown))} in profile {names!r}",
+        )
+    if agg is not None:
+        _check_aggregate(agg, wanted, [profile for profile, _ in by_profile.values()])
+    # a range past what the stores hold (InfluxDB's int64 nanoseconds) holds no more data
+    first_ms, last_ms = max(start_ms, EARLIEST_MS), min(end_ms, LATEST_MS)
     series: list[SeriesOut] = []
     for profile, devices in by_profile.values():
         points = [p for p in wanted if p in profile.points] if wanted else list(profile.points)
-        unknown = [
-            p for p in wanted if not any(p in prof.points for prof, _ in by_profile.values())
-        ]
-        if unknown:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"no point {', '.join(map(repr, unknown))} in profile '{profile.name}'",
-            )
-        if not points:
+        if agg is not None:  # all points by default: those the aggregate applies to
+            points = [p for p in points if aggregate_applies(agg, profile.points[p].type)]
+        if not points or first_ms >= last_ms:
             continue
         found = await hub.store.query(
             SeriesQuery(
                 profile=profile.name,
                 device_ids=tuple(devices),
                 points=tuple(points),
-                start_ms=start_ms,
-                end_ms=end_ms,
+                start_ms=first_ms,
+                end_ms=last_ms,
                 window_ms=int(window_s * 1000) if window_s else None,
                 aggregate=agg,
                 limit=limit,
@@ -122,7 +151,7 @@ async def query_telemetry(
         for s in found:
             spec = profile.points[s.point]
             values = s.values
-            if agg is None and spec.type == "bool":
+            if spec.type == "bool" and agg != "count":  # SQLite has no booleans: 0/1
                 values = [(t, bool(v)) for t, v in values]
             series.append(
                 SeriesOut(device_id=s.device_id, point=s.point, unit=spec.unit, values=values)
