@@ -25,7 +25,7 @@ from cloud_hub.api.routes_command_groups import router as command_groups_router
 from cloud_hub.api.routes_dead_letters import router as dead_letters_router
 from cloud_hub.api.routes_events import router as events_router
 from cloud_hub.api.routes_lighting import router as lighting_router
-from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
+from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES, document_token_lifetime
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
@@ -81,6 +81,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     app.include_router(dead_letters_router)
     app.include_router(lighting_router)
     document_problems(app)
+    document_token_lifetime(app, settings.provisioning.max_token_ttl_s)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str | bool]:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from cloud_hub.api.deps import HubDep, Reader
+from cloud_hub.api.schemas import QueryTime
 from cloud_hub.api.scope import device_in_scope
 from cloud_hub.hub import UnknownDevice
 from cloud_hub.storage import EARLIEST_MS, LATEST_MS, Aggregate, SeriesQuery, aggregate_applies
@@ -19,6 +20,8 @@ __all__ = ["router"]
 
 MAX_DEVICES = 100
 DEFAULT_SPAN_MS = 3_600_000
+DEFAULT_WINDOW_S = 60.0
+DEFAULT_AGGREGATE: Aggregate = "mean"
 
 
 router = APIRouter(
@@ -81,34 +84,40 @@ async def query_telemetry(
         list[str] | None, Query(description="Points; all of the profile if none.")
     ] = None,
     start: Annotated[
-        datetime | None,
+        QueryTime | None,
         Query(
-            description="From (ISO 8601); 1 h before end if none. Any time: the stores hold "
-            "1677-09-21 to 2262-04-11 (InfluxDB's range), a range past it the data there is."
+            description="From (RFC 3339); 1 h before end if none. Any time: the stores hold "
+            "1677-09-21 to 2262-04-11 (InfluxDB's range), a range past it the data there is, an empty or reversed one none."
         ),
     ] = None,
     end: Annotated[
-        datetime | None, Query(description="Until, exclusive (ISO 8601); now if none.")
+        QueryTime | None, Query(description="Until, exclusive (RFC 3339); now if none.")
     ] = None,
-    window_s: Annotated[float | None, Query(gt=0, le=31 * 86400)] = None,
+    window_s: Annotated[
+        float | None,
+        Query(
+            ge=0.001,
+            le=31 * 86400,
+            description="Aggregate per window of this many seconds (a millisecond at least); "
+            "60 if only agg is given.",
+        ),
+    ] = None,
     agg: Annotated[
         Aggregate | None,
         Query(
-            description="With window_s: mean (of numbers), min or max (of numbers and "
+            description="Per window: mean (of numbers; the default with window_s), min or max (of numbers and "
             "booleans), last or count (of any point); without point, of the points it applies to."
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Values per series at most.")] = 1000,
 ) -> TelemetryOut:
     """Values of points of devices over a time range, raw or aggregated per window."""
-    if (window_s is None) != (agg is None):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "give both window_s and agg, or neither"
-        )
+    if agg is not None and window_s is None:
+        window_s = DEFAULT_WINDOW_S
+    elif window_s is not None and agg is None:
+        agg = DEFAULT_AGGREGATE
     end_ms = _ms(end, time.time_ns() // 1_000_000)
     start_ms = _ms(start, end_ms - DEFAULT_SPAN_MS)
-    if start_ms >= end_ms:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "start must be before end")
     by_profile: dict[str, tuple[DeviceProfile, list[str]]] = {}
     for device in dict.fromkeys(device_id):
         try:
@@ -127,7 +136,7 @@ async def query_telemetry(
         )
     if agg is not None:
         _check_aggregate(agg, wanted, [profile for profile, _ in by_profile.values()])
-    # a range past what the stores hold (InfluxDB's int64 nanoseconds) holds no more data
+    # an empty range holds nothing, nor one past what the stores hold (InfluxDB's int64 ns)
     first_ms, last_ms = max(start_ms, EARLIEST_MS), min(end_ms, LATEST_MS)
     series: list[SeriesOut] = []
     for profile, devices in by_profile.values():
