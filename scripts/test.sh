@@ -12,7 +12,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(mosquitto influxdb postgresql mbpoll libcoap3-bin)
+APT_PACKAGES=(mosquitto influxdb postgresql mbpoll libcoap3-bin chromium chromium-driver)
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 
@@ -30,6 +30,8 @@ package_binary() {
         postgresql) echo initdb ;;
         mbpoll) echo mbpoll ;;
         libcoap3-bin) echo coap-client-notls ;;
+        chromium) echo chromium ;;
+        chromium-driver) echo chromedriver ;;
         python3-venv) echo "" ;;
         *) echo "$1" ;;
     esac

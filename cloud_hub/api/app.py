@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from cloud_hub.api.auth import Principal, require
+from cloud_hub.api.docs_pages import install_docs_pages
 from cloud_hub.api.limits import BodySizeLimit
 from cloud_hub.api.problems import (
     document_problems,
@@ -24,7 +25,7 @@ from cloud_hub.api.routes_command_groups import router as command_groups_router
 from cloud_hub.api.routes_dead_letters import router as dead_letters_router
 from cloud_hub.api.routes_events import router as events_router
 from cloud_hub.api.routes_lighting import router as lighting_router
-from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
+from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES, document_token_lifetime
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
@@ -66,7 +67,10 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         version="1",
         summary="Devices, telemetry and commands of the county's smart poles, gateways and monitors.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package instead of a CDN (docs_pages)
+        redoc_url=None,
     )
+    install_docs_pages(app)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, per_path={"/api/v1/provisioning/bulk": MAX_CSV_BYTES})
     app.include_router(router)
@@ -79,6 +83,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     app.include_router(dead_letters_router)
     app.include_router(lighting_router)
     document_problems(app)
+    document_token_lifetime(app, settings.provisioning.max_token_ttl_s)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str | bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,7 @@ __all__ = [
     "PROBLEM_JSON",
     "TITLES",
     "document_problems",
+    "documented_methods",
     "install_problem_handlers",
     "problem",
     "problem_responses",
@@ -64,12 +66,31 @@ def problem(status: int, title: str, detail: str, **extra: object) -> JSONRespon
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     response = problem(exc.status_code, TITLES.get(exc.status_code, "Error"), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only (GET and PUT of
+        # one path are two routes): say every method the OpenAPI documents for it
+        documented = documented_methods(request.app, request.url.path)
+        if documented:
+            response.headers["Allow"] = ", ".join(documented)
     return response
+
+
+def documented_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the app's OpenAPI documents for a request path (none if undocumented)."""
+    methods: set[str] = set()
+    for template, item in app.openapi().get("paths", {}).items():
+        if re.fullmatch(_PARAMETER.sub("[^/]+", re.escape(template)), path):
+            methods |= {m.upper() for m in item if m.upper() in _HTTP_METHODS}
+    return sorted(methods)
+
+
+_PARAMETER = re.compile(r"\\\{[^}]*\\\}")
+_HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

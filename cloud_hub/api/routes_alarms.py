@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -65,16 +66,30 @@ def _choices(name: str, given: str | None, allowed: tuple[str, ...]) -> list[str
     return chosen
 
 
+def _one_or_more(allowed: Sequence[str]) -> str:
+    """The pattern of what ``_choices`` takes: names, commas, blanks around them."""
+    name = "(" + "|".join(allowed) + ")?"
+    return rf"^\s*{name}\s*(,\s*{name}\s*)*$"
+
+
 @router.get("")
 async def list_alarms(
     engine: AlarmsDep,
     hub: HubDep,
     caller: Reader,
     state: Annotated[
-        str | None, Query(description="active, acknowledged, cleared; comma-separated")
+        str | None,
+        Query(
+            description="active, acknowledged, cleared; comma-separated",
+            pattern=_one_or_more(ALARM_STATES),
+        ),
     ] = None,
     severity: Annotated[
-        str | None, Query(description="critical, major, minor, warning, info; comma-separated")
+        str | None,
+        Query(
+            description="critical, major, minor, warning, info; comma-separated",
+            pattern=_one_or_more(SEVERITIES),
+        ),
     ] = None,
     device_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

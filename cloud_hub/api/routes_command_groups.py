@@ -19,6 +19,7 @@ from cloud_hub.api.scope import (
     selector_in_scope,
 )
 from cloud_hub.hub import Hub
+from cloud_hub.lighting.spec import SELECTOR_NOT_EMPTY
 from cloud_hub.registry import TERMINAL_STATUSES
 
 __all__ = ["router"]
@@ -43,7 +44,7 @@ router = APIRouter(
 class Selector(BaseModel):
     """Which devices: every given criterion must match (at least one is required)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=SELECTOR_NOT_EMPTY)
 
     device_ids: list[str] | None = Field(default=None, max_length=10_000)
     site: str | None = None

@@ -13,7 +13,7 @@ from pydantic.config import JsonDict
 from cloud_hub.api.audit import audit
 from cloud_hub.api.deps import Admin, HubDep
 from cloud_hub.api.problems import problem, problem_responses
-from cloud_hub.api.schemas import UtcDateTime
+from cloud_hub.api.schemas import QueryTime, UtcDateTime
 from cloud_hub.api.scope import current_sites, dead_letter_in_scope, scoped_page, sees_object
 from cloud_hub.dead_letter_models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
 from cloud_hub.dead_letter_replay import NotReplayable, ReplayTimeout, replay
@@ -137,15 +137,14 @@ class ReplayOut(BaseModel):
     )
 
 
-def _as_utc(name: str, value: datetime | None) -> datetime | None:
+def _as_utc(value: datetime | None) -> datetime | None:
+    """In UTC; the first or last time there is where UTC has none such (year 1 or 9999)."""
     if value is None:
         return None
     try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError as exc:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: out of range in UTC"
-        ) from exc
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00, 9999-12-31T23:59:59-01:00
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 @router.get("")
@@ -156,12 +155,12 @@ async def list_dead_letters(
         str | None, Query(pattern=ID_PATTERN, description="Only those of this agent.")
     ] = None,
     since: Annotated[
-        datetime | None,
-        Query(description="Only those received at or after this time (ISO 8601; UTC if naive)."),
+        QueryTime | None,
+        Query(description="Only those received at or after this time (RFC 3339)."),
     ] = None,
     until: Annotated[
-        datetime | None,
-        Query(description="Only those received before this time (ISO 8601; UTC if naive)."),
+        QueryTime | None,
+        Query(description="Only those received before this time (RFC 3339)."),
     ] = None,
     reason_contains: Annotated[
         str | None,
@@ -177,7 +176,7 @@ async def list_dead_letters(
     Kept in the registry (see `dead_letters` in the hub's settings for how many and how
     long); `hub_dead_letters_total` in /metrics counts every one. A site-scoped key sees
     those of the agents of its site."""
-    start, stop = _as_utc("since", since), _as_utc("until", until)
+    start, stop = _as_utc(since), _as_utc(until)
     sites = await current_sites(hub) if caller.site is not None else None
 
     async def fetch(n: int, after: str | None) -> tuple[list[DeadLetterRow], str | None]:

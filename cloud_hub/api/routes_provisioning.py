@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,7 +34,7 @@ from cloud_hub.provisioning import (
 )
 from device_profiles.wire import ID_PATTERN
 
-__all__ = ["router"]
+__all__ = ["document_token_lifetime", "router"]
 
 WireId = Annotated[str, Field(pattern=ID_PATTERN)]
 MAX_CSV_BYTES = 2_000_000
@@ -349,3 +349,22 @@ async def audit_log(
     rows = await service.audit_log(limit=limit, before=before, action=action, target=target)
     items = [AuditOut.model_validate(r) for r in rows]
     return AuditPage(items=items, next_before=items[-1].id if len(items) == limit else None)
+
+
+def document_token_lifetime(app: FastAPI, max_ttl_s: float) -> None:
+    """Say this hub's longest token lifetime (``provisioning.max_token_ttl_s``, a setting) as
+    the maximum of ``ttl_s`` in the OpenAPI, where the route declarations cannot."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # built once and cached: this edit is idempotent
+        body = schema["components"]["schemas"]["TokenCreate"]["properties"]["ttl_s"]
+        bulk = schema["paths"]["/api/v1/provisioning/bulk"]["post"]["parameters"]
+        query = next(p["schema"] for p in bulk if p["name"] == "ttl_s")
+        for ttl in (body, query):
+            for option in ttl.get("anyOf", [ttl]):
+                if option.get("type") == "number":
+                    option["maximum"] = max_ttl_s
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented extension

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from device_profiles import Value
 
@@ -16,6 +17,7 @@ __all__ = [
     "DeviceOut",
     "LatestTelemetry",
     "PointValue",
+    "QueryTime",
     "UtcDateTime",
 ]
 
@@ -27,6 +29,25 @@ def _as_utc(value: datetime) -> datetime:
 
 #: A response time: always with an offset (``...Z``/``+00:00``), as ``format: date-time`` requires.
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.I)
+
+
+def _rfc3339(value: object) -> object:
+    """Only what ``format: date-time`` (RFC 3339) says: pydantic alone also takes a date, a
+    time without an offset and a number of seconds (``start=0``)."""
+    if isinstance(value, str):
+        if not _RFC3339.fullmatch(value):
+            raise ValueError(
+                "expected an RFC 3339 date-time with an offset, e.g. 2026-12-03T08:00:00Z"
+            )
+        return value.upper()
+    return value
+
+
+#: A time in a query: an RFC 3339 ``date-time``, with its offset (``Z``, ``+08:00``).
+QueryTime = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 class DeviceOut(BaseModel):

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import time, timedelta
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,13 +32,19 @@ __all__ = [
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 #: Day names in ISO order (Monday first), as ``weekdays`` takes them.
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-MAX_OFFSET = timedelta(hours=12)
 
-_CLOCK = re.compile(r"(?P<h>[01]\d|2[0-3]):(?P<m>[0-5]\d)(?::(?P<s>[0-5]\d))?")
-_SUN = re.compile(
-    r"(?P<event>sunrise|sunset)"
-    r"(?:(?P<sign>[+-])(?=\d)(?:(?P<h>\d{1,2})h)?(?:(?P<m>\d{1,3})m)?)?"
+#: The IANA time zones this system knows (its tzdata).
+ZONES = frozenset(available_timezones())
+_CLOCK_SYNTAX = r"([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?"
+#: An offset of at most 12 h: hours (0-11) and minutes (0-59), 12 h, or minutes (0-720).
+_OFFSET_SYNTAX = (
+    r"(?:(?:0?\d|1[01])h(?:[0-5]?\dm)?|12h(?:0{1,2}m)?|(?:\d{1,2}|[0-6]\d\d|7[01]\d|720)m)"
 )
+_CLOCK = re.compile(_CLOCK_SYNTAX)
+_SUN = re.compile(rf"(sunrise|sunset)(?:([+-]){_OFFSET_SYNTAX})?")
+_OFFSET = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?")
+#: What ``parse_at`` takes, for the JSON Schema (ECMA-262 and Python read it alike).
+AT_PATTERN = rf"^(?:{_CLOCK_SYNTAX}|(?:sunrise|sunset)(?:[+-]{_OFFSET_SYNTAX})?)$"
 
 
 @dataclass(frozen=True)
@@ -64,22 +70,23 @@ def parse_at(text: str) -> When:
     ValueError saying what is expected otherwise."""
     clock = _CLOCK.fullmatch(text)
     if clock is not None:
-        return ClockTime(time(int(clock["h"]), int(clock["m"]), int(clock["s"] or 0)))
+        return ClockTime(time(int(clock[1]), int(clock[2]), int(clock[3] or 0)))
     sun = _SUN.fullmatch(text)
-    if sun is None or (sun["sign"] and not (sun["h"] or sun["m"])):
+    offset = _OFFSET.fullmatch(text[len(sun[1]) + 1 :]) if sun is not None else None
+    if sun is None or offset is None:
         raise ValueError(
             f"'{text}' is neither a clock time HH:MM[:SS] nor sunrise/sunset with an optional "
-            "offset such as sunset+10m, sunrise-15m, sunset+1h"
+            "offset of at most 12 h such as sunset+10m, sunrise-15m, sunset+1h"
         )
-    offset = timedelta(hours=int(sun["h"] or 0), minutes=int(sun["m"] or 0))
-    if offset > MAX_OFFSET:
-        raise ValueError(f"'{text}': the offset may be at most 12 h")
-    event: Literal["sunrise", "sunset"] = "sunrise" if sun["event"] == "sunrise" else "sunset"
-    return SunTime(event, -offset if sun["sign"] == "-" else offset)
+    event: Literal["sunrise", "sunset"] = "sunrise" if sun[1] == "sunrise" else "sunset"
+    moved = timedelta(hours=int(offset[1] or 0), minutes=int(offset[2] or 0))
+    return SunTime(event, -moved if sun[2] == "-" else moved)
 
 
 def zone(name: str) -> ZoneInfo:
     """The IANA time zone ``name``; ValueError naming it when there is none such."""
+    if name not in ZONES:  # exactly the schema's enum (ZoneInfo also opens other tzdata files)
+        raise ValueError(f"unknown time zone '{name}' (an IANA name such as Asia/Shanghai)")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
@@ -88,10 +95,24 @@ def zone(name: str) -> ZoneInfo:
         ) from exc
 
 
+#: What a selector's validator requires, said in its JSON Schema: one criterion, not empty.
+SELECTOR_NOT_EMPTY: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["device_ids"],
+            "properties": {"device_ids": {"type": "array", "minItems": 1}},
+        },
+        {"required": ["site"], "properties": {"site": {"type": "string", "minLength": 1}}},
+        {"required": ["profile"], "properties": {"profile": {"type": "string", "minLength": 1}}},
+        {"required": ["tags"], "properties": {"tags": {"type": "object", "minProperties": 1}}},
+    ]
+}
+
+
 class StrategySelector(BaseModel):
     """Which devices, as group commands select them: every given criterion must match."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=SELECTOR_NOT_EMPTY)
 
     device_ids: list[str] | None = Field(default=None, max_length=10_000)
     site: str | None = Field(default=None, max_length=64)
@@ -112,6 +133,7 @@ class StepSpec(BaseModel):
 
     at: str = Field(
         max_length=32,
+        json_schema_extra={"pattern": AT_PATTERN},
         description="HH:MM[:SS] local time, or sunrise/sunset with an optional offset "
         "(sunset+10m, sunrise-15m, sunset+1h).",
     )
@@ -129,12 +151,32 @@ class StepSpec(BaseModel):
         return parse_at(self.at)
 
 
+#: ``_sun_needs_a_place`` in its JSON Schema: no step at sunrise/sunset, or a lat and a lon.
+SUN_NEEDS_A_PLACE: dict[str, Any] = {
+    "anyOf": [
+        {
+            "properties": {
+                "steps": {
+                    "type": "array",
+                    "items": {"properties": {"at": {"not": {"pattern": "^sun"}}}},
+                }
+            }
+        },
+        {
+            "required": ["lat", "lon"],
+            "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
+        },
+    ]
+}
+
+
 class StrategySpec(BaseModel):
     """A lighting strategy as it is written (``POST``/``PUT``) and stored."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            **SUN_NEEDS_A_PLACE,
             "examples": [
                 {
                     "name": "ring road nights",
@@ -148,14 +190,17 @@ class StrategySpec(BaseModel):
                         {"at": "sunrise-15m", "command": "lamp_off", "params": {}},
                     ],
                 }
-            ]
+            ],
         },
     )
 
     name: str = Field(min_length=1, max_length=128)
     selector: StrategySelector
     timezone: str = Field(
-        default="Asia/Shanghai", max_length=64, description="IANA time zone of the clock times."
+        default="Asia/Shanghai",
+        max_length=64,
+        description="IANA time zone of the clock times.",
+        json_schema_extra={"enum": [*sorted(ZONES)]},
     )
     lat: float | None = Field(default=None, ge=-90, le=90, description="For sun-relative steps.")
     lon: float | None = Field(default=None, ge=-180, le=180, description="For sun-relative steps.")
@@ -165,6 +210,7 @@ class StrategySpec(BaseModel):
         min_length=1,
         max_length=7,
         description="The days it runs (the local date of each step), mon ... sun.",
+        json_schema_extra={"uniqueItems": True},
     )
     enabled: bool = True
 

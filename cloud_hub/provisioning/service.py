@@ -120,7 +120,10 @@ class DeviceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: WireId
-    profile: str = Field(description="A built-in profile name.")
+    profile: str = Field(
+        description="A built-in profile name.",
+        json_schema_extra={"enum": [*sorted(builtin_profile_names())]},
+    )
     site: Label | None = None
     pole: Label | None = None
     mount_position: Label | None = None

@@ -2,6 +2,8 @@
 
 from cloud_hub.settings import InfluxV1Settings, InfluxV2Settings, StorageSettings
 from cloud_hub.storage.base import (
+    EARLIEST_MS,
+    LATEST_MS,
     Aggregate,
     LatestValue,
     Series,
@@ -12,12 +14,15 @@ from cloud_hub.storage.base import (
     StorageUnavailable,
     StoredReading,
     TelemetryStore,
+    aggregate_applies,
 )
 from cloud_hub.storage.influx_v1 import InfluxV1Store
 from cloud_hub.storage.influx_v2 import InfluxV2Store
 from cloud_hub.storage.sqlite_store import SqliteStore
 
 __all__ = [
+    "EARLIEST_MS",
+    "LATEST_MS",
     "Aggregate",
     "InfluxV1Store",
     "InfluxV2Store",
@@ -31,6 +36,7 @@ __all__ = [
     "StorageUnavailable",
     "StoredReading",
     "TelemetryStore",
+    "aggregate_applies",
     "open_store",
 ]
 

@@ -9,6 +9,8 @@ from typing import Literal, Protocol
 from device_profiles import Value
 
 __all__ = [
+    "EARLIEST_MS",
+    "LATEST_MS",
     "Aggregate",
     "LatestValue",
     "Series",
@@ -19,6 +21,7 @@ __all__ = [
     "StorageUnavailable",
     "StoredReading",
     "TelemetryStore",
+    "aggregate_applies",
 ]
 
 
@@ -58,6 +61,10 @@ class StoredReading:
 
 
 Aggregate = Literal["mean", "min", "max", "last", "count"]
+#: The times every store can hold, in ms since the epoch: InfluxDB's (int64 nanoseconds,
+#: 1677-09-21T00:12:43.146Z to 2262-04-11T23:47:16.854Z). Queries are clipped to them.
+EARLIEST_MS = -9_223_372_036_854
+LATEST_MS = 9_223_372_036_854
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +112,14 @@ class TelemetryStore(Protocol):
         self, device_id: str, profile: str, points: Sequence[str]
     ) -> dict[str, LatestValue]:
         """The newest value of each of ``points`` of a device (absent when it has none)."""
+
+
+def aggregate_applies(aggregate: Aggregate, data_type: str) -> bool:
+    """Whether every store computes ``aggregate`` of a point of ``data_type`` (a profile's):
+    ``count`` and ``last`` of any, ``min`` and ``max`` of numbers and booleans, ``mean`` of
+    numbers only (InfluxDB averages no booleans and takes no minimum of text)."""
+    if aggregate in ("count", "last"):
+        return True
+    if data_type == "string":
+        return False
+    return data_type != "bool" or aggregate != "mean"

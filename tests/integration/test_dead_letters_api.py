@@ -282,8 +282,15 @@ async def test_the_list_is_paged_with_a_cursor_and_filtered(
             {"limit": 0},
             {"agent_id": "no spaces"},
             {"since": "yesterday"},
-            {"until": "0001-01-01T00:00:00+01:00"},
+            {"since": "2026-11-01T12:00:00"},  # RFC 3339 wants the offset
+            {"until": "0"},
         ):
             response = await api.get("/api/v1/dead-letters", params=params)
             assert response.status_code == 422, (params, response.text)
             assert response.headers["content-type"] == PROBLEM_JSON
+        # a time before UTC's first (year 1 at +01:00) is valid RFC 3339: before everything
+        response = await api.get(
+            "/api/v1/dead-letters", params={"until": "0001-01-01T00:00:00+01:00"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["items"] == []
