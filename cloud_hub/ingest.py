@@ -21,7 +21,8 @@ import structlog
 
 from cloud_hub.dead_letters import DeadLetterStore
 from cloud_hub.events import EventBus, HubEvent
-from cloud_hub.registry import Registry
+from cloud_hub.provisioning.models import AuditRow
+from cloud_hub.registry import Registry, utcnow
 from cloud_hub.storage import StoredReading
 from device_profiles import DeviceProfile, Point, ProfileError, Value, resolve_profile
 from device_profiles.wire import (
@@ -257,7 +258,9 @@ class Ingest:
             return
         if state.agent_id == agent_id:
             for info in state.devices or ():
-                self._remember(info.device_id, agent_id, info.profile)
+                known = self._devices.get(info.device_id)
+                if known is None or known.agent_id == agent_id:  # never another's device
+                    self._remember(info.device_id, agent_id, info.profile)
 
     def stored(self, readings: Sequence[StoredReading]) -> None:
         """Readings are in the store: count them, note last-seen, tell the event bus."""
@@ -293,11 +296,15 @@ class Ingest:
             raise WireError(
                 f"state of agent {state.agent_id!r} published in {agent_id!r}'s namespace"
             )
-        await self.registry.agent_state(
+        refused = await self.registry.agent_state(
             agent_id, state.state, state.software_version, state.devices, state.report_interval_s
         )
+        owners = dict(refused)
         for info in state.devices or ():
-            self._remember(info.device_id, agent_id, info.profile)
+            if info.device_id not in owners:
+                self._remember(info.device_id, agent_id, info.profile)
+        for device_id, owner in refused:
+            await self._claim_refused(agent_id, device_id, owner)
         devices = None if state.devices is None else len(state.devices)
         log.info("agent state", agent_id=agent_id, state=state.state, devices=devices)
         key = None  # the event log keys it by its time...
@@ -315,6 +322,48 @@ class Ingest:
                 key=key,
             )
         )
+
+    async def _claim_refused(self, agent_id: str, device_id: str, owner: str) -> None:
+        """Agent ``agent_id`` announced a device of another agent: refused (the device stays
+        with its owner), counted, audited, and a ``claim_refused`` device status (which the
+        alarm engine raises as ``device_claim_refused``). Only an operator moves a device."""
+        self.stats["claims_refused"] += 1
+        self._remember_owner(device_id, owner)
+        log.warning(
+            "device claimed by another agent refused",
+            device_id=device_id,
+            claimed_by=agent_id,
+            owner=owner,
+        )
+        async with self.registry.session.begin() as db:
+            db.add(
+                AuditRow(
+                    at=utcnow(),
+                    actor=f"agent:{agent_id}",
+                    action="device.claim_refused",
+                    target=f"device:{device_id}",
+                    detail={"owner": owner},
+                )
+            )
+        self.events.publish(
+            HubEvent(
+                kind="status",
+                ts_ms=_now_ms(),
+                device_id=device_id,
+                agent_id=agent_id,
+                data={"scope": "device", "state": "claim_refused", "owner": owner},
+            )
+        )
+
+    def _remember_owner(self, device_id: str, owner: str) -> None:
+        """Undo what :meth:`learn_devices` may have noted of a refused claim."""
+        meta = self._devices.get(device_id)
+        if meta is not None and meta.agent_id != owner:
+            meta.agent_id = owner
+
+    def move_device(self, device_id: str, agent_id: str, profile_ref: str) -> None:
+        """An operator moved a device to ``agent_id`` (the registry already says so)."""
+        self._remember(device_id, agent_id, profile_ref)
 
     def _health(self, agent_id: str, health: AgentHealth) -> None:
         if health.agent_id != agent_id:

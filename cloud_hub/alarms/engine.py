@@ -52,6 +52,9 @@ ProfileLookup = Callable[[str], DeviceProfile | None]
 #: severity of the ``device_offline`` and ``agent_offline`` alarms
 OFFLINE_SEVERITY = "major"
 _OFFLINE_RULES = frozenset({"device_offline", "agent_offline"})
+#: the alarm of an agent announcing another agent's device, and its severity
+CLAIM_RULE = "device_claim_refused"
+CLAIM_SEVERITY = "critical"
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -289,6 +292,9 @@ class AlarmEngine:
         scope, state = event.data.get("scope"), event.data.get("state")
         agent_id = event.agent_id
         device_id = event.device_id if scope == "device" else None
+        if state == "claim_refused" and agent_id is not None and device_id is not None:
+            await self._claim_refused(device_id, agent_id, str(event.data.get("owner")), event)
+            return
         if (
             agent_id is None
             or scope not in ("agent", "device")
@@ -309,6 +315,21 @@ class AlarmEngine:
             what = f"device {device_id}" if device_id is not None else f"agent {agent_id}"
             await self._raise(
                 device_id, agent_id, rule, OFFLINE_SEVERITY, None, f"{what} is offline", event.ts_ms
+            )
+
+    async def _claim_refused(
+        self, device_id: str, agent_id: str, owner: str, event: HubEvent
+    ) -> None:
+        """An agent announced a device of another agent: one alarm per device and claimant
+        (an operator acknowledges it; it does not clear by itself)."""
+        track = self._track(_subject(device_id, agent_id), CLAIM_RULE)
+        if track.alarm_id is None:
+            message = (
+                f"agent {agent_id} announced device {device_id}, which belongs to agent "
+                f"{owner}: refused (a misconfigured or hostile agent)"
+            )
+            await self._raise(
+                device_id, agent_id, CLAIM_RULE, CLAIM_SEVERITY, None, message, event.ts_ms
             )
 
     # -- transitions ------------------------------------------------------------------------

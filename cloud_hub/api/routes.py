@@ -123,6 +123,39 @@ async def latest_telemetry(device_id: str, hub: HubDep, caller: Reader) -> Lates
     return LatestTelemetry(device_id=device_id, profile=profile.name, points=points)
 
 
+class DeviceMove(BaseModel):
+    """Where a device goes: the agent it is behind from now on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(pattern=ID_PATTERN, description="An agent the hub knows.")
+
+
+@router.post("/devices/{device_id}/move", tags=["devices"])
+async def move_device(
+    device_id: str, body: DeviceMove, hub: HubDep, caller: Admin, request: Request
+) -> DeviceOut:
+    """Move a device to another agent (a replaced or re-wired gateway). This is the only way
+    a device changes agent: an agent that announces a device of another agent is refused
+    (audited, and alarmed as `device_claim_refused`). Audited as `device.move`."""
+    device = await device_in_scope(hub, caller, device_id)
+    if await hub.registry.get_agent(body.agent_id) is None:
+        raise not_found(f"no agent '{body.agent_id}'")
+    await agent_in_scope(hub, caller, body.agent_id)
+    moved = await hub.registry.move_device(device_id, body.agent_id)
+    if moved is None:
+        raise not_found(f"no device '{device_id}'")
+    hub.ingest.move_device(device_id, body.agent_id, moved.profile)
+    await audit(
+        request,
+        "device.move",
+        f"device:{device_id}",
+        from_agent=device.agent_id,
+        to_agent=body.agent_id,
+    )
+    return DeviceOut.model_validate(moved)
+
+
 @router.post(
     "/devices/{device_id}/commands",
     status_code=status.HTTP_202_ACCEPTED,

@@ -84,19 +84,23 @@ class Registry:
         software_version: str | None,
         devices: Sequence[DeviceInfo] | None,
         report_interval_s: float | None = None,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         """Record an agent's state and devices (None: not stated, left as they are). Several
         hub processes may record the same birth message at once: a lost insert race is
-        retried as an update."""
+        retried as an update.
+
+        A device belongs to the agent that first announced it (or that an operator moved it
+        to, :meth:`move_device`): one that another agent already has is left alone, and
+        returned as ``(device_id, owner)`` among the refused claims."""
         for attempt in range(3):
             try:
-                await self._agent_state(
+                return await self._agent_state(
                     agent_id, state, software_version, devices, report_interval_s
                 )
-                return
             except IntegrityError:
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
 
     async def _agent_state(
         self,
@@ -105,8 +109,9 @@ class Registry:
         software_version: str | None,
         devices: Sequence[DeviceInfo] | None,
         report_interval_s: float | None,
-    ) -> None:
+    ) -> list[tuple[str, str]]:
         now = utcnow()
+        refused: list[tuple[str, str]] = []
         async with self.session.begin() as db:
             agent = await db.get(AgentRow, agent_id)
             if agent is None:
@@ -124,8 +129,21 @@ class Registry:
                 if device is None:
                     device = DeviceRow(device_id=info.device_id, created_at=now)
                     db.add(device)
+                elif device.agent_id and device.agent_id != agent_id:
+                    refused.append((info.device_id, device.agent_id))
+                    continue
                 device.agent_id = agent_id
                 device.profile = info.profile
+        return refused
+
+    async def move_device(self, device_id: str, agent_id: str) -> DeviceRow | None:
+        """Give a device to another agent (an operator's decision); None if it is unknown."""
+        async with self.session.begin() as db:
+            device = await db.get(DeviceRow, device_id)
+            if device is None:
+                return None
+            device.agent_id = agent_id
+        return device
 
     async def device_status(self, device_id: str, status: str) -> None:
         async with self.session.begin() as db:

@@ -468,6 +468,9 @@ CHECKS: dict[tuple[str, str], Check] = {
         lambda rig: hidden(rig, "GET", south_device("/telemetry/latest"))
     ),
     ("POST", "/api/v1/devices/{device_id}/commands"): _send,
+    ("POST", "/api/v1/devices/{device_id}/move"): (
+        lambda rig: hidden(rig, "POST", south_device("/move"), json={"agent_id": AGENT[SOUTH]})
+    ),
     ("GET", "/api/v1/commands/{command_id}"): _command,
     ("POST", "/api/v1/commands/{command_id}/cancel"): _cancel,
     ("GET", "/api/v1/telemetry"): _telemetry,
@@ -518,7 +521,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): "whole-hub counters by state and outcome, no object of a site",
 }
 #: documentation: the schema, its pages and their assets
-DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc")
+DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc", "/static")
 
 
 def app_routes() -> set[tuple[str, str]]:
