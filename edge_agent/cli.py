@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from device_profiles import ProfileError
 from drivers import DriverError
 from edge_agent.agent import Agent
 from edge_agent.devices import DeviceRuntime
@@ -64,19 +66,29 @@ async def _probe(settings: AgentSettings) -> int:
         table.add_column(column)
     failures = 0
     for config in settings.devices:
-        device = DeviceRuntime.from_config(config)
         connection = config.connection.model_dump_json(exclude={"transport"})
+        try:
+            device = DeviceRuntime.from_config(config)
+        except (ProfileError, DriverError) as exc:
+            failures += 1
+            table.add_row(config.device_id, config.profile, connection, _failed(exc))
+            continue
         try:
             async with device.driver:
                 values = await device.read_values(list(device.profile.points))
             shown = ", ".join(f"{k}={v}" for k, v in list(values.items())[:6])
             result = f"[green]ok[/] {len(values)} points: {shown}"
-        except DriverError as exc:
+        except Exception as exc:  # noqa: BLE001 - one device's failure of any kind is a table row
             failures += 1
-            result = f"[red]{type(exc).__name__}[/]: {exc}"
+            result = _failed(exc)
         table.add_row(config.device_id, device.profile.name, connection, result)
     out.print(table)
     return failures
+
+
+def _failed(exc: Exception) -> str:
+    """One line for the table: the error's class and message (a driver's, or unexpected)."""
+    return f"[red]{escape(type(exc).__name__)}[/]: {escape(str(exc))}"
 
 
 app.command("provision")(provision)

@@ -2,7 +2,9 @@
 
 The agent is the last line of defence (Modbus has no authentication): a command is checked
 against the device profile here again, written through the driver, read back and verified.
-Each command id runs at most once; an expired command never runs.
+Each command id runs at most once; an expired command never runs. A command that fails in
+any way (a driver error, or any other exception) gets a ``failed`` result; nothing it raises
+reaches the uplink that delivered it.
 """
 
 from __future__ import annotations
@@ -74,8 +76,14 @@ class CommandExecutor:
             self.journal.started(command_id)
         else:
             self._done[command_id] = None
+        status: CommandStatus
         try:
             status, detail = await self._execute(request)
+        except DriverError as exc:  # from a step outside the write and read-back
+            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug: fail this command, never the uplink that delivered it
+            log.error("command failed unexpectedly", command_id=command_id, exc_info=exc)
+            status, detail = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
         finally:
             self._running.discard(command_id)
         result = CommandResult(

@@ -312,11 +312,11 @@ class CoapDriver(Driver):
         """True while the client context exists (CoAP itself has no connection)."""
         return self._context is not None
 
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         """Create the client context (binds a local UDP port; the device is not contacted)."""
         await self._client()
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         context, self._context = self._context, None
         observations = list(self._observations.values())
         self._observations.clear()
@@ -329,7 +329,7 @@ class CoapDriver(Driver):
             await context.shutdown()
             log.debug("coap closed", endpoint=self.endpoint)
 
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         wanted = list(dict.fromkeys(names))
         by_path: dict[str, dict[str, Point]] = {}
         for name in wanted:
@@ -348,7 +348,7 @@ class CoapDriver(Driver):
                 raise
         return {name: raw[name] for name in wanted}
 
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         point = self.writable_point(name)
         path = point.coap.path
         payload, content_format = encode_payload(point, raw)
