@@ -19,6 +19,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_profiles.errors import CommandRejected
+from device_profiles.numbers import is_finite
 
 __all__ = [
     "REGISTER_COUNT",
@@ -279,7 +280,7 @@ class Point(_Strict):
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CommandRejected(f"expects a number, got {value!r}")
-        if not math.isfinite(value):
+        if not is_finite(value):
             raise CommandRejected(f"expects a finite number, got {value!r}")
         if self.min is not None and value < self.min:
             raise CommandRejected(f"{value} is below the minimum {_num(self.min)}{self.unit}")
@@ -336,7 +337,7 @@ class CommandParam(_Strict):
             )
         assert isinstance(value, bool | int | float | str)  # narrowed by the checks above
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            if not is_finite(value):
                 raise CommandRejected(f"parameter '{name}' must be finite, got {value!r}")
             if self.min is not None and value < self.min:
                 raise CommandRejected(

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from collections import deque
@@ -53,7 +52,7 @@ from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
-from device_profiles import DeviceProfile, Value, load_builtin_profile
+from device_profiles import CommandRejected, DeviceProfile, Value, load_builtin_profile
 from firmware_sim.ticking import ticking
 
 __all__ = [
@@ -70,7 +69,9 @@ log = structlog.get_logger(__name__)
 
 TEXT = ContentFormat.TEXT
 JSON = ContentFormat.JSON
-_MIN_INTERVAL, _MAX_INTERVAL = 10, 3600
+#: the writable point of ``/config/report-interval``; its min and max bound a write
+_INTERVAL_POINT = load_builtin_profile("manhole_cover").points["report_interval"]
+_INTERVAL_RANGE = f"{_INTERVAL_POINT.min:g}-{_INTERVAL_POINT.max:g}"
 _LOG_LINES_KEPT = 200
 _LOG_SEED_LINES = 48  # ~3 KiB of boot log, so /log always needs block-wise transfer
 MALFORMED_PAYLOAD = b"\xff\xfe{not a value"
@@ -513,7 +514,7 @@ class ManholeSensorSim:
             log.info("coap write refused", path=path, payload=request.payload[:64])
             return aiocoap.Message(
                 code=Code.BAD_REQUEST,
-                payload=f"report interval must be an integer {_MIN_INTERVAL}-{_MAX_INTERVAL}".encode(),
+                payload=f"report interval must be an integer {_INTERVAL_RANGE}".encode(),
             )
         self.model.report_interval = value
         self.model.event(f"config: report interval set to {value} s ({method})")
@@ -530,16 +531,24 @@ class ManholeSensorSim:
 
 
 def _parse_interval(payload: bytes) -> int | None:
-    """The report interval in a write: ``30``, ``30.0``, or ``{"report_interval": 30}``."""
+    """The report interval in a write: ``30``, ``30.0``, or ``{"report_interval": 30}``.
+
+    The number is checked by the profile's point (:meth:`Point.check_value`: a finite number
+    within its ``min`` and ``max``), like a command to the real device; None for anything else.
+    """
     try:
         data: Any = json.loads(payload.decode())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if isinstance(data, dict):
         data = data.get("report_interval")
-    if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
+    if isinstance(data, bool) or not isinstance(data, int | float):
         return None
-    if not float(data).is_integer() or not _MIN_INTERVAL <= data <= _MAX_INTERVAL:
+    if isinstance(data, float) and not data.is_integer():
+        return None
+    try:
+        _INTERVAL_POINT.check_value(data)
+    except CommandRejected:
         return None
     return int(data)
 
