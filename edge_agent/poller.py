@@ -21,6 +21,7 @@ import structlog
 
 from device_profiles.wire import Channel, DeviceEvent, Reading
 from drivers import DriverError
+from edge_agent.cancellation import raise_if_cancelling
 from edge_agent.devices import DeviceRuntime
 from edge_agent.outbox import OutboxLike
 from edge_agent.reporting import ChangeFilter
@@ -62,6 +63,7 @@ class DevicePoller:
         next_due = dict.fromkeys(self.intervals, loop.time())
         failures = 0
         while True:
+            raise_if_cancelling()  # a stop a library swallowed (see edge_agent.cancellation)
             now = loop.time()
             due = [name for name, at in next_due.items() if at <= now]
             if due:

@@ -243,6 +243,11 @@ class ModbusSerialBus:
             await asyncio.wait(
                 {pending, *watchers}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:
+            # stopped mid-transaction: close the port so the answer still on its way never
+            # reaches pymodbus without its request, nor meets another unit's request
+            self._drop()
+            raise
         finally:
             self._attempting = False
             self._quiet_since = time.monotonic()

@@ -217,6 +217,9 @@ class ModbusTcpDriver(Driver):
         finally:
             watcher.cancel()
             if not pending.done():
+                # close first: an answer on its way must not reach pymodbus after the request
+                # is gone ("received pdu without a corresponding request"), nor the next one
+                self._drop()
                 pending.cancel()
                 await asyncio.wait({pending})
         if pending.cancelled():
