@@ -13,6 +13,7 @@ from device_profiles.loader import (
     profile_json_schema,
     resolve_profile,
 )
+from device_profiles.numbers import is_finite
 from device_profiles.schema import (
     AlarmRule,
     Command,
@@ -47,6 +48,7 @@ __all__ = [
     "WriteCondition",
     "builtin_profile_names",
     "format_location",
+    "is_finite",
     "load_builtin_profile",
     "load_profile",
     "parse_profile",

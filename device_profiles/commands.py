@@ -14,7 +14,6 @@ Everything is checked when the profile loads (:func:`check_command`, errors name
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from device_profiles.errors import CommandRejected
+from device_profiles.numbers import is_finite
 
 if TYPE_CHECKING:
     from device_profiles.schema import Point
@@ -82,7 +82,7 @@ class CommandParam(_Strict):
             )
         assert isinstance(value, bool | int | float | str)  # narrowed by the checks above
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            if not is_finite(value):
                 raise CommandRejected(f"parameter '{name}' must be finite, got {value!r}")
             if self.min is not None and value < self.min:
                 raise CommandRejected(

@@ -31,6 +31,7 @@ from device_profiles.commands import (
     resolve_command,
 )
 from device_profiles.errors import CommandRejected
+from device_profiles.numbers import is_finite
 
 __all__ = [
     "REGISTER_COUNT",
@@ -299,7 +300,7 @@ class Point(_Strict):
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CommandRejected(f"expects a number, got {value!r}")
-        if not math.isfinite(value):
+        if not is_finite(value):
             raise CommandRejected(f"expects a finite number, got {value!r}")
         if self.min is not None and value < self.min:
             raise CommandRejected(f"{value} is below the minimum {num(self.min)}{self.unit}")

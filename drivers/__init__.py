@@ -15,6 +15,7 @@ from drivers.errors import (
     DriverTimeout,
     EncodeError,
     ProtocolError,
+    UnexpectedDriverError,
 )
 from drivers.factory import open_driver
 from drivers.fake import FakeDriver, FakeWrite
@@ -56,6 +57,7 @@ __all__ = [
     "ProtocolError",
     "SerialPortIdentity",
     "SerialPortNotFound",
+    "UnexpectedDriverError",
     "open_driver",
     "resolve_serial_port",
 ]

@@ -12,17 +12,26 @@ A driver is a reusable, non-reentrant async context manager::
 
 ``read`` and ``write`` (re)connect on demand, so a driver whose connection broke works again
 on the next call, and one may also be used without ``async with`` (call ``close()`` at the end).
+
+This class is the driver boundary. A transport implements ``_connect``, ``_close``, ``_read``
+and ``_write``; the public methods run them and let no exception but a
+:class:`~drivers.errors.DriverError` out: the transports translate the failures they know
+(``raise ConnectError(...) from exc``), and anything else (a library's exception that was not
+foreseen, ``termios.error``, a bug) becomes :class:`~drivers.errors.UnexpectedDriverError`
+with the original chained, so one device's failure of any kind stays that device's failure.
+Cancellation is never translated.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Self
+from typing import Self, final
 
 from device_profiles import DeviceProfile, Point, Value
-from drivers.errors import ConfigurationError
+from drivers.errors import ConfigurationError, DriverError, UnexpectedDriverError
 
 __all__ = ["Driver"]
 
@@ -44,21 +53,57 @@ class Driver(abc.ABC):
     def endpoint(self) -> str:
         """Where the device is, for logs: ``modbus-tcp://10.0.3.17:502/1``."""
 
-    @abc.abstractmethod
+    @final
     async def connect(self) -> None:
         """Connect now; :class:`~drivers.errors.ConnectError` if the device is unreachable."""
+        with self._boundary("connect"):
+            await self._connect()
 
-    @abc.abstractmethod
+    @final
     async def close(self) -> None:
         """Close the connection. Idempotent; the driver may be connected again afterwards."""
+        with self._boundary("close"):
+            await self._close()
+
+    @final
+    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+        """Raw values of the named points, in the order asked (duplicates read once)."""
+        with self._boundary("read"):
+            return await self._read(names)
+
+    @final
+    async def write(self, name: str, raw: Value) -> None:
+        """Write the raw value of one writable point."""
+        with self._boundary(f"write {name}"):
+            await self._write(name, raw)
+
+    # -- what a transport implements ----------------------------------------------------
 
     @abc.abstractmethod
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _connect(self) -> None:
+        """Connect now, translating the transport's failures into DriverErrors."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Close the connection (idempotent)."""
+
+    @abc.abstractmethod
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         """Raw values of the named points, in the order asked (duplicates read once)."""
 
     @abc.abstractmethod
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         """Write the raw value of one writable point."""
+
+    @contextmanager
+    def _boundary(self, action: str) -> Iterator[None]:
+        """Let only DriverErrors out (and cancellation, untouched)."""
+        try:
+            yield
+        except DriverError:
+            raise
+        except Exception as exc:
+            raise UnexpectedDriverError(self.endpoint, action, exc) from exc
 
     def point(self, name: str) -> Point:
         """The profile's point ``name``; :class:`ConfigurationError` if there is none."""

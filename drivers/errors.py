@@ -8,12 +8,17 @@
     ├── DeviceException             the device answered with a Modbus exception (code, function)
     ├── ProtocolError               the answer is malformed or not the one asked for
     ├── EncodeError                 a raw value cannot be put on the wire for its point
-    └── ConfigurationError          the driver was asked something its profile does not allow
-                                    (unknown point, write to a read-only point, wrong transport)
+    ├── ConfigurationError          the driver was asked something its profile does not allow
+    │                               (unknown point, write to a read-only point, wrong transport)
+    └── UnexpectedDriverError       any other exception raised inside a driver (a library's
+                                    error not foreseen, a bug), wrapped at the driver boundary
 
 The first four describe the device or the link and are what a poller retries or reports as
-"unavailable"; the last two are the caller's mistakes. Third-party exceptions (pymodbus,
-``OSError``) are translated where they occur, with ``raise ... from exc``, and never leak.
+"unavailable"; the next two are the caller's mistakes. Third-party exceptions (pymodbus,
+``OSError``, ``termios.error``) are translated where they occur, with ``raise ... from exc``;
+whatever escapes that is wrapped by :class:`~drivers.base.Driver` as
+:class:`UnexpectedDriverError` (the original is its ``__cause__``), so nothing else ever leaks
+out of a driver.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ __all__ = [
     "DriverTimeout",
     "EncodeError",
     "ProtocolError",
+    "UnexpectedDriverError",
 ]
 
 #: Names of the Modbus exception codes (Modbus Application Protocol v1.1b3, section 7).
@@ -86,3 +92,19 @@ class EncodeError(DriverError, ValueError):
 
 class ConfigurationError(DriverError):
     """The request does not fit the driver's profile or settings (a caller's mistake)."""
+
+
+class UnexpectedDriverError(DriverError):
+    """An exception no transport translated (a bug, or a library error not foreseen).
+
+    ``action`` is what the driver was doing (``read``, ``write dimming``, ``connect``) and
+    ``original`` the exception, also chained as ``__cause__``. The device is treated as
+    unavailable, like after a :class:`ConnectError`.
+    """
+
+    def __init__(self, endpoint: str, action: str, original: Exception) -> None:
+        self.endpoint = endpoint
+        self.action = action
+        self.original = original
+        detail = str(original) or repr(original)
+        super().__init__(f"{endpoint}: {action} failed: {type(original).__name__}: {detail}")

@@ -7,6 +7,7 @@ every write and can be told to fail::
 
     driver = FakeDriver(profile, {"voltage": 2301})
     driver.fail_next_read(DriverTimeout("no answer"))
+    driver.fail_next_read(RuntimeError("a bug"))  # any exception: the driver boundary wraps it
     driver.offline = True   # every call raises ConnectError until set back to False
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from device_profiles import DeviceProfile, Point, Value
 from drivers.base import Driver
-from drivers.errors import ConnectError, DriverError
+from drivers.errors import ConnectError
 from drivers.modbus.codec import encode
 
 __all__ = ["FakeDriver", "FakeWrite"]
@@ -59,8 +60,8 @@ class FakeDriver(Driver):
         self.offline = False
         self.connected = False
         self.connects = 0
-        self._read_errors: deque[DriverError] = deque()
-        self._write_errors: deque[DriverError] = deque()
+        self._read_errors: deque[Exception] = deque()
+        self._write_errors: deque[Exception] = deque()
 
     @property
     def endpoint(self) -> str:
@@ -73,17 +74,18 @@ class FakeDriver(Driver):
         _check_raw(self.point(name), raw)
         self.values[name] = raw
 
-    def fail_next_read(self, error: DriverError, times: int = 1) -> None:
-        """Make the next ``times`` reads raise ``error``."""
+    def fail_next_read(self, error: Exception, times: int = 1) -> None:
+        """Make the next ``times`` reads raise ``error`` (one that is not a DriverError comes
+        out as :class:`~drivers.errors.UnexpectedDriverError`, as from any driver)."""
         self._read_errors.extend([error] * times)
 
-    def fail_next_write(self, error: DriverError, times: int = 1) -> None:
+    def fail_next_write(self, error: Exception, times: int = 1) -> None:
         """Make the next ``times`` writes raise ``error`` (nothing is written)."""
         self._write_errors.extend([error] * times)
 
     # -- Driver -------------------------------------------------------------------------
 
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         if self.offline:
             self.connected = False
             raise ConnectError(f"{self._endpoint} is offline")
@@ -91,10 +93,10 @@ class FakeDriver(Driver):
             self.connected = True
             self.connects += 1
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         self.connected = False
 
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         wanted = list(dict.fromkeys(names))
         for name in wanted:
             self.point(name)
@@ -104,7 +106,7 @@ class FakeDriver(Driver):
         self.reads.append(tuple(wanted))
         return {name: self.values[name] for name in wanted}
 
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         _check_raw(self.writable_point(name), raw)
         await self.connect()
         if self._write_errors:

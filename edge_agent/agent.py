@@ -1,9 +1,17 @@
-"""The edge agent: pollers, command executor and uplink wired together."""
+"""The edge agent: pollers, command executor and uplink wired together.
+
+Stopping (``stop()``, which SIGINT and SIGTERM call, or cancelling ``run()``) is bounded by
+``stop_timeout_s`` under any load: the pollers are cancelled first (no new readings), then the
+uplink (it says goodbye with an offline state) and the health reporter, each cancelled again
+if a library swallowed the cancellation (:mod:`edge_agent.cancellation`); then the spool
+commits what is still in memory, the command journal closes and every driver closes. The agent
+logs what it did (``agent stopped``: how long, readings kept in the spool for the next start,
+drivers closed) and names any task that did not finish in time, at ERROR.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
@@ -13,6 +21,7 @@ import structlog
 from device_profiles import ProfileError
 from device_profiles.wire import Channel, DesiredConfig, ReportedConfig
 from drivers import DriverError
+from edge_agent.cancellation import cancel_within, describe
 from edge_agent.command_journal import CommandJournal
 from edge_agent.commands import CommandExecutor
 from edge_agent.devices import DeviceRuntime
@@ -36,11 +45,20 @@ def software_version() -> str:
         return "unknown"
 
 
-class Agent:
-    """Run with ``await Agent(settings).run()``; cancel the task to stop."""
+#: How long a stop may take, whatever the load (a supervisor's stop timeout is usually longer).
+STOP_TIMEOUT_S = 5.0
 
-    def __init__(self, settings: AgentSettings) -> None:
+
+class Agent:
+    """Run with ``await Agent(settings).run()``; ``stop()`` (or cancel the task) to stop."""
+
+    def __init__(self, settings: AgentSettings, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
         self.settings = settings
+        self.stop_timeout_s = stop_timeout_s
+        #: Tasks that did not finish within the stop's bound (empty after a clean stop).
+        self.stragglers: set[asyncio.Task[object]] = set()
+        self._stop = asyncio.Event()
+        self._running = False
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         applied = load_applied(settings.data_dir)
         self.config_version = applied[0] if applied else 0
@@ -93,39 +111,90 @@ class Agent:
                 confirm=settings.delivery.confirm,
             )
         self._poll_tasks: dict[str, asyncio.Task[None]] = {}
-        self._group: asyncio.TaskGroup | None = None
         self._config_lock = asyncio.Lock()
 
         self.health = HealthReporter(
             settings.agent_id, self.outbox, self.pollers, self.uplink, settings.health_interval_s
         )
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the running agent to stop; ``run()`` returns once it has (within the bound)."""
+        self._stop.set()
+
     async def run(self) -> None:
+        """Run until :meth:`stop` or cancellation, then stop within ``stop_timeout_s``.
+
+        Raises what ended the uplink or the health reporter, should either fail.
+        """
         log.info("agent starting", agent_id=self.settings.agent_id, devices=len(self.devices))
-        async with contextlib.AsyncExitStack() as stack:
-            # drivers connect on demand, so a device that is down at start-up delays nothing
-            for device in self.devices.values():
-                stack.push_async_callback(device.driver.close)
-            stack.callback(self.outbox.close)  # commits the last readings
-            stack.callback(self.journal.close)
-            stack.push_async_callback(self._close_drivers)
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                group.create_task(self.uplink.run(), name="uplink")
-                group.create_task(self.health.run(), name="health")
-                for poller in self.pollers:
-                    self._start(poller)
+        # drivers connect on demand, so a device that is down at start-up delays nothing
+        core: set[asyncio.Task[object]] = {
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self.health.run(), name="health"),
+        }
+        self._running = True
+        for poller in self.pollers:
+            self._start(poller)
+        stop = asyncio.create_task(self._stop.wait(), name="agent-stop")
+        failure: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait({stop, *core}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stop}:  # the uplink or the health reporter ended: a failure
+                failure = task.exception() if not task.cancelled() else None
+                failure = failure or RuntimeError(f"{task.get_name()} ended unexpectedly")
+                log.error("agent stopping after a failure", task=task.get_name(), exc_info=failure)
+        finally:
+            stop.cancel()
+            await self._shutdown(core)
+        if failure is not None:
+            raise failure
 
     def _start(self, poller: DevicePoller) -> None:
-        assert self._group is not None  # only called while running
         device_id = poller.device.device_id
-        self._poll_tasks[device_id] = self._group.create_task(
-            poller.run(), name=f"poll-{device_id}"
-        )
+        task = asyncio.create_task(poller.run(), name=f"poll-{device_id}")
+        task.add_done_callback(_report_crash)
+        self._poll_tasks[device_id] = task
 
-    async def _close_drivers(self) -> None:
-        for device in self.devices.values():
-            await device.driver.close()
+    async def _shutdown(self, core: set[asyncio.Task[object]]) -> None:
+        """Stop everything within ``stop_timeout_s``; log what was done."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.stop_timeout_s
+        self._running = False
+        log.info("agent stopping", timeout_s=self.stop_timeout_s)
+        pollers: list[asyncio.Task[object]] = list(self._poll_tasks.values())
+        stuck = await cancel_within(pollers, deadline - loop.time())  # no new readings
+        stuck |= await cancel_within(core, max(0.0, deadline - loop.time()))
+        spooled = self.outbox.depth
+        try:
+            self.outbox.close()  # commits the readings still in memory
+        except Exception as exc:  # noqa: BLE001 - the drivers must still be closed
+            log.error("spool not closed cleanly", error=f"{type(exc).__name__}: {exc}")
+        self.journal.close()
+        closers = [
+            asyncio.create_task(device.driver.close(), name=f"close-{device_id}")
+            for device_id, device in self.devices.items()
+        ]
+        if closers:
+            _, late = await asyncio.wait(closers, timeout=max(0.1, deadline - loop.time()))
+            stuck |= await cancel_within(late, 0.1)
+        failed = [t.get_name() for t in closers if t.done() and not t.cancelled() and t.exception()]
+        for task in stuck:
+            log.error("task did not stop in time", task=describe(task))
+        self.stragglers = stuck
+        log.info(
+            "agent stopped",
+            stop_s=round(loop.time() - started, 3),
+            readings_spooled=spooled,
+            drivers_closed=len(closers) - len(failed),
+            drivers_failed=failed,
+            tasks_not_stopped=len(stuck),
+        )
 
     async def apply_config(self, desired: DesiredConfig) -> ReportedConfig:
         """Validate and apply a configuration pushed by the hub; never raises."""
@@ -174,7 +243,7 @@ class Agent:
             self.devices[device_id] = runtime
             poller = DevicePoller(runtime, self.outbox)
             self.pollers.append(poller)
-            if self._group is not None:
+            if self._running:
                 self._start(poller)
         store_applied(self.settings.data_dir, desired.version, remote)
         self.config_version = desired.version
@@ -185,9 +254,15 @@ class Agent:
     async def _stop_device(self, device_id: str) -> None:
         task = self._poll_tasks.pop(device_id, None)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for stuck in await cancel_within([task], self.stop_timeout_s):
+                log.error("poller did not stop in time", task=describe(stuck))
         self.pollers[:] = [p for p in self.pollers if p.device.device_id != device_id]
         device = self.devices.pop(device_id)
         async with device.command_lock:  # let a running command finish
             await device.driver.close()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A poller isolates every device error; one that ends anyway is a bug: say so, once."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("poller ended unexpectedly", task=task.get_name(), exc_info=exc)

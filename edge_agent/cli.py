@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
+import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,6 +27,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+log = structlog.get_logger(__name__)
 
 ConfigOption = Annotated[
     Path,
@@ -43,11 +47,39 @@ def _settings(config: Path) -> AgentSettings:
 
 @app.command()
 def run(config: ConfigOption) -> None:
-    """Run the agent until interrupted."""
+    """Run the agent until SIGINT (Ctrl-C) or SIGTERM, then stop within 5 s.
+
+    The stop commits the readings not yet sent to the spool (sent after the next start),
+    closes every driver and the uplink, and logs what it did.
+    """
     settings = _settings(config)
     configure_logging(settings.log_level, settings.log_format)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Agent(settings).run())
+    asyncio.run(_serve(Agent(settings)))
+
+
+async def _serve(agent: Agent) -> None:
+    """Run ``agent``; SIGINT and SIGTERM stop it (a second signal only says it is stopping)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(name: str) -> None:
+        if agent.stopping:
+            log.warning("already stopping", signal=name, within_s=agent.stop_timeout_s)
+            return
+        log.info("stop requested", signal=name)
+        agent.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await agent.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if agent.stragglers:
+        # asyncio.run would wait for ever on tasks that ignore cancellation; the spool and the
+        # drivers are closed and the stragglers were logged: leave within the bound
+        logging.shutdown()
+        os._exit(1)
 
 
 @app.command()
@@ -91,6 +123,11 @@ def _print_probes(agent_id: str, probes: list[DeviceProbe]) -> None:
             for shown in probe.shown():
                 points.add_row(shown.name, escape(shown.text))
             out.print(points)
+
+
+def _failed(exc: Exception) -> str:
+    """One line for the table: the error's class and message (a driver's, or unexpected)."""
+    return f"[red]{escape(type(exc).__name__)}[/]: {escape(str(exc))}"
 
 
 app.command("provision")(provision)

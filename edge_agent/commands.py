@@ -5,7 +5,9 @@ against the device profile here again, written through the driver, read back and
 A momentary write (a trigger the device clears, so it cannot be read back) is verified by the
 point its profile names in ``confirm`` (a gate's ``state``), read again until it shows one of
 the expected values or ``within_s`` passed. Each command id runs at most once; an expired
-command never runs. What a command read back is reported as telemetry at once.
+command never runs. What a command read back is reported as telemetry at once. A command that fails in any
+way (a driver error, or any other exception) gets a ``failed`` result; nothing it raises
+reaches the uplink that delivered it.
 """
 
 from __future__ import annotations
@@ -80,8 +82,14 @@ class CommandExecutor:
             self.journal.started(command_id)
         else:
             self._done[command_id] = None
+        status: CommandStatus
         try:
             status, detail = await self._execute(request)
+        except DriverError as exc:  # from a step outside the write and read-back
+            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug: fail this command, never the uplink that delivered it
+            log.error("command failed unexpectedly", command_id=command_id, exc_info=exc)
+            status, detail = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
         finally:
             self._running.discard(command_id)
         result = CommandResult(

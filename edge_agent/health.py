@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from device_profiles.wire import AgentHealth, Channel, DeviceHealth
+from edge_agent.cancellation import raise_if_cancelling
 from edge_agent.outbox import OutboxLike
 from edge_agent.poller import DevicePoller
 
@@ -72,5 +73,6 @@ class HealthReporter:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.interval_s)
             self.outbox.put_control(Channel.HEALTH, self.snapshot())

@@ -220,7 +220,9 @@ class NbIotUplink:
                 self.asleep.set()
                 try:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), s.uplink_interval_s)
+                        # asyncio.timeout, never wait_for: see edge_agent.cancellation
+                        async with asyncio.timeout(s.uplink_interval_s):
+                            await self.wake.wait()
                 finally:
                     self.asleep.clear()
         finally:
@@ -285,7 +287,8 @@ class NbIotUplink:
         count = 0
         while True:
             try:
-                item = await asyncio.wait_for(self.outbox.next(), self.settings.drain_idle_s)
+                async with asyncio.timeout(self.settings.drain_idle_s):
+                    item = await self.outbox.next()
             except TimeoutError:
                 return count
             await self._send_item(sock, item)

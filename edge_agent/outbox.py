@@ -74,7 +74,10 @@ async def gather_burst(
             return
         changed.clear()
         try:
-            await asyncio.wait_for(changed.wait(), remaining)
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+            # arrives as the event is set, and the stop then never reaches the task
+            async with asyncio.timeout(remaining):
+                await changed.wait()
         except TimeoutError:
             return
         if after_wake is not None:

@@ -3,6 +3,12 @@
 A device that fails is retried with capped exponential backoff without delaying any other
 device; it going unavailable is logged once at WARNING (then at DEBUG) and reported as an
 event, and so is its return.
+
+A failure of any kind is the device's alone: a :class:`~drivers.DriverError` (which is all a
+driver raises) or any other exception on the way from the driver to the outbox (a scaling bug,
+a value the profile cannot convert) marks the device unavailable and is counted; it never ends
+the poller, so it never stops the other devices or the uplink. An exception that is not a
+DriverError is logged with its traceback at ERROR, once per outage.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import structlog
 from device_profiles import Value
 from device_profiles.wire import Channel, DeviceEvent, Reading
 from drivers import DriverError
+from edge_agent.cancellation import raise_if_cancelling
 from edge_agent.devices import DeviceRuntime
 from edge_agent.outbox import OutboxLike
 
@@ -58,6 +65,7 @@ class DevicePoller:
         next_due = dict.fromkeys(self.intervals, loop.time())
         failures = 0
         while True:
+            raise_if_cancelling()  # a stop a library swallowed (see edge_agent.cancellation)
             now = loop.time()
             due = [name for name, at in next_due.items() if at <= now]
             if due:
@@ -79,13 +87,10 @@ class DevicePoller:
         try:
             values = await self.device.read_values(names)
         except DriverError as exc:
-            self.errors += 1
-            if self.online is not False:
-                log.warning("device unavailable", device_id=device_id, error=str(exc))
-                self._event("offline", str(exc))
-            else:
-                log.debug("device still unavailable", device_id=device_id, error=str(exc))
-            self.online = False
+            self._unavailable(str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug, isolated to this device
+            self._unavailable(f"{type(exc).__name__}: {exc}", unexpected=exc)
             return False
         self.polls += 1
         self.last_latency_ms = (time.monotonic() - started) * 1000
@@ -117,6 +122,23 @@ class DevicePoller:
         self.non_finite.update(bad)
         self.non_finite_values += len(bad)
         return {n: v for n, v in values.items() if n not in bad}
+    def _unavailable(self, detail: str, unexpected: Exception | None = None) -> None:
+        device_id = self.device.device_id
+        self.errors += 1
+        if self.online is not False:
+            if unexpected is None:
+                log.warning("device unavailable", device_id=device_id, error=detail)
+            else:
+                log.error(
+                    "device unavailable: unexpected error",
+                    device_id=device_id,
+                    error=detail,
+                    exc_info=unexpected,
+                )
+            self._event("offline", detail)
+        else:
+            log.debug("device still unavailable", device_id=device_id, error=detail)
+        self.online = False
 
     def _event(self, kind: str, detail: str) -> None:
         event = DeviceEvent.model_validate(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_profiles import DeviceProfile, Value
+from device_profiles import DeviceProfile, Value, resolve_profile
 from device_profiles.display import ShownValue, show_values
 from drivers import DriverError
 from edge_agent.devices import DeviceRuntime
@@ -24,7 +24,7 @@ class DeviceProbe:
     config: DeviceConfig
     profile: DeviceProfile
     values: dict[str, Value] = field(default_factory=dict)
-    error: DriverError | None = None
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,11 +57,15 @@ async def probe_devices(settings: AgentSettings) -> list[DeviceProbe]:
     """Read every point of each device once, in the configuration's order."""
     probes = []
     for config in settings.devices:
-        device = DeviceRuntime.from_config(config)
+        try:
+            device = DeviceRuntime.from_config(config)
+        except DriverError as exc:  # e.g. a connection the driver cannot be built for
+            probes.append(DeviceProbe(config, resolve_profile(config.profile), error=exc))
+            continue
         try:
             async with device.driver:
                 values = await device.read_values(list(device.profile.points))
-        except DriverError as exc:
+        except Exception as exc:  # noqa: BLE001 - one device's failure of any kind is a row
             probes.append(DeviceProbe(config, device.profile, error=exc))
         else:
             probes.append(DeviceProbe(config, device.profile, values=values))

@@ -342,7 +342,8 @@ class DiskOutbox:
                 continue
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._due_in())
+                async with asyncio.timeout(self._due_in()):
+                    await self._changed.wait()
             self._check_open()
 
     def ack(self, item: Outgoing) -> None:

@@ -40,6 +40,7 @@ from device_profiles.wire import (
     encode,
     topic,
 )
+from edge_agent.cancellation import raise_if_cancelling
 from edge_agent.outbox import OutboxLike, Outgoing
 from iot_runtime.mqtt import NO_MATCHING_SUBSCRIBERS, Client, MqttSettings, make_client
 
@@ -147,12 +148,10 @@ class MqttUplink:
                 agent_id=self.agent_id, state="offline", ts=time.time_ns() // 1_000_000
             )
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await asyncio.wait_for(
-                    client.publish(
+                async with asyncio.timeout(2.0):
+                    await client.publish(
                         topic(self.agent_id, Channel.STATE), encode(offline), qos=QOS, retain=True
-                    ),
-                    2.0,
-                )
+                    )
             raise
 
     def _birth(self) -> AgentState:
@@ -171,6 +170,7 @@ class MqttUplink:
     async def _publish_loop(self, client: Client) -> None:
         unheard = 0  # in a row
         while True:
+            raise_if_cancelling()  # aiomqtt's publish (wait_for, 3.11) may swallow the stop
             item = await self.outbox.next()
             reason = await client.publish_reason(
                 topic(self.agent_id, item.channel),

@@ -5,7 +5,8 @@
     firmware-sim run smart-pole --host 127.0.0.1 --port 5020 --seed 1 --unit-id 1
     firmware-sim run gateway-bus --link-dir /tmp/gw
     firmware-sim run-site examples/site.yaml --agent-config /tmp/agent.yaml
-    firmware-sim fault pole-1 no_reply --count 3
+    firmware-sim fault pole-1 no_reply            # until cleared
+    firmware-sim fault pole-1 no_reply --count 3  # the next 3 requests only
     firmware-sim clear pole-1
     firmware-sim status
     firmware-sim profiles
@@ -162,7 +163,10 @@ def fault(
     sim: Annotated[str, typer.Argument(help="Name of the sim in the scenario.")],
     fault_name: Annotated[str, typer.Argument(metavar="FAULT", help="e.g. no_reply, drop.")],
     count: Annotated[
-        int | None, typer.Option(help="Requests/frames to hit (0: until cleared).")
+        int | None,
+        typer.Option(
+            min=1, help="Hit only the next N requests/frames/commands (default: until cleared)."
+        ),
     ] = None,
     unit_id: Annotated[int | None, typer.Option(help="Only this Modbus unit.")] = None,
     delay_s: Annotated[float | None, typer.Option(help="Delay of a delay fault.")] = None,
@@ -176,11 +180,15 @@ def fault(
 ) -> None:
     """Inject a fault into a simulator of a running run-site.
 
+    Every fault lasts until `firmware-sim clear SIM`, unless --count N is given: then it hits
+    the next N requests (frames, commands) only. The same rule for every simulator.
+
     Faults by kind: smart_pole_tcp, smart_pole_rtu, gateway_bus: no_reply, delay, exception,
     corrupt_frame, truncated, garbage, disconnect, restart (--count, --unit-id, --delay-s,
-    --code). manhole_cover: drop, unavailable, malformed, delay (--delay-s), until cleared.
+    --code). manhole_cover: drop, unavailable, malformed, delay (--count, --delay-s).
     nbiot_modem: no_answer, late_answer, error, garbage (--command, --count, --code), unplug,
-    reboot. pollution_analyser: bad_crc, bad_length, garbage, split, no_answer (--count).
+    reboot (at once). pollution_analyser: bad_crc, bad_length, garbage, split, no_answer
+    (--count).
     """
     message: dict[str, Any] = {"op": "fault", "sim": sim, "fault": fault_name}
     options = {"count": count, "unit_id": unit_id, "delay_s": delay_s, "code": code}

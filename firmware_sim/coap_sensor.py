@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiocoap
 import structlog
@@ -53,10 +52,11 @@ from aiocoap.messagemanager import MessageManager
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
-from device_profiles import DeviceProfile, Value, load_builtin_profile
+from device_profiles import CommandRejected, DeviceProfile, Value, load_builtin_profile
 from firmware_sim.ticking import ticking
 
 __all__ = [
+    "CoapFault",
     "CoapFaults",
     "CoapRequestRecord",
     "CoapSentRecord",
@@ -70,17 +70,23 @@ log = structlog.get_logger(__name__)
 
 TEXT = ContentFormat.TEXT
 JSON = ContentFormat.JSON
-_MIN_INTERVAL, _MAX_INTERVAL = 10, 3600
+#: the writable point of ``/config/report-interval``; its min and max bound a write
+_INTERVAL_POINT = load_builtin_profile("manhole_cover").points["report_interval"]
+_INTERVAL_RANGE = f"{_INTERVAL_POINT.min:g}-{_INTERVAL_POINT.max:g}"
 _LOG_LINES_KEPT = 200
 _LOG_SEED_LINES = 48  # ~3 KiB of boot log, so /log always needs block-wise transfer
 MALFORMED_PAYLOAD = b"\xff\xfe{not a value"
 _KEPT = 10_000  # request and answer records kept
+#: The faults of :class:`CoapFaults`, by name.
+CoapFault = Literal["drop", "delay", "unavailable", "malformed"]
 _SETTABLE = ("tilt", "water_level", "battery", "temperature", "open", "report_interval")
 
 
 @dataclass(slots=True)
 class CoapFaults:
-    """Faults the server injects until :meth:`clear` (all off by default)."""
+    """Faults the server injects until :meth:`clear` (all off by default), or, injected with
+    a count (:meth:`inject`), for that many requests (answers, for ``delay``, ``unavailable``
+    and ``malformed``)."""
 
     #: Swallow incoming requests: no ACK, no answer (the client times out).
     drop: bool = False
@@ -90,12 +96,48 @@ class CoapFaults:
     unavailable: bool = False
     #: Answer with a payload that is no value in any content format.
     malformed: bool = False
+    #: The faults in force for a number of requests only: name -> requests left.
+    counted: dict[CoapFault, int] = field(default_factory=dict)
+
+    def inject(self, fault: CoapFault, count: int | None = None, *, delay_s: float = 1.0) -> None:
+        """Switch ``fault`` on for the next ``count`` requests (None: until cleared)."""
+        if count is not None and count < 1:
+            raise ValueError(f"count must be >= 1 or None, got {count}")
+        if fault == "delay":
+            self.delay_s = delay_s
+        else:
+            setattr(self, fault, True)
+        if count is None:
+            self.counted.pop(fault, None)
+        else:
+            self.counted[fault] = count
+
+    def active(self, fault: CoapFault) -> bool:
+        """Whether ``fault`` is in force (without counting a request off it)."""
+        return self.delay_s > 0 if fault == "delay" else bool(getattr(self, fault))
+
+    def take(self, fault: CoapFault) -> bool:
+        """Whether ``fault`` applies to the request arriving now, counting it off."""
+        if not self.active(fault):
+            return False
+        left = self.counted.get(fault)
+        if left is not None:
+            if left <= 1:
+                del self.counted[fault]
+                if fault == "delay":
+                    self.delay_s = 0.0
+                else:
+                    setattr(self, fault, False)
+            else:
+                self.counted[fault] = left - 1
+        return True
 
     def clear(self) -> None:
         self.drop = False
         self.delay_s = 0.0
         self.unavailable = False
         self.malformed = False
+        self.counted.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +492,7 @@ class ManholeSensorSim:
                 message: aiocoap.Message, dispatch: Callable[[Any], None] = dispatch
             ) -> None:
                 if message.code.is_request():
-                    dropped = self.faults.drop
+                    dropped = self.faults.take("drop")
                     self.requests.append(
                         CoapRequestRecord(
                             ts=time.time(),
@@ -476,14 +518,15 @@ class ManholeSensorSim:
     ) -> aiocoap.Message:
         """Render ``path`` through the faults in force; log what is sent."""
         faults = self.faults
-        if faults.delay_s > 0:
-            await asyncio.sleep(faults.delay_s)  # the device is slow to answer
-        if faults.unavailable:
+        delay_s = faults.delay_s
+        if faults.take("delay"):
+            await asyncio.sleep(delay_s)  # the device is slow to answer
+        if faults.take("unavailable"):
             message = aiocoap.Message(
                 code=Code.SERVICE_UNAVAILABLE, payload=b"fault injected", max_age=1
             )
         else:
-            payload = MALFORMED_PAYLOAD if faults.malformed else render()
+            payload = MALFORMED_PAYLOAD if faults.take("malformed") else render()
             message = aiocoap.Message(
                 payload=payload, content_format=content_format, max_age=self.max_age_s
             )
@@ -497,9 +540,10 @@ class ManholeSensorSim:
 
     async def accept_write(self, path: str, request: aiocoap.Message) -> aiocoap.Message:
         faults = self.faults
-        if faults.delay_s > 0:
-            await asyncio.sleep(faults.delay_s)
-        if faults.unavailable:
+        delay_s = faults.delay_s
+        if faults.take("delay"):
+            await asyncio.sleep(delay_s)
+        if faults.take("unavailable"):
             return aiocoap.Message(code=Code.SERVICE_UNAVAILABLE, payload=b"fault injected")
         value = _parse_interval(request.payload)
         method = str(request.code)
@@ -513,7 +557,7 @@ class ManholeSensorSim:
             log.info("coap write refused", path=path, payload=request.payload[:64])
             return aiocoap.Message(
                 code=Code.BAD_REQUEST,
-                payload=f"report interval must be an integer {_MIN_INTERVAL}-{_MAX_INTERVAL}".encode(),
+                payload=f"report interval must be an integer {_INTERVAL_RANGE}".encode(),
             )
         self.model.report_interval = value
         self.model.event(f"config: report interval set to {value} s ({method})")
@@ -530,16 +574,24 @@ class ManholeSensorSim:
 
 
 def _parse_interval(payload: bytes) -> int | None:
-    """The report interval in a write: ``30``, ``30.0``, or ``{"report_interval": 30}``."""
+    """The report interval in a write: ``30``, ``30.0``, or ``{"report_interval": 30}``.
+
+    The number is checked by the profile's point (:meth:`Point.check_value`: a finite number
+    within its ``min`` and ``max``), like a command to the real device; None for anything else.
+    """
     try:
         data: Any = json.loads(payload.decode())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if isinstance(data, dict):
         data = data.get("report_interval")
-    if isinstance(data, bool) or not isinstance(data, int | float) or not math.isfinite(data):
+    if isinstance(data, bool) or not isinstance(data, int | float):
         return None
-    if not float(data).is_integer() or not _MIN_INTERVAL <= data <= _MAX_INTERVAL:
+    if isinstance(data, float) and not data.is_integer():
+        return None
+    try:
+        _INTERVAL_POINT.check_value(data)
+    except CommandRejected:
         return None
     return int(data)
 

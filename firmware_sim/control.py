@@ -9,19 +9,22 @@ kind                               faults (options)
 =================================  ================================================================
 smart_pole_tcp, smart_pole_rtu,    ``no_reply delay exception corrupt_frame truncated garbage
 gateway_bus                        disconnect restart`` (count, unit_id, delay_s, code)
-manhole_cover                      ``drop unavailable malformed delay`` (delay_s); until cleared
+manhole_cover                      ``drop unavailable malformed delay`` (count, delay_s)
 nbiot_modem                        ``no_answer late_answer error garbage`` (command, count, code =
-                                   CME code), ``unplug`` (until cleared), ``reboot`` (at once)
+                                   CME code), ``unplug``, ``reboot`` (an action, done at once)
 pollution_analyser                 ``bad_crc bad_length garbage split no_answer`` (count)
 =================================  ================================================================
 
-``count`` 0 means "until cleared" where the simulator supports it.
+One rule for every simulator: a fault lasts until cleared (``clear``), unless ``count`` N
+(>= 1) is given, when it hits the next N requests (frames, commands, answers) and ends.
 
 The endpoint (:class:`ControlServer`) listens on a UNIX socket path or on a TCP port of
 127.0.0.1; a client sends one JSON line and reads one JSON line back (:func:`request`)::
 
     {"op": "fault", "sim": "pole-1", "fault": "no_reply", "count": 1}
     {"ok": true, "result": "no_reply on pole-1: next 1 request(s)"}
+    {"op": "fault", "sim": "pole-1", "fault": "no_reply"}
+    {"ok": true, "result": "no_reply on pole-1: every request until cleared"}
     {"op": "status"}   {"op": "clear", "sim": "pole-1"}
 
 The pieces: :mod:`firmware_sim.sim_handles` (:class:`RunningSim` and its kinds, the faults),

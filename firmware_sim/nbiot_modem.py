@@ -112,10 +112,17 @@ class SimFaults:
         return self.add(FaultRule(command, late=True, count=count))
 
     def garbage(
-        self, command: str, data: bytes = b"\x00\xfe#@!garbage\xff", *, replace: bool = False
+        self,
+        command: str,
+        data: bytes = b"\x00\xfe#@!garbage\xff",
+        *,
+        replace: bool = False,
+        count: int = 1,
     ) -> FaultRule:
         """A garbage line before the answer (or instead of it, with ``replace``)."""
-        return self.add(FaultRule(command, before=[data], reply=[] if replace else None))
+        return self.add(
+            FaultRule(command, before=[data], reply=[] if replace else None, count=count)
+        )
 
     def error(self, command: str, cme_code: int | None = None, count: int = 1) -> FaultRule:
         """Answer ``ERROR`` (``cme_code`` None) or ``+CME ERROR:<cme_code>``."""

@@ -209,7 +209,8 @@ class PollutionAnalyser:
         self.wire: deque[bytes] = deque(maxlen=5000)
         #: Uploads that got no 9014 after the retries.
         self.unanswered: list[Frame] = []
-        self.faults: dict[str, int] = {}
+        #: Faults in force: frames (or requests) left, None until cleared.
+        self.faults: dict[str, int | None] = {}
         self.flags: dict[str, str] = {}
         self.sessions: list[Hj212Session] = []
         self.pty_path: str | None = None
@@ -239,15 +240,24 @@ class PollutionAnalyser:
         """Report ``code`` with data flag ``flag`` (N, F, M, S, D, C, T, B) from now on."""
         self.flags[code] = flag
 
-    def inject(self, fault: Fault, count: int = 1) -> None:
-        """Apply ``fault`` to the next ``count`` frames (or requests, for ``no_answer``)."""
-        self.faults[fault] = self.faults.get(fault, 0) + count
+    def inject(self, fault: Fault, count: int | None = 1) -> None:
+        """Apply ``fault`` to the next ``count`` frames (or requests, for ``no_answer``); with
+        ``count`` None to every one until ``faults.clear()``."""
+        if count is not None and count < 1:
+            raise ValueError(f"count must be >= 1 or None, got {count}")
+        left = self.faults.get(fault, 0)
+        self.faults[fault] = None if count is None or left is None else left + count
 
     def _take(self, fault: Fault) -> bool:
-        if self.faults.get(fault, 0) > 0:
-            self.faults[fault] -= 1
-            return True
-        return False
+        if fault not in self.faults:
+            return False
+        left = self.faults[fault]
+        if left is not None:
+            if left <= 1:
+                del self.faults[fault]
+            else:
+                self.faults[fault] = left - 1
+        return True
 
     def _mangle(self, data: bytes) -> bytes:
         if self._take("bad_crc"):

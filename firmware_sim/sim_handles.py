@@ -2,7 +2,12 @@
 
 A :class:`RunningSim` maps a :class:`FaultRequest` onto its simulator's own fault API
 (:meth:`~RunningSim.inject`), clears it and reports its status; the faults each kind takes are
-listed in :mod:`firmware_sim.control`. The ``start_*`` context managers
+listed in :mod:`firmware_sim.control`.
+
+One rule for every kind: a fault lasts until cleared, unless the request gives a ``count`` of
+N >= 1, when it hits the next N requests (frames, commands) and then ends by itself (a Modbus
+``restart`` or ``disconnect`` until cleared hits every request: a boot loop, a flapping link).
+The modem's ``reboot`` is an action, done once at once; its ``unplug`` lasts until cleared. The ``start_*`` context managers
 (:mod:`firmware_sim.sim_starters`) make them, the control endpoint
 (:mod:`firmware_sim.control_endpoint`) drives them.
 """
@@ -10,11 +15,11 @@ listed in :mod:`firmware_sim.control`. The ``start_*`` context managers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from firmware_sim.coap_sensor import ManholeSensorSim
+from firmware_sim.coap_sensor import CoapFault, ManholeSensorSim
 from firmware_sim.faults import Fault, FaultInjector, TrafficLog
 from firmware_sim.nbiot_modem import NbIotModemSim
 from firmware_sim.pollution_analyser import Fault as AnalyserFault
@@ -41,7 +46,11 @@ class FaultRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fault: str = Field(min_length=1)
-    count: int | None = Field(default=None, ge=0, description="0: until cleared.")
+    count: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hit the next N requests, frames or commands; unset: until cleared.",
+    )
     unit_id: int | None = Field(default=None, ge=0, le=247)
     delay_s: float | None = Field(default=None, ge=0, le=3600)
     code: int | None = Field(default=None, ge=0, le=255)
@@ -120,7 +129,7 @@ class ModbusSim(RunningSim):
             raise self._unknown(req.fault)
         fault = Fault(req.fault)
         req.only(self.kind, "count", "unit_id", "delay_s", "code")
-        count = 1 if req.count is None else (req.count or None)
+        count = req.count
         try:
             self.injector.inject(
                 fault,
@@ -162,29 +171,32 @@ class CoapSim(RunningSim):
 
     sim: ManholeSensorSim
     connect_host: str
-    faults: tuple[str, ...] = ("drop", "delay", "unavailable", "malformed")
+    faults: tuple[str, ...] = get_args(CoapFault)
 
     def inject(self, req: FaultRequest) -> str:
-        faults = self.sim.faults
-        if req.fault == "delay":
-            req.only(self.kind, "delay_s")
-            faults.delay_s = 1.0 if req.delay_s is None else req.delay_s
-            return f"delay on {self.name}: answers {faults.delay_s} s late until cleared"
         if req.fault not in self.faults:
             raise self._unknown(req.fault)
-        req.only(self.kind)
-        setattr(faults, req.fault, True)
-        return f"{req.fault} on {self.name}: every request until cleared"
+        fault = cast(CoapFault, req.fault)  # one of get_args(CoapFault), checked above
+        if fault == "delay":
+            req.only(self.kind, "delay_s", "count")
+            delay_s = 1.0 if req.delay_s is None else req.delay_s
+            self.sim.faults.inject(fault, req.count, delay_s=delay_s)
+            return f"delay on {self.name}: {delay_s} s late, {_describe(req.count, None)}"
+        req.only(self.kind, "count")
+        self.sim.faults.inject(fault, req.count)
+        return f"{fault} on {self.name}: {_describe(req.count, None)}"
 
     def clear(self) -> None:
         self.sim.faults.clear()
 
     def pending(self) -> list[str]:
         faults = self.sim.faults
-        out = [name for name in ("drop", "unavailable", "malformed") if getattr(faults, name)]
-        if faults.delay_s:
-            out.append(f"delay ({faults.delay_s} s)")
-        return out
+        return [
+            f"{f'delay {faults.delay_s} s' if name == 'delay' else name} "
+            f"({_describe(faults.counted.get(name), None)})"
+            for name in get_args(CoapFault)
+            if faults.active(name)
+        ]
 
     def traffic(self) -> dict[str, int]:
         return {
@@ -207,7 +219,7 @@ class ModemSim(RunningSim):
 
     def inject(self, req: FaultRequest) -> str:
         faults, command = self.sim.faults, req.command or "AT"
-        count = 1 if req.count is None else (req.count or -1)
+        count = -1 if req.count is None else req.count  # the modem's rules: -1 is forever
         times = "every command" if count < 0 else f"next {count} command(s)"
         if req.fault in ("unplug", "reboot"):
             req.only(self.kind)
@@ -226,9 +238,8 @@ class ModemSim(RunningSim):
             req.only(self.kind, "command", "count", "code")
             faults.error(command, req.code, count)
         elif req.fault == "garbage":
-            req.only(self.kind, "command")
-            times = "next 1 command(s)"
-            faults.garbage(command)
+            req.only(self.kind, "command", "count")
+            faults.garbage(command, count=count)
         else:
             raise self._unknown(req.fault)
         until = " until cleared" if times == "every command" else ""
@@ -269,17 +280,18 @@ class AnalyserSim(RunningSim):
         if req.fault not in self.faults:
             raise self._unknown(req.fault)
         req.only(self.kind, "count")
-        count = 1 if req.count is None else req.count
-        if count < 1:
-            raise ControlError("pollution_analyser faults need a count >= 1")
-        self.sim.inject(req.fault, count)  # type: ignore[arg-type]  # checked against the Literal
-        return f"{req.fault} on {self.name}: next {count} frame(s)"
+        self.sim.inject(req.fault, req.count)  # type: ignore[arg-type]  # checked against the Literal
+        times = "every frame until cleared" if req.count is None else f"next {req.count} frame(s)"
+        return f"{req.fault} on {self.name}: {times}"
 
     def clear(self) -> None:
         self.sim.faults.clear()
 
     def pending(self) -> list[str]:
-        return [f"{name} ({left} left)" for name, left in self.sim.faults.items() if left > 0]
+        return [
+            f"{name} ({'until cleared' if left is None else f'{left} left'})"
+            for name, left in self.sim.faults.items()
+        ]
 
     def traffic(self) -> dict[str, int]:
         return {"sent": len(self.sim.sent), "received": len(self.sim.received)}

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import structlog
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 
-from device_profiles import DeviceProfile, Point, Value
+from device_profiles import DeviceProfile, Point, Value, is_finite
 from drivers.base import Driver
 from drivers.coap.settings import ACK_RANDOM_FACTOR, CoapSettings
 from drivers.errors import (
@@ -213,10 +212,13 @@ def _from_json(point: Point, value: Any) -> Value:
         raise ProtocolError(f"expected a string, got {_short(value)}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"expected a number, got {_short(value)}")
-    if not math.isfinite(value):
+    if not is_finite(value):
         raise ProtocolError(f"expected a finite number, got {value!r}")
     if t.startswith("float"):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError as exc:  # an integer beyond the float range
+            raise ProtocolError(f"{_short(value)} does not fit a {t}") from exc
         if t == "float32" and abs(number) > 3.4028234663852886e38:
             raise ProtocolError(f"{value!r} does not fit a float32")
         return number
@@ -226,7 +228,7 @@ def _from_json(point: Point, value: Any) -> Value:
         value = int(value)
     low, high = _int_range(t)
     if not low <= value <= high:
-        raise ProtocolError(f"{value} does not fit a {t}")
+        raise ProtocolError(f"{_short(value)} does not fit a {t}")
     return int(value)
 
 
@@ -242,17 +244,20 @@ def _checked_raw(point: Point, raw: Value) -> Value:
         raise EncodeError(f"a string point takes a string, not {raw!r}")
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise EncodeError(f"a {t} point takes a number, not {raw!r}")
-    if not math.isfinite(raw):
+    if not is_finite(raw):
         raise EncodeError(f"{raw!r} cannot be written: not a finite number")
     if t.startswith("float"):
-        return float(raw)
+        try:
+            return float(raw)
+        except OverflowError as exc:  # an integer beyond the float range
+            raise EncodeError(f"{_short(raw)} does not fit a {t}") from exc
     if isinstance(raw, float):
         if not raw.is_integer():
             raise EncodeError(f"a {t} point takes an integer, not {raw!r}")
         raw = int(raw)
     low, high = _int_range(t)
     if not low <= raw <= high:
-        raise EncodeError(f"{raw} does not fit a {t}")
+        raise EncodeError(f"{_short(raw)} does not fit a {t}")
     return raw
 
 
@@ -312,11 +317,11 @@ class CoapDriver(Driver):
         """True while the client context exists (CoAP itself has no connection)."""
         return self._context is not None
 
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         """Create the client context (binds a local UDP port; the device is not contacted)."""
         await self._client()
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         context, self._context = self._context, None
         observations = list(self._observations.values())
         self._observations.clear()
@@ -329,7 +334,7 @@ class CoapDriver(Driver):
             await context.shutdown()
             log.debug("coap closed", endpoint=self.endpoint)
 
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         wanted = list(dict.fromkeys(names))
         by_path: dict[str, dict[str, Point]] = {}
         for name in wanted:
@@ -348,7 +353,7 @@ class CoapDriver(Driver):
                 raise
         return {name: raw[name] for name in wanted}
 
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         point = self.writable_point(name)
         path = point.coap.path
         payload, content_format = encode_payload(point, raw)

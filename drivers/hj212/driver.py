@@ -139,11 +139,11 @@ class Hj212Driver(Driver):
     def errors(self) -> list[FrameError]:
         return [e for s in self._sessions for e in s.errors]
 
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         async with self._lock:
             await self._ensure_connected()
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         async with self._lock:
             if self._server is not None:
                 self._server.close()
@@ -154,7 +154,7 @@ class Hj212Driver(Driver):
                 await session.aclose()
             self._mn_of.clear()
 
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         wanted = tuple(dict.fromkeys(names))
         points = {name: self.point(name) for name in wanted}
         async with self._lock:
@@ -179,7 +179,7 @@ class Hj212Driver(Driver):
             )
         return result
 
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         self.point(name)
         raise ConfigurationError(f"point '{name}': HJ 212 points are read-only")
 

@@ -29,6 +29,7 @@ devices on one line may have different timeouts.
 from __future__ import annotations
 
 import asyncio
+import termios
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -184,6 +185,15 @@ class ModbusSerialBus:
         except (OSError, ModbusException) as exc:
             client.close()
             raise ConnectError(f"cannot open {identity.label}: {exc}") from exc
+        except termios.error as exc:  # not an OSError: tcsetattr refused the line settings
+            client.close()
+            raise ConnectError(
+                f"cannot open {identity.label}: the port refuses the line settings "
+                f"{self.line} ({_termios_detail(exc)})"
+            ) from exc
+        except Exception:
+            client.close()  # the driver boundary translates it; never leave the port half open
+            raise
         if not ok:
             client.close()
             raise ConnectError(f"cannot open {identity.label} (busy, gone or not a tty)")
@@ -233,6 +243,11 @@ class ModbusSerialBus:
             await asyncio.wait(
                 {pending, *watchers}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:
+            # stopped mid-transaction: close the port so the answer still on its way never
+            # reaches pymodbus without its request, nor meets another unit's request
+            self._drop()
+            raise
         finally:
             self._attempting = False
             self._quiet_since = time.monotonic()
@@ -265,6 +280,12 @@ class ModbusSerialBus:
         except OSError as exc:  # pyserial's SerialException is an OSError
             self._drop()
             raise ConnectError(f"{where}: {exc}") from exc
+        except termios.error as exc:
+            self._drop()
+            raise ConnectError(f"{where}: the port failed: {_termios_detail(exc)}") from exc
+        except Exception:
+            self._drop()  # the port's state is unknown; the driver boundary translates it
+            raise
 
     @staticmethod
     def _checked(response: ModbusPDU, function: int, where: str) -> ModbusPDU:
@@ -341,3 +362,10 @@ async def release_bus(bus: ModbusSerialBus) -> None:
 def _hex(data: bytes) -> str:
     shown = data[:_HEX_SHOWN].hex(" ")
     return shown + (" ..." if len(data) > _HEX_SHOWN else "") if data else "nothing"
+
+
+def _termios_detail(exc: termios.error) -> str:
+    """``termios.error`` carries ``(errno, strerror)``; say it as ``[Errno 22] Invalid argument``."""
+    if len(exc.args) == 2 and isinstance(exc.args[0], int):
+        return f"[Errno {exc.args[0]}] {exc.args[1]}"
+    return str(exc) or "termios.error"

@@ -63,7 +63,7 @@ class ModbusRtuDriver(Driver):
         """True while the driver holds an open port (it may still turn out gone)."""
         return self._bus is not None and self._bus.connected
 
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         async with self._lock:
             bus = await self._held_bus()
             try:
@@ -73,13 +73,13 @@ class ModbusRtuDriver(Driver):
                 await release_bus(bus)
                 raise
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         async with self._lock:
             bus, self._bus = self._bus, None
             if bus is not None:
                 await release_bus(bus)
 
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         points = {name: self.point(name) for name in dict.fromkeys(names)}
         if not points:
             return {}
@@ -88,7 +88,7 @@ class ModbusRtuDriver(Driver):
                 self._call, self.settings.unit_id, points, self._plans.blocks(points)
             )
 
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         write = ModbusWrite.encode(name, self.writable_point(name), raw)  # check early
         async with self._lock:
             await write.run(self._call, self.settings.unit_id)

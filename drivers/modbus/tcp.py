@@ -69,14 +69,14 @@ class ModbusTcpDriver(Driver):
         """True while a TCP connection is open (it may still turn out broken)."""
         return self._client is not None and self._client.connected
 
-    async def connect(self) -> None:
+    async def _connect(self) -> None:
         async with self._lock:
             await self._connected_client()
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         self._drop()
 
-    async def read(self, names: Sequence[str]) -> dict[str, Value]:
+    async def _read(self, names: Sequence[str]) -> dict[str, Value]:
         points = {name: self.point(name) for name in dict.fromkeys(names)}
         if not points:
             return {}
@@ -86,7 +86,7 @@ class ModbusTcpDriver(Driver):
                 send, self.settings.unit_id, points, self._plans.blocks(points)
             )
 
-    async def write(self, name: str, raw: Value) -> None:
+    async def _write(self, name: str, raw: Value) -> None:
         write = ModbusWrite.encode(name, self.writable_point(name), raw)  # check early
         async with self._lock:
             await write.run(self._sender(await self._connected_client()), self.settings.unit_id)
@@ -121,6 +121,9 @@ class ModbusTcpDriver(Driver):
         except (OSError, ModbusException) as exc:
             client.close()
             raise ConnectError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        except Exception:
+            client.close()  # the driver boundary translates it; never leave a socket behind
+            raise
         if not ok:
             client.close()
             raise ConnectError(
@@ -185,8 +188,10 @@ class ModbusTcpDriver(Driver):
         except TimeoutError as exc:
             self._drop()
             raise DriverTimeout(f"{where}: no answer") from exc
-        except asyncio.CancelledError:
-            self._drop()  # an answer may still arrive; never let it meet the next request
+        except (asyncio.CancelledError, Exception):
+            # an answer may still arrive; never let it meet the next request (the driver
+            # boundary translates an unexpected exception)
+            self._drop()
             raise
         if isinstance(response, ExceptionResponse):
             raise DeviceException(response.exception_code, response.function_code & 0x7F)
@@ -212,6 +217,9 @@ class ModbusTcpDriver(Driver):
         finally:
             watcher.cancel()
             if not pending.done():
+                # close first: an answer on its way must not reach pymodbus after the request
+                # is gone ("received pdu without a corresponding request"), nor the next one
+                self._drop()
                 pending.cancel()
                 await asyncio.wait({pending})
         if pending.cancelled():

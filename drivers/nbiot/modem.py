@@ -359,8 +359,9 @@ class NbIotModem:
     async def close(self) -> None:
         """Close the sockets (best effort) and the port. Idempotent."""
         for sock in list(self._sockets.values()):
-            with contextlib.suppress(DriverError):
-                await asyncio.wait_for(sock.close(), self.settings.command_timeout_s)
+            with contextlib.suppress(DriverError, TimeoutError):
+                async with asyncio.timeout(self.settings.command_timeout_s):  # never wait_for
+                    await sock.close()
         await self._drop(None)
 
     async def reconnect(self) -> None:

@@ -61,6 +61,12 @@ async def driver(sim: ManholeSensorSim) -> AsyncIterator[CoapDriver]:
 
 async def coap_client(*args: str, timeout_s: float = 10.0) -> str:
     """Run coap-client with ``args``; its stdout. Fails the test on a non-zero exit."""
+    return (await coap_client_output(*args, timeout_s=timeout_s))[0]
+
+
+async def coap_client_output(*args: str, timeout_s: float = 10.0) -> tuple[str, str]:
+    """Run coap-client with ``args``; its stdout and its stderr (where it reports 4.xx/5.xx
+    answers). Fails the test on a non-zero exit."""
     if COAP_CLIENT is None:
         pytest.fail("coap-client not found: install the Debian package libcoap3-bin", pytrace=False)
     proc = await asyncio.create_subprocess_exec(
@@ -78,7 +84,7 @@ async def coap_client(*args: str, timeout_s: float = 10.0) -> str:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, f"coap-client {args} exited {proc.returncode}: {err.decode()}"
-    return out.decode()
+    return out.decode(), err.decode()
 
 
 async def test_coap_client_reads_tilt(sim: ManholeSensorSim):
@@ -123,6 +129,30 @@ async def test_coap_client_writes_report_interval(sim: ManholeSensorSim):
     assert sim.values["report_interval"] == 30
     out = await coap_client("-m", "get", f"{sim.endpoint}/config/report-interval")
     assert out.strip() == "30"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "1" * 400,  # an integer beyond the float range (math.isfinite raised OverflowError)
+        "-" + "9" * 400,
+        "1e400",  # a float that is infinite once parsed
+        "5",
+        "3601",
+        "30.5",
+        "true",
+        '{"report_interval": ' + "7" * 400 + "}",
+        "abc",
+    ],
+    ids=lambda body: body[:12],
+)
+async def test_coap_client_bad_report_interval_is_4_00(sim: ManholeSensorSim, body: str):
+    _, err = await coap_client_output(
+        "-m", "put", "-e", body, f"{sim.endpoint}/config/report-interval"
+    )
+    assert err.startswith("4.00 report interval must be an integer 10-3600"), err
+    assert [(w.payload, w.value) for w in sim.writes] == [(body.encode(), None)]
+    assert sim.values["report_interval"] == 60  # unchanged
 
 
 async def test_coap_client_gets_log_blockwise(sim: ManholeSensorSim, tmp_path: Path):

@@ -132,7 +132,7 @@ async def test_run_site_serves_every_endpoint_and_takes_faults_at_run_time(site:
     async with ModbusTcpDriver(load_builtin_profile("smart_pole"), settings_fast) as driver:
         assert "voltage" in await driver.read(["voltage"])
 
-        rc, out, err = await _cli("fault", "pole-1", "no_reply", "--count", "0", *control)
+        rc, out, err = await _cli("fault", "pole-1", "no_reply", *control)
         assert (rc, err) == (0, "")
         assert "no_reply on pole-1: every request until cleared" in out
         with pytest.raises(DriverTimeout):
@@ -273,3 +273,16 @@ async def test_run_site_with_the_hj212_analyser(tmp_path: Path) -> None:
             proc.kill()
             await proc.wait()
         await proc.stdout.read()
+
+
+async def test_fault_help_states_the_one_rule_for_every_simulator() -> None:
+    rc, out, _ = await _cli("fault", "--help")
+    assert rc == 0
+    text = " ".join(out.replace("│", " ").split())
+    assert "Every fault lasts until `firmware-sim clear SIM`, unless --count N is given" in text
+    assert "The same rule for every simulator." in text
+    rc, _, err = await _cli("fault", "pole-1", "no_reply", "--count", "0")
+    assert rc == 2
+    assert "Invalid value for '--count': Input should be greater than or equal to 1" in " ".join(
+        err.replace("│", " ").split()
+    )

@@ -323,3 +323,18 @@ def test_settings():
     for bad in ({"block_size": 100}, {"retries": -1}, {"timeout_s": 0}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             CoapSettings.model_validate({"host": "h"} | bad)
+
+
+HUGE = 10**400  # beyond the float range: math.isfinite raises OverflowError on it
+
+
+@pytest.mark.parametrize("type_", ["uint16", "int64", "float32", "float64"])
+def test_a_json_number_beyond_the_float_range_is_a_protocol_error(type_: str) -> None:
+    body = ('{"v": ' + str(HUGE) + "}").encode()
+    with pytest.raises(ProtocolError, match="does not fit"):
+        decode_payload(body, CONTENT_FORMAT_JSON, {"v": point(type_, key="v")})
+
+
+def test_writing_an_integer_beyond_the_float_range_is_an_encode_error() -> None:
+    with pytest.raises(EncodeError, match="does not fit a uint16"):
+        encode_payload(point("uint16"), HUGE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,8 @@ def test_resolve_command_accepts_and_refuses_precisely() -> None:
     cases = {
         ("set_dimming", (("level", 140),)): "above the maximum 100%",
         ("set_dimming", (("level", -1),)): "below the minimum 0%",
+        ("set_dimming", (("level", 10**400),)): "above the maximum 100%",  # no OverflowError
+        ("set_dimming", (("level", -(10**400)),)): "below the minimum 0%",
         ("set_dimming", (("level", "40"),)): "must be an int",
         ("set_dimming", (("level", True),)): "must be an int",
         ("set_dimming", ()): "needs parameter 'level'",
@@ -162,6 +165,14 @@ def test_resolve_command_accepts_and_refuses_precisely() -> None:
     for (name, params), reason in cases.items():
         with pytest.raises(CommandRejected, match=reason):
             pole.resolve_command(name, dict(params))
+
+
+def test_check_value_refuses_an_integer_beyond_the_float_range_precisely() -> None:
+    interval = load_builtin_profile("manhole_cover").points["report_interval"]
+    with pytest.raises(CommandRejected, match="above the maximum 3600s"):
+        interval.check_value(10**400)
+    with pytest.raises(CommandRejected, match="expects a finite number"):
+        interval.check_value(math.inf)
 
 
 def test_raw_and_engineering_conversions() -> None:

@@ -150,7 +150,7 @@ def test_fault_maps_onto_the_modbus_injector() -> None:
     server, injector = _control()
     done = server.handle({"op": "fault", "sim": "pole-1", "fault": "no_reply", "count": 2})
     assert done == "no_reply on pole-1: next 2 request(s)"
-    server.handle({"op": "fault", "sim": "pole-1", "fault": "delay", "count": 0, "delay_s": 0.2})
+    server.handle({"op": "fault", "sim": "pole-1", "fault": "delay", "delay_s": 0.2})
     assert [(r.fault, r.remaining) for r in injector.rules] == [
         (Fault.no_reply, 2),
         (Fault.delay, None),
