@@ -46,11 +46,13 @@ async def _run_with_fault(
     fault: Callable[[], None],
     down_s: float,
     hub_away: bool = False,
+    restore: Callable[[], None] | None = None,
 ) -> None:
     """5 poles at 10 Hz through an agent and the hub; ``fault`` (blocking) hits the broker
     mid-run, which comes back after ``down_s``; then every served reading must be stored.
     With ``hub_away`` the hub is stopped before the fault (the broker queues the readings for
-    its session) and started again after it."""
+    its session) and started again after it. ``restore`` (default: start the broker) ends
+    the fault."""
     mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5)
     hub_settings = HubSettings(
         mqtt=mqtt,
@@ -93,7 +95,7 @@ async def _run_with_fault(
                 await asyncio.sleep(2)  # the broker queues the readings for the hub's session
             await asyncio.to_thread(fault)
             await asyncio.sleep(down_s)
-            await asyncio.to_thread(broker.start)
+            await asyncio.to_thread(restore or broker.start)
             if hub_away:
                 await asyncio.sleep(1)  # the agent is back first: "no matching subscribers"
                 hub = running_hub(hub_settings)
@@ -165,3 +167,29 @@ async def test_the_broker_tells_a_publish_that_nobody_was_subscribed_to(mosquitt
         assert await client.publish_reason(name, b"{}", qos=1) == NO_MATCHING_SUBSCRIBERS
         await client.subscribe(name, qos=1)
         assert await client.publish_reason(name, b"{}", qos=1) == 0
+
+
+class _PrivateDatabase:
+    """One database of a test's own InfluxDB, shaped like the ``influx_db`` fixture."""
+
+    def __init__(self, server: Any, name: str) -> None:
+        self.server, self.name, self.url = server, name, server.url
+
+    def query(self, influxql: str, *, epoch: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.server.query(self.name, influxql, epoch=epoch)
+        return result
+
+
+async def test_an_influxdb_sigkill_loses_no_reading_of_five_poles_at_10hz(
+    mosquitto: Any, influxdb_private: Any, tmp_path: Path, unique_id: str
+) -> None:
+    database = _PrivateDatabase(influxdb_private, "iot")
+    await _run_with_fault(
+        mosquitto,
+        database,
+        tmp_path,
+        unique_id,
+        influxdb_private.kill,
+        down_s=5,
+        restore=influxdb_private.start,
+    )
