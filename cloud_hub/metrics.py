@@ -102,6 +102,32 @@ async def render_metrics(hub: Hub) -> bytes:
             "Readings spooled to disk while the store was unavailable",
             writer["spooled_readings"],
         ),
+        _counter(
+            "hub_write_rejected_splits",
+            "Store writes refused in part, split in two to isolate the refused readings",
+            writer["rejected_splits"],
+        ),
+        _gauge("hub_store_ready", "The telemetry store takes writes", float(hub.store_ready)),
+        _counter(
+            "hub_stored_acks",
+            "Stored acknowledgements published to agents",
+            hub.stored_acks.published,
+        ),
+        _counter(
+            "hub_stored_acks_batches",
+            "Telemetry batches acknowledged to their agents as stored",
+            hub.stored_acks.batches,
+        ),
+        _gauge(
+            "hub_stored_acks_waiting",
+            "Stored batches whose acknowledgement waits to be published",
+            hub.stored_acks.waiting,
+        ),
+        _counter(
+            "hub_device_claims_refused",
+            "Devices announced by an agent they do not belong to (refused, alarmed)",
+            ingest["claims_refused"],
+        ),
     ]
     spool = hub.writer.spool
     metrics.append(
