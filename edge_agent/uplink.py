@@ -7,7 +7,8 @@ after a reconnect or a timeout (see :class:`~edge_agent.spool.DiskOutbox`). A PU
 reason 16 ("no matching subscribers", MQTT 5) means the broker discarded the message (e.g. it
 restarted without the hub's session): the message stays in the outbox and is published again
 after a back-off (not health reports, which the next one supersedes, nor retained messages,
-which the broker keeps). The session is
+which the broker keeps); telemetry for as long as it takes, events and command results for
+``UNHEARD_CONTROL_GIVE_UP_S`` (a hub that does not consume them must not hold telemetry back). The session is
 persistent, so commands published while the agent is away are delivered when it returns.
 Reconnects back off exponentially (capped) with jitter so a county's agents do not reconnect
 in lockstep after a broker restart.
@@ -53,6 +54,8 @@ RECONNECT_MAX_S = 30.0
 #: back-off of a message published again after "no matching subscribers"
 UNHEARD_RETRY_MIN_S = 1.0
 UNHEARD_RETRY_MAX_S = 30.0
+#: how long a control message (event, command result) is retried for want of a subscriber
+UNHEARD_CONTROL_GIVE_UP_S = 60.0
 
 Confirm = Literal["stored", "broker"]
 
@@ -82,6 +85,8 @@ class MqttUplink:
         self.bad_commands = 0
         #: publishes the broker answered "no matching subscribers" (kept and published again)
         self.unheard = 0
+        #: control messages given up after UNHEARD_CONTROL_GIVE_UP_S without a subscriber
+        self.unheard_dropped = 0
         #: stored acknowledgements received, and the batches they confirmed
         self.acks_received = 0
         self.batches_confirmed = 0
@@ -169,6 +174,7 @@ class MqttUplink:
 
     async def _publish_loop(self, client: Client) -> None:
         unheard = 0  # in a row
+        unheard_since = 0.0
         while True:
             raise_if_cancelling()  # aiomqtt's publish (wait_for, 3.11) may swallow the stop
             item = await self.outbox.next()
@@ -181,6 +187,23 @@ class MqttUplink:
             if reason == NO_MATCHING_SUBSCRIBERS and _must_be_heard(item):
                 self.unheard += 1
                 unheard += 1
+                now = time.monotonic()
+                unheard_since = unheard_since if unheard > 1 else now
+                if (
+                    item.channel is not Channel.TELEMETRY
+                    and now - unheard_since > UNHEARD_CONTROL_GIVE_UP_S
+                ):
+                    # nobody has listened for a minute: the hub does not consume this
+                    # channel; do not hold telemetry behind it for ever
+                    self.unheard_dropped += 1
+                    log.warning(
+                        "broker still has no subscriber for the message; given up",
+                        channel=item.channel.value,
+                        kind=type(item.message).__name__,
+                    )
+                    self.outbox.ack(item)
+                    unheard = 0
+                    continue
                 delay = min(UNHEARD_RETRY_MAX_S, UNHEARD_RETRY_MIN_S * 2 ** (unheard - 1))
                 (log.warning if unheard == 1 else log.debug)(
                     "broker has no subscriber for the message (is the hub connected?); "

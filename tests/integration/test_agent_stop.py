@@ -88,16 +88,22 @@ async def test_the_agent_stops_within_the_bound_under_saturation_and_keeps_its_s
             f"data_dir: {tmp_path / 'agent'}\n"
             "health_interval_s: 0.5\n"
             "log_format: json\n"
+            # no hub here (a plain subscriber counts what arrives): the broker's PUBACK is
+            # the confirmation, so the spool empties once everything is published
+            "delivery: {confirm: broker}\n"
         )
         client = await stack.enter_async_context(
             aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"watch-{unique_id}")
         )
         await client.subscribe(subscription(Channel.TELEMETRY, agent_id), qos=1)
         await client.subscribe(subscription(Channel.HEALTH, agent_id), qos=1)
+        await client.subscribe(subscription(Channel.EVENTS, agent_id), qos=1)  # as a hub does
 
         async def collect() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
+                if message.topic.matches(subscription(Channel.EVENTS, agent_id)):
+                    continue
                 if message.topic.matches(subscription(Channel.HEALTH, agent_id)):
                     health.append(AgentHealth.model_validate_json(message.payload))
                     continue

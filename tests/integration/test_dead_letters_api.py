@@ -23,6 +23,9 @@ from tests.helpers import RunningHub, announce_agent, eventually, make_keys, run
 
 pytestmark = pytest.mark.integration
 
+#: a read time inside the hub's window (ingest.min_ts); tests add milliseconds to it
+T0 = 1_760_000_000_000
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -89,9 +92,9 @@ async def test_a_bad_reading_is_listed_with_its_reason_and_survives_a_restart(
     payload = _batch(
         agent_id,
         7,
-        {"device_id": device_id, "ts": 1_000, "values": {"power": 60.5, "dimming": 40}},
+        {"device_id": device_id, "ts": T0 + 1_000, "values": {"power": 60.5, "dimming": 40}},
         {"device_id": device_id, "ts": "noon", "values": {"power": 1.0}},  # malformed
-        {"device_id": device_id, "ts": 3_000, "values": {"power": 61.5}},
+        {"device_id": device_id, "ts": T0 + 3_000, "values": {"power": 61.5}},
     )
     async with _ready(settings, keys) as hub, _agent(settings, unique_id) as agent:
         await _birth(agent, hub, agent_id, device_id)
@@ -157,11 +160,11 @@ async def test_a_message_of_an_unknown_device_is_replayed_once_the_device_is_reg
     payload = _batch(
         agent_id,
         1,
-        {"device_id": device_id, "ts": 1_000, "values": {"power": 42.0}},
-        {"device_id": device_id, "ts": 2_000, "values": {"power": 43.5, "lamp_on": True}},
+        {"device_id": device_id, "ts": T0 + 1_000, "values": {"power": 42.0}},
+        {"device_id": device_id, "ts": T0 + 2_000, "values": {"power": 43.5, "lamp_on": True}},
     )
     huge = _batch(  # over 4,096 bytes: kept truncated, not replayable
-        agent_id, 2, {"device_id": "ghost", "ts": 1, "values": {"note": "x" * 5000}}
+        agent_id, 2, {"device_id": "ghost", "ts": T0 + 1, "values": {"note": "x" * 5000}}
     )
     async with _ready(settings, keys) as hub, _agent(settings, unique_id) as agent:
         api = hub.api
