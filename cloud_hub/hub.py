@@ -332,9 +332,11 @@ class Hub:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            pending = set(tasks)
+            while pending:  # cancelled again if a cancellation was swallowed (3.11 wait_for)
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=1.0)
         for task in done:
             task.result()  # re-raises the MqttError that ended the session
 

@@ -46,6 +46,11 @@ class StoredAcks:
         """Publish what is added through ``client`` until cancelled or the link fails (what
         was not published stays waiting for the next session)."""
         while True:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # aiomqtt's publish waits with asyncio.wait_for, which on Python 3.11 can
+                # swallow a cancellation that meets its result: honour it here
+                raise asyncio.CancelledError
             await self._added.wait()
             await asyncio.sleep(self.linger_s)  # let the acknowledgements of a burst gather
             self._added.clear()
