@@ -7,11 +7,15 @@ directory. Only a few hundred readings (one flush group and one batch) are ever 
 however long the outage.
 
 Delivery
-    A reading is committed to the file before it can be handed out by :meth:`DiskOutbox.next`,
-    and deleted only by :meth:`DiskOutbox.ack` (after the broker's PUBACK). A telemetry batch
-    that was handed out but not acknowledged is handed out again with the *same* ``seq`` and
-    the *same* readings, after a reconnect (the same object) or after a restart (rebuilt from
-    the file), so the hub sees a duplicate as a duplicate. ``seq`` keeps growing across
+    A reading is committed to the file before it can be handed out by :meth:`DiskOutbox.next`;
+    handing it out in a batch writes the batch's ``seq`` into its row. It is deleted by
+    :meth:`DiskOutbox.stored` once the hub confirms it stored the batch, or by
+    :meth:`DiskOutbox.ack` where the broker's PUBACK is confirmation enough. A batch the
+    broker has (:meth:`DiskOutbox.sent`) waits for the hub's confirmation, at most
+    ``window_batches`` at once; one unconfirmed after ``ack_timeout_s`` (doubling up to
+    ``ack_timeout_max_s`` while nothing is confirmed), or after :meth:`DiskOutbox.rewind` (a
+    reconnect), or after a restart, is handed out again with the *same* ``seq`` and the *same*
+    readings, so the hub sees a duplicate as a duplicate. ``seq`` keeps growing across
     restarts. ``Reading.ts`` (the edge read time) is stored as given and never rewritten.
     Control messages (events, alarms, command results) are committed on ``put_control`` and go
     before telemetry, oldest first.
@@ -31,7 +35,8 @@ Bound by bytes
     ``max_bytes`` bounds the spool files (database and WAL together). When the stored data
     reaches its share of the cap, the oldest telemetry is deleted in the same transaction that
     added the new readings, and counted in ``dropped_readings`` (kept in the file). The batch
-    being published is never cut. Control messages are never dropped: if they alone exceed
+    being published is never cut; readings not yet sent go first, then whole unconfirmed
+    batches, oldest first. Control messages are never dropped: if they alone exceed
     the cap, the spool grows past it; this is logged and counted in ``control_over_cap``.
 
 Durability (what survives what)
