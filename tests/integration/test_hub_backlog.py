@@ -23,7 +23,15 @@ import pytest
 
 from cloud_hub.settings import InfluxV1Settings
 from device_profiles.wire import QOS, Channel, Reading, TelemetryBatch, encode, topic
-from iot_runtime.mqtt import Client, MqttSettings, make_client
+from iot_runtime.mqtt import (
+    Client,
+    InboundOverflow,
+    InboundStats,
+    InboundWindow,
+    MqttSettings,
+    ack,
+    make_client,
+)
 from tests.harness import InfluxDatabase, MosquittoServer
 from tests.helpers import announce_agent, eventually, hub_settings, running_hub
 
@@ -157,3 +165,56 @@ async def test_hub_takes_a_backlog_of_more_than_10000_messages_without_discardin
         f"paused {_metric(metrics, 'hub_mqtt_inbound_paused_total'):.0f} times, "
         f"{_metric(metrics, 'hub_mqtt_inbound_paused_seconds_total'):.1f} s"
     )
+
+
+async def test_a_stalled_consumer_keeps_its_link_and_overflow_reconnects_without_loss(
+    mosquitto_factory: Callable[..., MosquittoServer], unique_id: str
+) -> None:
+    """Paused with nobody taking messages, the client reads one pass every keepalive / 2
+    (the link stays up); at its cap the next message taken raises InboundOverflow, and the
+    broker redelivers everything unacknowledged to the next client of the session."""
+    broker = mosquitto_factory(extra_config=BROKER)
+    mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5)
+    window = InboundWindow(high=20, low=5, cap=22)
+    stats = InboundStats()
+    subscriber = f"sub-{unique_id}"
+
+    def session() -> Client:
+        return make_client(
+            mqtt,
+            subscriber,
+            persistent_session=True,
+            session_expiry_s=600,
+            manual_ack=True,
+            inbound=window,
+            inbound_stats=stats,
+        )
+
+    async with session() as client:
+        await client.subscribe("t/#", qos=1)
+    async with make_client(mqtt, f"pub-{unique_id}", persistent_session=False) as publisher:
+        publisher.pending_calls_threshold = 300
+        await asyncio.gather(*(publisher.publish("t/x", str(i), qos=1) for i in range(200)))
+
+    async with session() as client:
+
+        async def overflowed() -> bool | None:
+            return True if stats.overflows else None
+
+        await eventually(overflowed, timeout=30)  # nobody takes: keepalive reads fill it up
+        assert stats.keepalive_reads >= 1
+        assert stats.peak == window.cap
+        with pytest.raises(InboundOverflow):
+            await anext(aiter(client.messages))
+
+    received: set[str] = set()
+    async with session() as client:  # the broker redelivers what was not acknowledged
+        async for message in client.messages:
+            ack(client, message)
+            received.add(
+                str(message.payload, "ascii") if isinstance(message.payload, bytes) else ""
+            )
+            if len(received) == 200:
+                break
+    assert received == {str(i) for i in range(200)}
+    assert stats.overflows == 1
