@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,14 +168,15 @@ async def test_hub_takes_a_backlog_of_more_than_10000_messages_without_discardin
     )
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_a_stalled_consumer_keeps_its_link_and_overflow_reconnects_without_loss(
-    mosquitto_factory: Callable[..., MosquittoServer], unique_id: str
+    mosquitto_factory: Callable[..., MosquittoServer], unique_id: str, protocol: Any
 ) -> None:
     """Paused with nobody taking messages, the client reads one pass every keepalive / 2
     (the link stays up); at its cap the next message taken raises InboundOverflow, and the
     broker redelivers everything unacknowledged to the next client of the session."""
     broker = mosquitto_factory(extra_config=BROKER)
-    mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5)
+    mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5, protocol=protocol)
     window = InboundWindow(high=20, low=5, cap=22)
     stats = InboundStats()
     subscriber = f"sub-{unique_id}"
