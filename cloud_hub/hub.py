@@ -65,17 +65,13 @@ from device_profiles.wire import (
     subscription,
     topic,
 )
-from iot_runtime.mqtt import InboundStats, InboundWindow, ack, make_client
+from iot_runtime.mqtt import InboundStats, ack, make_client
 
 __all__ = ["Hub", "UnknownDevice"]
 
 log = structlog.get_logger(__name__)
 
 RECONNECT_MAX_S = 30.0
-#: back-pressure of the telemetry session: the client stops reading the socket at ``high``
-#: received messages not yet taken by ingest (the broker holds the rest), reads again at
-#: ``low``, and reconnects rather than queue ``cap`` (see iot_runtime.mqtt_inbound)
-TELEMETRY_INBOUND = InboundWindow(high=5_000, low=1_000, cap=50_000)
 SWEEP_INTERVAL_S = 5.0
 LAST_SEEN_FLUSH_S = 5.0
 _CONTROL = (
@@ -276,7 +272,9 @@ class Hub:
                 persistent_session=True,
                 session_expiry_s=SESSION_EXPIRY_S,
                 manual_ack=role == "telemetry",
-                inbound=TELEMETRY_INBOUND if role == "telemetry" else None,
+                # back-pressure (iot_runtime.mqtt_inbound): the broker holds what ingest has
+                # not taken yet
+                inbound=self.settings.telemetry_inbound if role == "telemetry" else None,
                 inbound_stats=self.telemetry_inbound if role == "telemetry" else None,
             )
             try:
