@@ -65,7 +65,7 @@ from device_profiles.wire import (
     subscription,
     topic,
 )
-from iot_runtime.mqtt import ack, make_client
+from iot_runtime.mqtt import InboundStats, ack, make_client
 
 __all__ = ["Hub", "UnknownDevice"]
 
@@ -158,6 +158,8 @@ class Hub:
         self.store_started = False
         self.connected = asyncio.Event()
         self.telemetry_connected = asyncio.Event()
+        #: back-pressure and overflow counters of the telemetry session, across reconnects
+        self.telemetry_inbound = InboundStats()
         self._control: aiomqtt.Client | None = None
 
     async def start(self) -> None:
@@ -270,6 +272,10 @@ class Hub:
                 persistent_session=True,
                 session_expiry_s=SESSION_EXPIRY_S,
                 manual_ack=role == "telemetry",
+                # back-pressure (iot_runtime.mqtt_inbound): the broker holds what ingest has
+                # not taken yet
+                inbound=self.settings.telemetry_inbound if role == "telemetry" else None,
+                inbound_stats=self.telemetry_inbound if role == "telemetry" else None,
             )
             try:
                 async with client:

@@ -59,6 +59,39 @@ def _cluster_metrics(hub: Hub) -> list[Metric]:
     ]
 
 
+def _inbound_metrics(hub: Hub) -> list[Metric]:
+    """Back-pressure of the telemetry session (see iot_runtime.mqtt_inbound)."""
+    inbound = hub.telemetry_inbound
+    return [
+        _gauge(
+            "hub_mqtt_inbound_queue",
+            "Telemetry messages received, not yet taken by ingest",
+            inbound.queued,
+        ),
+        _counter(
+            "hub_mqtt_inbound_paused",
+            "Times the telemetry session stopped reading (its queue at the high watermark)",
+            inbound.pauses,
+        ),
+        _counter(
+            "hub_mqtt_inbound_paused_seconds",
+            "Time the telemetry session did not read (the broker held the backlog)",
+            inbound.paused_seconds(),
+        ),
+        _counter(
+            "hub_mqtt_inbound_overflow",
+            "Telemetry messages refused at the queue's cap (unacknowledged: redelivered after "
+            "the reconnect that follows)",
+            inbound.overflowed,
+        ),
+        _counter(
+            "hub_mqtt_inbound_overflow_reconnects",
+            "Telemetry session reconnects because its queue reached the cap",
+            inbound.overflows,
+        ),
+    ]
+
+
 async def render_metrics(hub: Hub) -> bytes:
     ingest, writer = hub.ingest.stats, hub.writer.stats
     metrics: list[Metric] = [
@@ -140,6 +173,7 @@ async def render_metrics(hub: Hub) -> bytes:
     metrics.append(
         _gauge("hub_spool_bytes", "Size of the disk spool's payloads", spool.bytes if spool else 0)
     )
+    metrics.extend(_inbound_metrics(hub))
     connected = GaugeMetricFamily("hub_broker_connected", "MQTT sessions up", labels=["session"])
     connected.add_metric(["control"], float(hub.connected.is_set()))
     connected.add_metric(["telemetry"], float(hub.telemetry_connected.is_set()))

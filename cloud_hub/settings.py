@@ -29,7 +29,7 @@ from cloud_hub.spool_settings import SpoolSettings
 from cloud_hub.webhooks import WebhookSettings
 from iot_runtime import ConfigPath, FileAndEnvSettings, resolve_config_path
 from iot_runtime.logging import LogFormat
-from iot_runtime.mqtt import MqttSettings
+from iot_runtime.mqtt import InboundWindow, MqttSettings
 
 __all__ = [
     "ApiSettings",
@@ -172,6 +172,12 @@ class HubSettings(FileAndEnvSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", env_nested_delimiter="__", extra="forbid")
 
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    telemetry_inbound: InboundWindow = Field(
+        default_factory=InboundWindow,
+        description="Back-pressure of the telemetry session: stop reading the broker's socket at "
+        "`high` received messages not yet taken by ingest, read again at `low`, reconnect (the "
+        "broker redelivers) rather than queue `cap`.",
+    )
     client_id: str = Field(
         default="cloud-hub",
         description="MQTT client id prefix of this hub process (-control and -telemetry added).",
