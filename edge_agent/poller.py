@@ -122,6 +122,7 @@ class DevicePoller:
         self.non_finite.update(bad)
         self.non_finite_values += len(bad)
         return {n: v for n, v in values.items() if n not in bad}
+
     def _unavailable(self, detail: str, unexpected: Exception | None = None) -> None:
         device_id = self.device.device_id
         self.errors += 1
