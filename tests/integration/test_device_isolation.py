@@ -25,7 +25,7 @@ from device_profiles.wire import Channel, TelemetryBatch, subscription
 from drivers import ModbusRtuSettings, ModbusTcpSettings
 from drivers.fake import FakeDriver
 from edge_agent.agent import Agent
-from edge_agent.settings import AgentSettings, DeviceConfig
+from edge_agent.settings import AgentSettings, DeliverySettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from firmware_sim.modbus_rtu_server import run_smart_pole_rtu
 from iot_runtime.mqtt import MqttSettings
@@ -95,6 +95,8 @@ async def test_arbitrary_exceptions_in_one_device_leave_the_others_and_the_uplin
                 devices=devices,
                 batch_max_delay_s=0.05,
                 data_dir=tmp_path / "agent",
+                # no hub here, a plain subscriber: the broker's PUBACK is the confirmation
+                delivery=DeliverySettings(confirm="broker"),
             )
         )
         # the injection: each buggy device's driver raises one of the exceptions above, twice
@@ -116,10 +118,13 @@ async def test_arbitrary_exceptions_in_one_device_leave_the_others_and_the_uplin
             aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"watch-{unique_id}")
         )
         await client.subscribe(subscription(Channel.TELEMETRY, agent_id), qos=1)
+        await client.subscribe(subscription(Channel.EVENTS, agent_id), qos=1)  # as a hub does
 
         async def count() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
+                if message.topic.matches(subscription(Channel.EVENTS, agent_id)):
+                    continue
                 batch = TelemetryBatch.model_validate_json(message.payload)
                 for reading in batch.readings:
                     received[reading.device_id] = received.get(reading.device_id, 0) + 1

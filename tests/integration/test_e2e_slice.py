@@ -157,7 +157,10 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
             points = (await api.get(f"/api/v1/devices/{device_id}/telemetry/latest")).json()[
                 "points"
             ]
-            return points["power"]["value"] if points["dimming"]["value"] == 40 else None
+            power = points["power"]["value"]
+            # the command's own report (dimming, lamp_on) comes first; power with the next poll
+            dimmed = points["dimming"]["value"] == 40 and power < full_power * 0.5
+            return power if dimmed else None
 
         stored_power = await eventually(dimmed_power_stored)
         assert stored_power == pytest.approx(sim.image.get("power"), rel=1e-6)
