@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import NO_MATCHING_SUBSCRIBERS, MqttSettings, make_client
 from tests.harness import free_port
+from tests.harness.blackhole import BlackholeProxy
 from tests.helpers import eventually, running_hub
 
 pytestmark = pytest.mark.integration
@@ -43,16 +45,17 @@ async def _run_with_fault(
     influx_db: Any,
     tmp_path: Path,
     unique_id: str,
-    fault: Callable[[], None],
+    fault: Callable[[], None] | Callable[[], Awaitable[None]],
     down_s: float,
     hub_away: bool = False,
     restore: Callable[[], None] | None = None,
+    agent_mqtt: MqttSettings | None = None,
 ) -> None:
     """5 poles at 10 Hz through an agent and the hub; ``fault`` (blocking) hits the broker
     mid-run, which comes back after ``down_s``; then every served reading must be stored.
     With ``hub_away`` the hub is stopped before the fault (the broker queues the readings for
     its session) and started again after it. ``restore`` (default: start the broker) ends
-    the fault."""
+    the fault; ``agent_mqtt`` is how the agent reaches the broker (e.g. through a proxy)."""
     mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive_s=5)
     hub_settings = HubSettings(
         mqtt=mqtt,
@@ -69,7 +72,7 @@ async def _run_with_fault(
         agent = Agent(
             AgentSettings(
                 agent_id=f"agent-{unique_id}",
-                mqtt=mqtt,
+                mqtt=agent_mqtt or mqtt,
                 devices=[
                     DeviceConfig(
                         device_id=f"pole-{i}-{unique_id}",
@@ -93,7 +96,10 @@ async def _run_with_fault(
             if hub_away:
                 await hub.__aexit__(None, None, None)
                 await asyncio.sleep(2)  # the broker queues the readings for the hub's session
-            await asyncio.to_thread(fault)
+            if inspect.iscoroutinefunction(fault):
+                await fault()
+            else:
+                await asyncio.to_thread(fault)
             await asyncio.sleep(down_s)
             await asyncio.to_thread(restore or broker.start)
             if hub_away:
@@ -193,3 +199,27 @@ async def test_an_influxdb_sigkill_loses_no_reading_of_five_poles_at_10hz(
         down_s=5,
         restore=influxdb_private.start,
     )
+
+
+async def test_a_flapping_link_loses_no_reading_of_five_poles_at_10hz(
+    mosquitto: Any, influx_db: Any, tmp_path: Path, unique_id: str
+) -> None:
+    async with BlackholeProxy(mosquitto.host, mosquitto.port) as proxy:
+
+        async def flap() -> None:
+            for _ in range(3):  # the link goes silent, comes back, goes silent again
+                proxy.freeze()
+                await asyncio.sleep(1)
+                proxy.thaw()
+                await asyncio.sleep(9)  # the agent notices (1.5 x keepalive 5 s), reconnects
+
+        await _run_with_fault(
+            mosquitto,
+            influx_db,
+            tmp_path,
+            unique_id,
+            flap,
+            down_s=0,
+            restore=lambda: None,
+            agent_mqtt=MqttSettings(host="127.0.0.1", port=proxy.port, keepalive_s=5),
+        )
