@@ -213,7 +213,10 @@ class DiskOutbox:
         self._data_budget = max_bytes - 2 * self._wal_bytes - max(64 * 1024, max_bytes // 16)
         self._pending: list[tuple[int, bytes]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # anything put, confirmed or closed
+        #: what can free a full window or needs sending first: a control message, a stored
+        #: acknowledgement, a rewind, closing (not readings: they wait)
+        self._unblocked = asyncio.Event()
         self._inflight: Outgoing | None = None
         self._batch: SpoolBatch | None = None  # the telemetry batch handed out, not published
         #: readings per batch handed out and not yet confirmed (the in-flight one included)
@@ -283,6 +286,7 @@ class DiskOutbox:
         self._file.control_rows += 1
         self._after_commit()
         self._changed.set()
+        self._unblocked.set()
 
     def flush(self) -> int:
         """Commit buffered readings now; return how many were committed (0 if it failed)."""
@@ -345,10 +349,13 @@ class DiskOutbox:
                 if telemetry := self._next_telemetry():
                     return telemetry
                 continue
-            self._changed.clear()
+            # with the window full, new readings cannot go: wait for what can unblock it
+            full = len(self._unconfirmed) >= self.window_batches
+            event = self._unblocked if full else self._changed
+            event.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._due_in()):
-                    await self._changed.wait()
+                    await event.wait()
             self._check_open()
 
     def ack(self, item: Outgoing) -> None:
@@ -408,6 +415,7 @@ class DiskOutbox:
             self._unconfirmed.pop(seq, None)
         self._timeout = self.ack_timeout_s
         self._changed.set()
+        self._unblocked.set()
         return len(known)
 
     def rewind(self) -> None:
@@ -417,6 +425,7 @@ class DiskOutbox:
             self._unconfirmed[seq] = -math.inf
         if self._unconfirmed:
             self._changed.set()
+            self._unblocked.set()
 
     @property
     def unconfirmed_batches(self) -> int:
@@ -488,6 +497,7 @@ class DiskOutbox:
         self._file.close()
         self._closed = True
         self._changed.set()  # wake a waiting next(), which then raises SpoolError
+        self._unblocked.set()
 
     def __enter__(self) -> Self:
         return self

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from device_profiles.wire import Reading, TelemetryBatch
+from device_profiles.wire import Channel, DeviceEvent, Reading, TelemetryBatch
 from edge_agent.outbox import Outgoing
 from edge_agent.spool import DiskOutbox
 
@@ -171,3 +171,19 @@ def test_a_schema_1_spool_keeps_its_batch_in_flight(tmp_path: Path) -> None:
             assert (second.seq, [r.ts - T0 for r in second.readings]) == (8, [4, 5])
 
     asyncio.run(check())
+
+
+async def test_a_control_message_goes_out_while_the_window_is_full(tmp_path: Path) -> None:
+    with _open(tmp_path, window_batches=1, ack_timeout_s=3600, ack_timeout_max_s=3600) as outbox:
+        for i in range(30):
+            outbox.put_reading(_reading(i))
+        outbox.sent(await _next(outbox))
+        waiting = asyncio.ensure_future(outbox.next())
+        for i in range(30, 60):  # readings do not free the window
+            outbox.put_reading(_reading(i))
+        await asyncio.sleep(0.05)  # (a pace: it must still be waiting)
+        assert not waiting.done()
+        event = DeviceEvent(agent_id="a1", device_id="d1", ts=T0, kind="offline")
+        outbox.put_control(Channel.EVENTS, event)
+        item = await asyncio.wait_for(waiting, 5)
+        assert item.message == event
