@@ -166,10 +166,13 @@ async def test_a_broker_sigkill_loses_no_reading_of_five_poles_at_10hz(
     )
 
 
-async def test_the_broker_tells_a_publish_that_nobody_was_subscribed_to(mosquitto: Any) -> None:
+async def test_the_broker_tells_a_publish_that_nobody_was_subscribed_to(
+    mosquitto: Any, unique_id: str
+) -> None:
     mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
-    async with make_client(mqtt, "reason-probe", persistent_session=False) as client:
-        name = "iot/v1/reason-probe/telemetry"
+    async with make_client(mqtt, f"probe-{unique_id}", persistent_session=False) as client:
+        # outside iot/v1/: other tests' hub sessions on this broker subscribe to iot/v1/+/...
+        name = f"reason-probe/{unique_id}/telemetry"
         assert await client.publish_reason(name, b"{}", qos=1) == NO_MATCHING_SUBSCRIBERS
         await client.subscribe(name, qos=1)
         assert await client.publish_reason(name, b"{}", qos=1) == 0
