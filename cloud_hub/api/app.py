@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
@@ -37,6 +38,11 @@ from cloud_hub.sites import SiteDirectory
 
 __all__ = ["create_app"]
 
+log = structlog.get_logger(__name__)
+
+#: how long the hub's tasks may take to stop before the hub is closed anyway
+STOP_TIMEOUT_S = 10.0
+
 
 def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     """The hub's HTTP API. Its lifespan starts the hub (registry, store, MQTT) and stops it."""
@@ -58,8 +64,19 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
             if ingress is not None:
                 await ingress.stop()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # bounded: a task below that swallowed its cancellation (asyncio.wait_for on
+            # Python 3.11) must not keep the process from stopping
+            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError):
+                    task.result()
+            else:
+                stuck = sorted(
+                    t.get_name()
+                    for t in asyncio.all_tasks()
+                    if not t.done() and t is not asyncio.current_task()
+                )
+                log.error("hub tasks did not stop in time; closing anyway", tasks=stuck[:20])
             await the_hub.close()
 
     app = FastAPI(
