@@ -163,7 +163,8 @@ async def test_pole_telemetry_lands_in_influxdb_and_a_command_dims_the_lamp(
             return power if dimmed else None
 
         stored_power = await eventually(dimmed_power_stored)
-        assert stored_power == pytest.approx(sim.image.get("power"), rel=1e-6)
+        # the simulated lamp's draw wanders a little between polls: the dimmed level's draw
+        assert stored_power == pytest.approx(sim.image.get("power"), rel=0.05)
 
         # 3. refused with a 422 that says why; nothing reaches the device
         for body, reason in [
