@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._servers import console, machine, print_table, private_servers
+from cloud_hub.agent_limits import AgentLimitSettings
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
 from device_profiles.wire import QOS, Channel, Reading, TelemetryBatch, encode, topic
 from iot_runtime.mqtt import Client, MqttSettings, make_client
@@ -92,6 +93,8 @@ async def main(agents_n: int, backlog: int, readings: int) -> None:
             storage=InfluxV1Settings(url=influx.url, database="backlog"),
             registry_url=f"sqlite+aiosqlite:///{servers.tmp / 'registry.db'}",
             api=ApiSettings(port=free_port()),
+            # raw publishers that do not wait for stored acknowledgements: not limited
+            agent_limits=AgentLimitSettings(enabled=False),
         )
         mqtt = settings.mqtt
         clients = [

@@ -27,6 +27,7 @@ import time
 
 from bench._servers import console, machine, print_table, private_servers
 from bench.hub_backlog import Agent, Discards, metric
+from cloud_hub.agent_limits import AgentLimitSettings
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
@@ -47,6 +48,8 @@ async def main(agents_n: int, readings: int, seconds: float) -> None:
             storage=InfluxV1Settings(url=influx.url, database="overload"),
             registry_url=f"sqlite+aiosqlite:///{servers.tmp / 'registry.db'}",
             api=ApiSettings(port=free_port()),
+            # raw publishers that do not wait for stored acknowledgements: not limited
+            agent_limits=AgentLimitSettings(enabled=False),
         )
         clients = [
             make_client(settings.mqtt, f"bench-agent-{i}", persistent_session=False)

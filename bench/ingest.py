@@ -47,6 +47,7 @@ from bench._servers import (
     print_table,
     private_servers,
 )
+from cloud_hub.agent_limits import AgentLimitSettings
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
 from cloud_hub.storage import StoredReading
 from cloud_hub.storage.line_protocol import encode_lines
@@ -434,6 +435,8 @@ async def main(quick: bool) -> None:
                 storage=InfluxV1Settings(url=influx.url, database="iot"),
                 registry_url=f"sqlite+aiosqlite:///{servers.tmp / 'registry.db'}",
                 api=ApiSettings(port=free_port()),
+                # raw publishers that do not wait for stored acknowledgements: not limited
+                agent_limits=AgentLimitSettings(enabled=False),
                 log_level="WARNING",
             )
             keys = await make_keys(settings.registry_url, "admin")

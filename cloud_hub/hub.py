@@ -33,6 +33,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from cloud_hub.agent_limits import AgentLimiter
 from cloud_hub.alarm_feed import AlarmFeed
 from cloud_hub.alarms import AlarmEngine
 from cloud_hub.dead_letters import DeadLetterStore
@@ -66,6 +67,7 @@ from device_profiles.wire import (
     topic,
 )
 from iot_runtime.mqtt import InboundStats, ack, make_client
+from iot_runtime.mqtt_inbound import agent_of_topic
 
 __all__ = ["Hub", "UnknownDevice"]
 
@@ -160,6 +162,8 @@ class Hub:
         self.telemetry_connected = asyncio.Event()
         #: back-pressure and overflow counters of the telemetry session, across reconnects
         self.telemetry_inbound = InboundStats()
+        #: what one agent may send (cloud_hub.agent_limits), on both sessions
+        self.limits = AgentLimiter(settings.agent_limits, self.events, self._revoke_flooder)
         self._control: aiomqtt.Client | None = None
 
     async def start(self) -> None:
@@ -235,6 +239,7 @@ class Hub:
             group.create_task(self.event_log.run(), name="event-log")
             group.create_task(self.leadership.run(), name="leadership")
             group.create_task(self.webhooks.run(), name="webhooks")
+            group.create_task(self.limits.run(), name="agent-limits")
             group.create_task(
                 self._stay_connected("control", self._control_session), name="mqtt-control"
             )
@@ -276,6 +281,10 @@ class Hub:
                 # not taken yet
                 inbound=self.settings.telemetry_inbound if role == "telemetry" else None,
                 inbound_stats=self.telemetry_inbound if role == "telemetry" else None,
+                # one agent's flood is shed before it is queued, and one agent's backlog
+                # waits its turn behind the others' messages (cloud_hub.agent_limits)
+                admit=self.limits.admit,
+                fair_key=agent_of_topic,
             )
             try:
                 async with client:
@@ -299,6 +308,10 @@ class Hub:
             await asyncio.sleep(
                 min(RECONNECT_MAX_S, 0.5 * 2 ** max(0, failures - 1)) if failures else 0
             )
+
+    async def _revoke_flooder(self, agent_id: str) -> None:
+        """The agent limits' policy: revoke a flooding agent's broker credentials."""
+        await self.provisioning.revoke_agent("policy:agent_limits", agent_id)
 
     async def _control_session(self, client: aiomqtt.Client) -> None:
         for channel in _CONTROL:

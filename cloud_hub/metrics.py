@@ -68,6 +68,11 @@ def _inbound_metrics(hub: Hub) -> list[Metric]:
             "Telemetry messages received, not yet taken by ingest",
             inbound.queued,
         ),
+        _gauge(
+            "hub_mqtt_inbound_queue_peak",
+            "Most telemetry messages ever queued, not yet taken by ingest",
+            inbound.peak,
+        ),
         _counter(
             "hub_mqtt_inbound_paused",
             "Times the telemetry session stopped reading (its queue at the high watermark)",
@@ -88,6 +93,36 @@ def _inbound_metrics(hub: Hub) -> list[Metric]:
             "hub_mqtt_inbound_overflow_reconnects",
             "Telemetry session reconnects because its queue reached the cap",
             inbound.overflows,
+        ),
+    ]
+
+
+def _limit_metrics(hub: Hub) -> list[Metric]:
+    """What agents over their limits cost (see cloud_hub.agent_limits)."""
+    limits = hub.limits
+    shed = CounterMetricFamily(
+        "hub_agent_shed_messages",
+        "Messages of agents over their limits, shed before ingest (acknowledged, not stored)",
+        labels=["reason"],
+    )
+    for reason in ("rate", "bytes", "size", "blocked"):
+        shed.add_metric([reason], limits.stats[reason])
+    return [
+        shed,
+        _gauge(
+            "hub_agents_over_limit",
+            "Agents that had messages shed within agent_limits.quiet_s",
+            len(limits.over_limit()),
+        ),
+        _counter(
+            "hub_agents_flooding_alarms",
+            "Episodes of an agent over its limits that raised agent_flooding",
+            limits.stats["alarms"],
+        ),
+        _counter(
+            "hub_agents_disabled_by_policy",
+            "Agents whose credentials the agent_limits policy revoked",
+            limits.stats["disabled"],
         ),
     ]
 
@@ -174,6 +209,7 @@ async def render_metrics(hub: Hub) -> bytes:
         _gauge("hub_spool_bytes", "Size of the disk spool's payloads", spool.bytes if spool else 0)
     )
     metrics.extend(_inbound_metrics(hub))
+    metrics.extend(_limit_metrics(hub))
     connected = GaugeMetricFamily("hub_broker_connected", "MQTT sessions up", labels=["session"])
     connected.add_metric(["control"], float(hub.connected.is_set()))
     connected.add_metric(["telemetry"], float(hub.telemetry_connected.is_set()))

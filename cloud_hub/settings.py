@@ -20,6 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from cloud_hub.agent_limits import AgentLimitSettings
 from cloud_hub.coap_settings import CoapIngressSettings
 from cloud_hub.dead_letters import DeadLetterSettings
 from cloud_hub.event_log import EventLogSettings
@@ -177,6 +178,11 @@ class HubSettings(FileAndEnvSettings):
         description="Back-pressure of the telemetry session: stop reading the broker's socket at "
         "`high` received messages not yet taken by ingest, read again at `low`, reconnect (the "
         "broker redelivers) rather than queue `cap`.",
+    )
+    agent_limits: AgentLimitSettings = Field(
+        default_factory=AgentLimitSettings,
+        description="What one agent may send: messages and bytes per second, message size; "
+        "the excess is shed, counted and alarmed (agent_flooding).",
     )
     client_id: str = Field(
         default="cloud-hub",

@@ -19,7 +19,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from iot_runtime.config_paths import ConfigPath
-from iot_runtime.mqtt_inbound import InboundOverflow, InboundQueue, InboundStats, InboundWindow
+from iot_runtime.mqtt_inbound import (
+    BufferedReads,
+    InboundOverflow,
+    InboundQueue,
+    InboundStats,
+    InboundWindow,
+    MessageKey,
+)
 
 __all__ = [
     "NO_MATCHING_SUBSCRIBERS",
@@ -97,6 +104,12 @@ class Client(aiomqtt.Client):
     aiomqtt 2 resolves a publish on PUBACK whatever its reason code, but an MQTT 5 broker
     answers reason 16 ("no matching subscribers") for a message nobody was subscribed to,
     which it then discards. :meth:`publish_reason` publishes and returns the code.
+
+    ``admit`` (given a message's topic and payload size) is asked before a message is queued:
+    one it refuses is shed, i.e. acknowledged to the broker at once (with manual
+    acknowledgements) and never queued, and counted in ``inbound_stats.shed``; it costs the
+    consumer nothing. With a ``fair_key`` the queue is fair between the keys of the topics
+    (see :class:`~iot_runtime.mqtt_inbound.InboundQueue`).
     """
 
     def __init__(
@@ -104,12 +117,15 @@ class Client(aiomqtt.Client):
         *args: Any,
         inbound: InboundWindow | None = None,
         inbound_stats: InboundStats | None = None,
+        admit: Callable[[str, int], bool] | None = None,
+        fair_key: MessageKey | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, max_queued_incoming_messages=0, **kwargs)
         self._watched: set[int] = set()
         self._reasons: dict[int, int] = {}
-        self._inbound = InboundQueue(self._taken)
+        self._admit = admit
+        self._inbound = InboundQueue(self._taken, fair_key)
         self._queue = self._inbound
         self._window = inbound
         self.inbound_stats = inbound_stats if inbound_stats is not None else InboundStats()
@@ -126,14 +142,15 @@ class Client(aiomqtt.Client):
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: PahoSocket) -> None:
         fd = sock.fileno()
+        client._sock = BufferedReads(sock)  # one recv a burst, not three a packet
 
         def read() -> None:
             # as aiomqtt's reader, but one that stops between packets once paused
             try:
                 while True:
                     client.loop_read()
-                    pending = getattr(client._sock, "pending", None)  # SSL: decoded, unread
-                    if self._paused or pending is None or pending() == 0:
+                    sock = client._sock  # buffered, or SSL-decoded and not yet read: go on
+                    if self._paused or not isinstance(sock, BufferedReads) or not sock.pending():
                         break
             except Exception as exc:  # noqa: BLE001 - a broken link: the session ends with it
                 if not self._disconnected.done():
@@ -160,6 +177,11 @@ class Client(aiomqtt.Client):
         stats, window = self.inbound_stats, self._window
         if self._overflowed:
             stats.overflowed += 1  # not acknowledged: redelivered after the reconnect
+            return
+        if self._admit is not None and not self._admit(message.topic, len(message.payload)):
+            stats.shed += 1
+            if message.qos > 0 and client._manual_ack:
+                client.ack(message.mid, message.qos)
             return
         queued = self._inbound.qsize()
         if window is not None and queued >= window.cap:
@@ -328,6 +350,8 @@ def make_client(
     manual_ack: bool = False,
     inbound: InboundWindow | None = None,
     inbound_stats: InboundStats | None = None,
+    admit: Callable[[str, int], bool] | None = None,
+    fair_key: MessageKey | None = None,
 ) -> Client:
     """An aiomqtt client for ``settings``.
 
@@ -339,7 +363,8 @@ def make_client(
 
     Received messages are never discarded (see :class:`Client`); with an ``inbound`` window
     (manual acknowledgements only) the client stops reading the socket at its high watermark,
-    and ``inbound_stats`` (kept across the clients of one session) counts what it did.
+    and ``inbound_stats`` (kept across the clients of one session) counts what it did;
+    ``admit`` and ``fair_key`` are :class:`Client`'s.
     """
     if inbound is not None and not manual_ack:
         raise ValueError(
@@ -366,6 +391,8 @@ def make_client(
         timeout=settings.timeout_s,
         inbound=inbound,
         inbound_stats=inbound_stats,
+        admit=admit,
+        fair_key=fair_key,
     )
     if manual_ack:
         # aiomqtt 2 has no API for paho's manual acknowledgements yet (empicano/aiomqtt#345);

@@ -9,6 +9,10 @@ reading the socket while the queue holds ``high`` messages or more, until the co
 taken it down to ``low``: the broker then holds the backlog (TCP back-pressure) and sends at
 the consumer's pace.
 
+With a ``key`` (e.g. the agent a topic belongs to) the queue is fair: it keeps one FIFO per
+key and hands out one message of each key in turn, so a key with a long backlog does not delay
+the messages of the others (round robin; the order within a key is kept).
+
 Errors: :class:`InboundOverflow` (an ``aiomqtt.MqttError``) ends the session when the queue
 reached its hard ``cap`` anyway; reconnecting makes the broker redeliver what was not
 acknowledged.
@@ -18,13 +22,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["InboundOverflow", "InboundQueue", "InboundStats", "InboundWindow"]
+__all__ = [
+    "BufferedReads",
+    "InboundOverflow",
+    "InboundQueue",
+    "InboundStats",
+    "InboundWindow",
+    "MessageKey",
+    "agent_of_topic",
+]
+
+#: what a fair queue groups received messages by, from their topic
+MessageKey = Callable[[str], str]
+
+
+def agent_of_topic(topic: str) -> str:
+    """The agent id of a contract topic (``iot/v1/<agent_id>/...``), or ``""`` for others."""
+    parts = topic.split("/", 3)
+    return parts[2] if len(parts) > 3 and parts[0] == "iot" and parts[1] == "v1" else ""
 
 
 class InboundWindow(BaseModel):
@@ -71,6 +94,8 @@ class InboundStats:
     peak: int = 0
     #: ``time.monotonic()`` when the current pause began
     paused_since: float | None = None
+    #: messages the admission check refused (acknowledged to the broker, never queued)
+    shed: int = 0
 
     def paused_seconds(self) -> float:
         """Time spent not reading, including the current pause."""
@@ -90,12 +115,99 @@ class InboundOverflow(aiomqtt.MqttError):
         self.cap = cap
 
 
+class BufferedReads:
+    """A socket whose reads are buffered: one ``recv`` of up to 64 KiB serves many packets.
+
+    paho reads a packet with three or more ``recv`` calls (its type, its length byte by byte,
+    its body), each a system call; behind a flood that is most of the cost of a message. Put in
+    place of paho's socket, this serves those reads from what one large ``recv`` returned, and
+    its ``pending()`` (what is buffered, plus what an SSL socket has decoded) lets the reader
+    go on to the next packet without waiting for the event loop. Everything else is the
+    socket's."""
+
+    __slots__ = ("_buffer", "_pos", "_sock")
+
+    CHUNK = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._buffer):
+            data: bytes = self._sock.recv(max(size, self.CHUNK))  # raises if nothing is there
+            if len(data) <= size:
+                return data
+            self._buffer, self._pos = data, 0
+        end = min(self._pos + size, len(self._buffer))
+        chunk = self._buffer[self._pos : end]
+        self._pos = end
+        if end == len(self._buffer):
+            self._buffer, self._pos = b"", 0  # let the chunk go
+        return chunk
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buffer) - self._pos + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _FairBuffer:
+    """The container of a fair :class:`InboundQueue`: one FIFO per key, served in turn.
+
+    It has what ``asyncio.Queue`` uses of its ``deque`` (``append``, ``popleft``, ``len``)."""
+
+    __slots__ = ("_key", "_lanes", "_size")
+
+    def __init__(self, key: MessageKey) -> None:
+        self._key = key
+        #: key -> its messages; a key's lane is moved to the end once served (round robin)
+        self._lanes: dict[str, deque[aiomqtt.Message]] = {}
+        self._size = 0
+
+    def append(self, message: aiomqtt.Message) -> None:
+        key = self._key(message.topic.value)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = deque()
+        lane.append(message)
+        self._size += 1
+
+    def popleft(self) -> aiomqtt.Message:
+        key = next(iter(self._lanes))  # IndexError-free: only called when not empty
+        lane = self._lanes.pop(key)
+        message = lane.popleft()
+        if lane:
+            self._lanes[key] = lane  # to the back of the round
+        self._size -= 1
+        return message
+
+    def clear(self) -> None:
+        self._lanes.clear()
+        self._size = 0
+
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+
 class InboundQueue(asyncio.Queue[aiomqtt.Message]):
     """An unbounded queue that calls ``on_taken`` after each message taken, and raises the
-    error it was failed with (:meth:`fail`) instead of handing out more messages."""
+    error it was failed with (:meth:`fail`) instead of handing out more messages. With a
+    ``key`` it is fair between keys (see the module docstring)."""
 
-    def __init__(self, on_taken: Callable[[], None]) -> None:
+    def __init__(self, on_taken: Callable[[], None], key: MessageKey | None = None) -> None:
         super().__init__()
+        if key is not None:
+            self._queue: deque[aiomqtt.Message] | _FairBuffer = _FairBuffer(key)
         self._on_taken = on_taken
         self._failure: aiomqtt.MqttError | None = None
 

@@ -160,6 +160,44 @@ async def poles_behind_an_agent(
             await poles.stop_agent()
 
 
+async def fast_poles(stack: contextlib.AsyncExitStack, count: int) -> list[SmartPoleSim]:
+    """``count`` simulated smart poles whose values change every 0.1 s, open until ``stack``
+    closes."""
+    return [
+        await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=0.1))
+        for i in range(count)
+    ]
+
+
+def fast_pole_agent(
+    agent_id: str,
+    mqtt: MqttSettings,
+    sims: list[SmartPoleSim],
+    device_ids: list[str],
+    data_dir: Path,
+) -> Agent:
+    """An edge agent (not started) polling ``sims`` at 10 Hz and sending every reading they
+    serve (no report-on-change), in batches of at most 0.1 s."""
+    return Agent(
+        AgentSettings(
+            agent_id=agent_id,
+            mqtt=mqtt,
+            devices=[
+                DeviceConfig(
+                    device_id=device_id,
+                    profile="smart_pole",
+                    connection=ModbusTcpSettings(host=sim.host, port=sim.port, timeout_s=0.5),
+                    poll_interval_s=0.1,
+                    report_on_change=False,
+                )
+                for device_id, sim in zip(device_ids, sims, strict=True)
+            ],
+            batch_max_delay_s=0.1,
+            data_dir=data_dir,
+        )
+    )
+
+
 async def devices_registered(api: httpx.AsyncClient, device_ids: list[str]) -> None:
     """Wait until the hub lists every one of ``device_ids``."""
 

@@ -55,6 +55,9 @@ _OFFLINE_RULES = frozenset({"device_offline", "agent_offline"})
 #: the alarm of an agent announcing another agent's device, and its severity
 CLAIM_RULE = "device_claim_refused"
 CLAIM_SEVERITY = "critical"
+#: the alarm of an agent over its limits (cloud_hub.agent_limits), and its severity
+FLOOD_RULE = "agent_flooding"
+FLOOD_SEVERITY = "major"
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -295,6 +298,9 @@ class AlarmEngine:
         if state == "claim_refused" and agent_id is not None and device_id is not None:
             await self._claim_refused(device_id, agent_id, str(event.data.get("owner")), event)
             return
+        if state == "flooding" and agent_id is not None and scope == "agent":
+            await self._flooding(agent_id, event)
+            return
         if (
             agent_id is None
             or scope not in ("agent", "device")
@@ -330,6 +336,22 @@ class AlarmEngine:
             )
             await self._raise(
                 device_id, agent_id, CLAIM_RULE, CLAIM_SEVERITY, None, message, event.ts_ms
+            )
+
+    async def _flooding(self, agent_id: str, event: HubEvent) -> None:
+        """An agent went over its limits: one alarm per agent (an operator acknowledges it; it
+        does not clear by itself)."""
+        track = self._track(_subject(None, agent_id), FLOOD_RULE)
+        if track.alarm_id is None:
+            reasons = event.data.get("by_reason") or {}
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(dict(reasons).items()))
+            message = (
+                f"agent {agent_id} is over its limits ({event.data.get('rate_msgs_s')} msg/s): "
+                f"{event.data.get('shed')} messages shed ({detail}); a misbehaving or hostile "
+                "agent"
+            )
+            await self._raise(
+                None, agent_id, FLOOD_RULE, FLOOD_SEVERITY, None, message, event.ts_ms
             )
 
     # -- transitions ------------------------------------------------------------------------

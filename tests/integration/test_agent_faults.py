@@ -11,13 +11,9 @@ from typing import Any
 import pytest
 
 from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
-from drivers import ModbusTcpSettings
-from edge_agent.agent import Agent
-from edge_agent.settings import AgentSettings, DeviceConfig
-from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings
 from tests.harness import free_port
-from tests.helpers import eventually, running_hub
+from tests.helpers import eventually, fast_pole_agent, fast_poles, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -38,28 +34,9 @@ async def test_broker_down_30s_while_10_devices_poll_at_10hz_loses_nothing(
         api=ApiSettings(port=free_port()),
     )
     async with contextlib.AsyncExitStack() as stack:
-        sims = [
-            await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=0.1))
-            for i in range(DEVICES)
-        ]
-        agent = Agent(
-            AgentSettings(
-                agent_id=f"agent-{unique_id}",
-                mqtt=mqtt,
-                devices=[
-                    DeviceConfig(
-                        device_id=f"pole-{i:02d}-{unique_id}",
-                        profile="smart_pole",
-                        connection=ModbusTcpSettings(host=sim.host, port=sim.port, timeout_s=0.5),
-                        poll_interval_s=0.1,
-                        report_on_change=False,  # every reading the simulators serve is sent
-                    )
-                    for i, sim in enumerate(sims)
-                ],
-                batch_max_delay_s=0.1,
-                data_dir=tmp_path / "agent",
-            )
-        )
+        sims = await fast_poles(stack, DEVICES)
+        device_ids = [f"pole-{i:02d}-{unique_id}" for i in range(len(sims))]
+        agent = fast_pole_agent(f"agent-{unique_id}", mqtt, sims, device_ids, tmp_path / "agent")
         hub = await stack.enter_async_context(running_hub(hub_settings))
         agent_task = asyncio.create_task(agent.run())
         try:

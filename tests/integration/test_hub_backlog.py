@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.agent_limits import AgentLimitSettings
 from cloud_hub.settings import InfluxV1Settings
 from device_profiles.wire import QOS, Channel, Reading, TelemetryBatch, encode, topic
 from iot_runtime.mqtt import (
@@ -108,6 +109,9 @@ async def test_hub_takes_a_backlog_of_more_than_10000_messages_without_discardin
         tmp_path,
         unique_id,
         storage=InfluxV1Settings(url=influx_db.url, database=influx_db.name),
+        # raw publishers that do not wait for stored acknowledgements (as agents with
+        # delivery.confirm: broker): per-agent limits would shed their backlog
+        agent_limits=AgentLimitSettings(enabled=False),
     )
     stored = _stored(influx_db)
     mqtt = MqttSettings(host=broker.host, port=broker.port)

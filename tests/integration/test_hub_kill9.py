@@ -18,14 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from drivers import ModbusTcpSettings
-from edge_agent.agent import Agent
-from edge_agent.settings import AgentSettings, DeviceConfig
-from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings
 from tests.harness import free_port
 from tests.harness.process import HarnessError, ManagedProcess
-from tests.helpers import eventually
+from tests.helpers import eventually, fast_pole_agent, fast_poles
 
 pytestmark = pytest.mark.integration
 
@@ -80,28 +76,9 @@ async def test_a_hub_sigkill_loses_no_reading_of_five_poles_at_10hz(
     hub = _hub_process(tmp_path, mosquitto, influxdb_private.url, unique_id)
     mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port, keepalive_s=5)
     async with contextlib.AsyncExitStack() as stack:
-        sims = [
-            await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=0.1))
-            for i in range(POLES)
-        ]
-        agent = Agent(
-            AgentSettings(
-                agent_id=f"agent-{unique_id}",
-                mqtt=mqtt,
-                devices=[
-                    DeviceConfig(
-                        device_id=f"pole-{i}-{unique_id}",
-                        profile="smart_pole",
-                        connection=ModbusTcpSettings(host=sim.host, port=sim.port, timeout_s=0.5),
-                        poll_interval_s=0.1,
-                        report_on_change=False,
-                    )
-                    for i, sim in enumerate(sims)
-                ],
-                batch_max_delay_s=0.1,
-                data_dir=tmp_path / "agent",
-            )
-        )
+        sims = await fast_poles(stack, POLES)
+        device_ids = [f"pole-{i}-{unique_id}" for i in range(len(sims))]
+        agent = fast_pole_agent(f"agent-{unique_id}", mqtt, sims, device_ids, tmp_path / "agent")
         await asyncio.to_thread(hub.start)
         stack.callback(hub.stop)
         agent_task = asyncio.create_task(agent.run())
