@@ -48,7 +48,7 @@ from drivers.modbus.codec import register_count
 from drivers.modbus.plan import plan_reads
 from drivers.modbus.tcp import ModbusTcpDriver
 from drivers.settings import ModbusTcpSettings
-from edge_agent.spool import DiskOutbox
+from edge_agent.outbox.spool import DiskOutbox
 from firmware_sim.modbus_server import ModbusSimServer
 from firmware_sim.register_image import RegisterImage
 from iot_runtime import configure_logging

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._servers import console, machine, print_table, private_servers
-from cloud_hub.agent_limits import AgentLimitSettings
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.ingest.agent_limits import AgentLimitSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles.wire import QOS, Channel, Reading, TelemetryBatch, encode, topic
 from iot_runtime.mqtt import Client, MqttSettings, make_client
 from tests.harness import free_port

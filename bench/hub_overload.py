@@ -27,8 +27,9 @@ import time
 
 from bench._servers import console, machine, print_table, private_servers
 from bench.hub_backlog import Agent, Discards, metric
-from cloud_hub.agent_limits import AgentLimitSettings
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.ingest.agent_limits import AgentLimitSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
 from tests.helpers import announce_agent, eventually, running_hub

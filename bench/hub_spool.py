@@ -3,7 +3,7 @@ store is down (fsynced appends), and how fast it drains them into InfluxDB once 
 
     .venv/bin/python -m bench.hub_spool [readings]      # default 200,000; about 20 s
 
-Runs :class:`cloud_hub.writer.TelemetryWriter` with its spool in this process against a private
+Runs :class:`cloud_hub.ingest.writer.TelemetryWriter` with its spool in this process against a private
 InfluxDB 1.6 (``bench._servers``). Three figures, all readings of 10 values in messages of 100:
 spooling (the store refuses every write: submit → fsynced in the spool → acknowledged), draining
 (the store back: the spool written to InfluxDB, oldest first, until empty), and the baseline
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._servers import console, machine, print_table, private_servers
-from cloud_hub.settings import InfluxV1Settings
-from cloud_hub.spool import TelemetrySpool
+from cloud_hub.ingest.spool import TelemetrySpool
+from cloud_hub.ingest.writer import Pending, TelemetryWriter
 from cloud_hub.storage import (
     InfluxV1Store,
     LatestValue,
@@ -31,7 +31,7 @@ from cloud_hub.storage import (
     StorageUnavailable,
     StoredReading,
 )
-from cloud_hub.writer import Pending, TelemetryWriter
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles import Value
 
 T0 = 1_700_000_000_000

@@ -47,10 +47,11 @@ from bench._servers import (
     print_table,
     private_servers,
 )
-from cloud_hub.agent_limits import AgentLimitSettings
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.ingest.agent_limits import AgentLimitSettings
+from cloud_hub.settings import ApiSettings, HubSettings
 from cloud_hub.storage import StoredReading
 from cloud_hub.storage.line_protocol import encode_lines
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles.wire import (
     QOS,
     AgentState,

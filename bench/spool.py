@@ -17,8 +17,8 @@ from pathlib import Path
 from statistics import median
 
 from device_profiles.wire import Reading
-from edge_agent.outbox import Outbox
-from edge_agent.spool import DiskOutbox
+from edge_agent.outbox.memory import Outbox
+from edge_agent.outbox.spool import DiskOutbox
 
 T0 = 1_700_000_000_000
 

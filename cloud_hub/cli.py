@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-from cloud_hub.api_keys import create_api_key
+from cloud_hub.api.keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.registry.migrate import head_revision
 from cloud_hub.server import serve

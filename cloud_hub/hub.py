@@ -2,7 +2,7 @@
 
 - The **telemetry session** consumes ``iot/v1/+/telemetry`` (optionally as an MQTT 5 shared
   subscription, so several hub processes split the load) with manual acknowledgements: a
-  message is acknowledged only once its readings are stored (see :mod:`cloud_hub.writer`).
+  message is acknowledged only once its readings are stored (see :mod:`cloud_hub.ingest.writer`).
 - The **control session** consumes agent state, device events and command results, and
   publishes commands. It is separate so that commands keep flowing while the telemetry store
   is down and telemetry is held back.
@@ -14,9 +14,9 @@ on PUBACK, then moved on by the agent's results. Queued commands are (re)sent wh
 
 Several hub processes (one ``shared_subscription_group``, one registry) are one hub: every
 process ingests, serves the API and appends its status, alarm and command events to the
-durable event log (:mod:`cloud_hub.event_log`); the one holding the leader lease runs the
-alarm engine (with its own telemetry feed, :mod:`cloud_hub.alarm_feed`), the webhook relay,
-the command expiry sweep and the lighting scheduler (:mod:`cloud_hub.leadership`,
+durable event log (:mod:`cloud_hub.events.log`); the one holding the leader lease runs the
+alarm engine (with its own telemetry feed, :mod:`cloud_hub.alarms.feed`), the webhook relay,
+the command expiry sweep and the lighting scheduler (:mod:`cloud_hub.cluster.leadership`,
 :mod:`cloud_hub.lighting`). A process without a group always
 leads.
 """
@@ -33,26 +33,26 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from cloud_hub.agent_limits import AgentLimiter
-from cloud_hub.alarm_feed import AlarmFeed
 from cloud_hub.alarms import AlarmEngine
-from cloud_hub.dead_letters import DeadLetterStore
-from cloud_hub.event_log import EventLog
-from cloud_hub.events import EventBus, HubEvent
-from cloud_hub.ingest import Accepted, Ingest, batch_of
-from cloud_hub.leadership import Duty, Leadership
-from cloud_hub.lease import LeaderLease, Lease, SoleLease, holder_id
+from cloud_hub.alarms.feed import AlarmFeed
+from cloud_hub.cluster.leadership import Duty, Leadership
+from cloud_hub.cluster.lease import LeaderLease, Lease, SoleLease, holder_id
+from cloud_hub.coap.presence import Presence
+from cloud_hub.dead_letters.store import DeadLetterStore
+from cloud_hub.events.bus import EventBus, HubEvent
+from cloud_hub.events.log import EventLog
+from cloud_hub.events.relay import WebhookRelay
+from cloud_hub.events.webhooks import WebhookDispatcher
+from cloud_hub.ingest.agent_limits import AgentLimiter
+from cloud_hub.ingest.messages import Accepted, Ingest, batch_of
+from cloud_hub.ingest.spool import TelemetrySpool
+from cloud_hub.ingest.stored_acks import StoredAcks
+from cloud_hub.ingest.writer import Pending, TelemetryWriter
 from cloud_hub.lighting import Lighting
-from cloud_hub.presence import Presence
 from cloud_hub.provisioning import ProvisioningService
 from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
-from cloud_hub.spool import TelemetrySpool
 from cloud_hub.storage import StorageError, TelemetryStore, open_store
-from cloud_hub.stored_acks import StoredAcks
-from cloud_hub.webhook_relay import WebhookRelay
-from cloud_hub.webhooks import WebhookDispatcher
-from cloud_hub.writer import Pending, TelemetryWriter
 from device_profiles import CommandRejected, DeviceProfile
 from device_profiles.wire import (
     QOS,
@@ -162,7 +162,7 @@ class Hub:
         self.telemetry_connected = asyncio.Event()
         #: back-pressure and overflow counters of the telemetry session, across reconnects
         self.telemetry_inbound = InboundStats()
-        #: what one agent may send (cloud_hub.agent_limits), on both sessions
+        #: what one agent may send (cloud_hub.ingest.agent_limits), on both sessions
         self.limits = AgentLimiter(settings.agent_limits, self.events, self._revoke_flooder)
         self._control: aiomqtt.Client | None = None
 
@@ -211,7 +211,7 @@ class Hub:
             await self.alarms.reconcile_offline()
 
     def _leader_duties(self) -> list[Duty]:
-        """What only one hub process does (see :mod:`cloud_hub.leadership`)."""
+        """What only one hub process does (see :mod:`cloud_hub.cluster.leadership`)."""
         duties: list[Duty] = [
             ("alarms", self.alarms.run),
             ("webhook-relay", self.relay.run),
@@ -282,7 +282,7 @@ class Hub:
                 inbound=self.settings.telemetry_inbound if role == "telemetry" else None,
                 inbound_stats=self.telemetry_inbound if role == "telemetry" else None,
                 # one agent's flood is shed before it is queued, and one agent's backlog
-                # waits its turn behind the others' messages (cloud_hub.agent_limits)
+                # waits its turn behind the others' messages (cloud_hub.ingest.agent_limits)
                 admit=self.limits.admit,
                 fair_key=agent_of_topic,
             )

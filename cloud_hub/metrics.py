@@ -35,7 +35,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def _cluster_metrics(hub: Hub) -> list[Metric]:
-    """Leadership and the durable event log (see cloud_hub.leadership, cloud_hub.event_log)."""
+    """Leadership and the durable event log (see cloud_hub.cluster.leadership, cloud_hub.events.log)."""
     log = hub.event_log
     return [
         _gauge("hub_leader", "1 if this process runs the leader duties", float(hub.is_leader)),
@@ -98,7 +98,7 @@ def _inbound_metrics(hub: Hub) -> list[Metric]:
 
 
 def _limit_metrics(hub: Hub) -> list[Metric]:
-    """What agents over their limits cost (see cloud_hub.agent_limits)."""
+    """What agents over their limits cost (see cloud_hub.ingest.agent_limits)."""
     limits = hub.limits
     shed = CounterMetricFamily(
         "hub_agent_shed_messages",

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
@@ -20,94 +18,20 @@ from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from cloud_hub.agent_limits import AgentLimitSettings
-from cloud_hub.coap_settings import CoapIngressSettings
-from cloud_hub.dead_letters import DeadLetterSettings
-from cloud_hub.event_log import EventLogSettings
+from cloud_hub.coap.settings import CoapIngressSettings
+from cloud_hub.dead_letters.store import DeadLetterSettings
+from cloud_hub.events.log import EventLogSettings
+from cloud_hub.events.webhooks import WebhookSettings
+from cloud_hub.ingest.agent_limits import AgentLimitSettings
+from cloud_hub.ingest.settings import IngestSettings, SpoolSettings
 from cloud_hub.lighting.settings import LightingSettings
 from cloud_hub.provisioning import ProvisioningSettings
-from cloud_hub.spool_settings import SpoolSettings
-from cloud_hub.webhooks import WebhookSettings
-from iot_runtime import ConfigPath, FileAndEnvSettings, resolve_config_path
+from cloud_hub.storage.settings import SqliteStoreSettings, StorageSettings
+from iot_runtime import FileAndEnvSettings, resolve_config_path
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import InboundWindow, MqttSettings
 
-__all__ = [
-    "ApiSettings",
-    "HubSettings",
-    "InfluxV1Settings",
-    "InfluxV2Settings",
-    "SqliteStoreSettings",
-    "StorageSettings",
-    "resolve_sqlite_url",
-]
-
-
-class InfluxV1Settings(BaseModel):
-    """InfluxDB through its 1.x HTTP API (line protocol and InfluxQL); also served by
-    InfluxDB 2.x's v1 compatibility API and by InfluxDB 3."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["influxdb1"] = "influxdb1"
-    url: str = Field(description="Base URL, e.g. http://127.0.0.1:8086")
-    database: str = "iot"
-    username: str | None = None
-    password: SecretStr | None = None
-    token: SecretStr | None = Field(
-        default=None,
-        description="API token (InfluxDB 2.x v1 compatibility API, InfluxDB 3): sent as "
-        "'Authorization: Token ...' instead of username and password.",
-    )
-    create_database: bool = Field(
-        default=True,
-        description="CREATE DATABASE at start-up (InfluxDB 1.x; set false for 2.x and 3.x).",
-    )
-    timeout_s: float = Field(default=10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_way_to_authenticate(self) -> InfluxV1Settings:
-        if self.token is not None and self.username is not None:
-            raise ValueError("set either token or username/password, not both")
-        return self
-
-
-class InfluxV2Settings(BaseModel):
-    """InfluxDB 2.x (or 3.x) through ``influxdb-client``: writes to ``/api/v2/write`` with an
-    organisation, a bucket and a token; queries in Flux (2.x) or InfluxQL on the v1
-    compatibility ``/query`` endpoint (2.x with a DBRP mapping of the bucket, and 3.x, which
-    has no Flux)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["influxdb2"] = "influxdb2"
-    url: str = Field(description="Base URL, e.g. http://127.0.0.1:8086")
-    org: str = Field(description="Organisation name (InfluxDB 3 ignores it).")
-    bucket: str = Field(description="Bucket (InfluxDB 3: the database).")
-    token: SecretStr = Field(description="API token with write and read access to the bucket.")
-    query_language: Literal["flux", "influxql"] = Field(
-        default="flux",
-        description="flux for InfluxDB 2.x; influxql for InfluxDB 3 (or 2.x with a DBRP mapping).",
-    )
-    timeout_s: float = Field(default=10.0, gt=0)
-
-
-class SqliteStoreSettings(BaseModel):
-    """The embedded telemetry store: one SQLite file, for the demo and single sites."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["sqlite"] = "sqlite"
-    path: ConfigPath = Field(
-        default=Path("var/telemetry.db"),
-        validate_default=True,
-        description="SQLite file; a relative path is relative to the config file's folder.",
-    )
-
-
-StorageSettings = Annotated[
-    InfluxV1Settings | InfluxV2Settings | SqliteStoreSettings, Field(discriminator="backend")
-]
+__all__ = ["ApiSettings", "HubSettings", "resolve_sqlite_url"]
 
 
 def _proxy_address(entry: str) -> str:
@@ -136,35 +60,6 @@ class ApiSettings(BaseModel):
         "they are ignored. Default: none, the connecting address is the client (as the claim "
         "rate limit keys on it).",
     )
-
-
-class IngestSettings(BaseModel):
-    """What readings the hub takes: read times within a window the store can keep and that
-    cannot pin a device's latest value in the future (a device clock in 2100). A reading
-    outside it is dead-lettered (replayable once the clock is fixed); the others beside it
-    are stored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_ts: datetime = Field(
-        default=datetime(2000, 1, 1, tzinfo=UTC),
-        description="Readings read before this time are refused (a device clock never set).",
-    )
-    max_ahead_s: float = Field(
-        default=3600,
-        gt=0,
-        le=366 * 86400,
-        description="Readings read more than this far ahead of the hub's clock are refused.",
-    )
-
-    @field_validator("min_ts")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2000-01-01T00:00:00Z")
-        if value.timestamp() < 0:
-            raise ValueError("must not be before 1970-01-01")
-        return value
 
 
 class HubSettings(FileAndEnvSettings):

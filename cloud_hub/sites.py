@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cloud_hub.events import HubEvent
+from cloud_hub.events.bus import HubEvent
 from cloud_hub.registry import DeviceRow, Registry
 
 __all__ = ["SiteDirectory", "Sites", "sees"]

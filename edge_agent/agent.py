@@ -22,15 +22,15 @@ from device_profiles import ProfileError
 from device_profiles.wire import Channel, DesiredConfig, ReportedConfig
 from drivers import DriverError
 from edge_agent.cancellation import cancel_within, describe
-from edge_agent.command_journal import CommandJournal
-from edge_agent.commands import CommandExecutor
-from edge_agent.devices import DeviceRuntime
+from edge_agent.commands.executor import CommandExecutor
+from edge_agent.commands.journal import CommandJournal
 from edge_agent.health import HealthReporter
-from edge_agent.nbiot_uplink import NbIotUplink, WakingOutbox
-from edge_agent.poller import DevicePoller
+from edge_agent.nbiot.uplink import NbIotUplink, WakingOutbox
+from edge_agent.outbox.spool import DiskOutbox
+from edge_agent.polling.devices import DeviceRuntime
+from edge_agent.polling.poller import DevicePoller
 from edge_agent.remote_config import ConfigRejected, load_applied, parse_remote, store_applied
 from edge_agent.settings import AgentSettings
-from edge_agent.spool import DiskOutbox
 from edge_agent.uplink import MqttUplink
 
 __all__ = ["Agent", "software_version"]

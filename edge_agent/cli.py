@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edge_agent.agent import Agent
-from edge_agent.probe import DeviceProbe, probe_devices
+from edge_agent.polling.probe import DeviceProbe, probe_devices
 from edge_agent.provision import provision
 from edge_agent.settings import AgentSettings
 from iot_runtime import ConfigError, configure_logging, load_settings

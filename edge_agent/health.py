@@ -10,8 +10,8 @@ from typing import Protocol
 
 from device_profiles.wire import AgentHealth, Channel, DeviceHealth
 from edge_agent.cancellation import raise_if_cancelling
-from edge_agent.outbox import OutboxLike
-from edge_agent.poller import DevicePoller
+from edge_agent.outbox.memory import OutboxLike
+from edge_agent.polling.poller import DevicePoller
 
 __all__ = ["HealthReporter", "rss_bytes"]
 

@@ -13,7 +13,7 @@ from device_profiles import ProfileError, resolve_profile
 from device_profiles.loader import is_profile_path
 from device_profiles.wire import ID_PATTERN
 from drivers import ConnectionSettings
-from edge_agent.nbiot_settings import NbIotUplinkSettings
+from edge_agent.nbiot.settings import NbIotUplinkSettings
 from iot_runtime import ConfigPath, FileAndEnvSettings, resolve_config_path
 from iot_runtime.logging import LogFormat
 from iot_runtime.mqtt import MqttSettings

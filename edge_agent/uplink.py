@@ -3,7 +3,7 @@
 Every message is QoS 1. A control message leaves the outbox after the broker's PUBACK; a
 telemetry batch (with ``confirm="stored"``, the default) only when the hub acknowledges that
 it stored it, on the agent's ``acks`` channel: the outbox sends unconfirmed batches again
-after a reconnect or a timeout (see :class:`~edge_agent.spool.DiskOutbox`). A PUBACK with
+after a reconnect or a timeout (see :class:`~edge_agent.outbox.spool.DiskOutbox`). A PUBACK with
 reason 16 ("no matching subscribers", MQTT 5) means the broker discarded the message (e.g. it
 restarted without the hub's session): the message stays in the outbox and is published again
 after a back-off (not health reports, which the next one supersedes, nor retained messages,
@@ -42,7 +42,7 @@ from device_profiles.wire import (
     topic,
 )
 from edge_agent.cancellation import raise_if_cancelling
-from edge_agent.outbox import OutboxLike, Outgoing
+from edge_agent.outbox.memory import OutboxLike, Outgoing
 from iot_runtime.mqtt import NO_MATCHING_SUBSCRIBERS, Client, MqttSettings, make_client
 
 __all__ = ["MqttUplink"]

@@ -17,10 +17,11 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from cloud_hub.api_keys import create_api_key
+from cloud_hub.api.keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings, SqliteStoreSettings
 from device_profiles import load_builtin_profile
 from device_profiles.display import show_values
 from drivers import ModbusTcpSettings

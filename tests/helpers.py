@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 import aiomqtt
 import httpx
 
-from cloud_hub.api_keys import create_api_key
+from cloud_hub.api.keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import QOS, AgentState, Channel, DeviceInfo, encode, topic
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent

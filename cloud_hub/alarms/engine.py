@@ -1,6 +1,6 @@
 """The alarm engine: profile alarm rules evaluated on the hub's telemetry, plus offline alarms.
 
-It reads ``telemetry`` and ``status`` events from the hub's :class:`~cloud_hub.events.EventBus`
+It reads ``telemetry`` and ``status`` events from the hub's :class:`~cloud_hub.events.bus.EventBus`
 and publishes an ``alarm`` event for each transition (raised, acknowledged, cleared).
 
 A rule ``point op value for_s`` holds on a reading when the point's value (or, if the reading
@@ -17,10 +17,10 @@ only: after a restart a rule waits for its point to be reported again.
 An agent's or device's ``status`` event ``offline`` raises ``agent_offline`` / ``device_offline``
 (severity major), ``online`` clears it.
 
-With several hub processes only the leader runs an engine (:mod:`cloud_hub.leadership`). A
+With several hub processes only the leader runs an engine (:mod:`cloud_hub.cluster.leadership`). A
 process's bus carries only the readings that process ingested, so there the engine is built
 with ``telemetry_from_bus=False`` and the leader's own telemetry subscription
-(:mod:`cloud_hub.alarm_feed`) hands it every reading through :meth:`AlarmEngine.feed`.
+(:mod:`cloud_hub.alarms.feed`) hands it every reading through :meth:`AlarmEngine.feed`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.alarms.models import AlarmOut, AlarmRow
 from cloud_hub.alarms.store import AlarmStore, aware
-from cloud_hub.events import EventBus, HubEvent, Subscription
+from cloud_hub.events.bus import EventBus, HubEvent, Subscription
 from cloud_hub.registry import Registry, utcnow
 from device_profiles import AlarmRule, DeviceProfile, Value
 
@@ -55,7 +55,7 @@ _OFFLINE_RULES = frozenset({"device_offline", "agent_offline"})
 #: the alarm of an agent announcing another agent's device, and its severity
 CLAIM_RULE = "device_claim_refused"
 CLAIM_SEVERITY = "critical"
-#: the alarm of an agent over its limits (cloud_hub.agent_limits), and its severity
+#: the alarm of an agent over its limits (cloud_hub.ingest.agent_limits), and its severity
 FLOOD_RULE = "agent_flooding"
 FLOOD_SEVERITY = "major"
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

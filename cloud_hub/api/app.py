@@ -30,7 +30,7 @@ from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES, document_token_life
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
-from cloud_hub.coap_ingress import CoapIngress
+from cloud_hub.coap.ingress import CoapIngress
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
 from cloud_hub.settings import HubSettings

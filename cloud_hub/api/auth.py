@@ -1,6 +1,6 @@
 """API keys with roles: who may do what.
 
-Keys (see :mod:`cloud_hub.api_keys`) are shown once and stored hashed. A request carries its key as
+Keys (see :mod:`cloud_hub.api.keys`) are shown once and stored hashed. A request carries its key as
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
     role          may
@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from cloud_hub.api_keys import Role, hash_key, new_api_key
+from cloud_hub.api.keys import Role, hash_key, new_api_key
 
 __all__ = ["PERMISSIONS", "Permission", "Principal", "Role", "hash_key", "new_api_key", "require"]
 

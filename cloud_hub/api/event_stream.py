@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud_hub.event_log import DURABLE_KINDS, EventLog
-from cloud_hub.events import EventBus, HubEvent, Subscription
+from cloud_hub.events.bus import EventBus, HubEvent, Subscription
+from cloud_hub.events.log import DURABLE_KINDS, EventLog
 from cloud_hub.sites import SiteDirectory
 
 __all__ = ["LOG_POLL_S", "MAX_BATCH", "STREAM_QUEUE", "EventStream", "format_event"]

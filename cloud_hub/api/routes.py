@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Role
 from cloud_hub.api.deps import Admin, Commander, HubDep, Reader
+from cloud_hub.api.keys import create_api_key
 from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import (
     AgentOut,
@@ -32,8 +33,7 @@ from cloud_hub.api.scope import (
     not_found,
     sees,
 )
-from cloud_hub.api_keys import create_api_key
-from cloud_hub.coap_models import provision_coap_secret
+from cloud_hub.coap.models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.registry import AgentConfigRow, AgentRow
 from device_profiles import Value

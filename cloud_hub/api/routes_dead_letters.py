@@ -15,9 +15,9 @@ from cloud_hub.api.deps import Admin, HubDep
 from cloud_hub.api.problems import problem, problem_responses
 from cloud_hub.api.schemas import QueryTime, UtcDateTime
 from cloud_hub.api.scope import current_sites, dead_letter_in_scope, scoped_page, sees_object
-from cloud_hub.dead_letter_models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
-from cloud_hub.dead_letter_replay import NotReplayable, ReplayTimeout, replay
-from cloud_hub.dead_letters import DeadLetterNotFound, InvalidCursor
+from cloud_hub.dead_letters.models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
+from cloud_hub.dead_letters.replay import NotReplayable, ReplayTimeout, replay
+from cloud_hub.dead_letters.store import DeadLetterNotFound, InvalidCursor
 from device_profiles.wire import ID_PATTERN
 
 __all__ = ["DeadLetterList", "DeadLetterOut", "ReplayOut", "router"]

@@ -7,7 +7,7 @@ Each event is one SSE message::
     data: {"kind": "alarm", "ts_ms": ..., "device_id": ..., "agent_id": ..., "data": {...}}
 
 Status, alarm and command events come from the hub's durable event log
-(:mod:`cloud_hub.event_log`), which every hub process appends to: a stream served by any of
+(:mod:`cloud_hub.events.log`), which every hub process appends to: a stream served by any of
 several hub processes carries all of them, in log order, and a client that reconnects with
 ``Last-Event-ID`` (browsers' ``EventSource`` does so by itself; or ``?last_event_id=``) gets
 what it missed, for as long as the log keeps it (``event_log.retention_days``). Without it a
@@ -33,8 +33,8 @@ from fastapi.responses import StreamingResponse
 
 from cloud_hub.api.auth import Principal, require
 from cloud_hub.api.event_stream import STREAM_QUEUE, EventStream, format_event
-from cloud_hub.event_log import EventLog
-from cloud_hub.events import EventBus, EventKind
+from cloud_hub.events.bus import EventBus, EventKind
+from cloud_hub.events.log import EventLog
 
 __all__ = ["HEARTBEAT_S", "STREAM_QUEUE", "format_event", "router"]
 

@@ -17,9 +17,9 @@ from cloud_hub.api.auth import require
 from cloud_hub.api.deps import Admin
 from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.api.scope import confined_site, not_found, sees
-from cloud_hub.events import EventKind
-from cloud_hub.webhook_models import WebhookRow
-from cloud_hub.webhooks import WebhookDispatcher
+from cloud_hub.events.bus import EventKind
+from cloud_hub.events.webhook_models import WebhookRow
+from cloud_hub.events.webhooks import WebhookDispatcher
 
 __all__ = ["WebhookCreate", "WebhookCreated", "WebhookOut", "router"]
 

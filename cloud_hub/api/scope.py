@@ -28,7 +28,7 @@ from fastapi import HTTPException, status
 
 from cloud_hub.alarms import AlarmRow
 from cloud_hub.api.auth import Principal
-from cloud_hub.dead_letter_models import DeadLetterRow
+from cloud_hub.dead_letters.models import DeadLetterRow
 from cloud_hub.hub import Hub
 from cloud_hub.registry import CommandRow, DeviceRow
 from cloud_hub.sites import Sites, sees

@@ -6,14 +6,6 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 # each import registers its tables on Base
-import cloud_hub.alarms.models
-import cloud_hub.coap_models
-import cloud_hub.dead_letter_models
-import cloud_hub.event_log_models
-import cloud_hub.lease_models
-import cloud_hub.lighting.models
-import cloud_hub.provisioning.models
-import cloud_hub.webhook_models  # noqa: F401
 from cloud_hub.registry.models import Base
 
 connection: Connection | None = context.config.attributes.get("connection")

@@ -1,6 +1,5 @@
 """Telemetry storage backends behind one interface (:class:`TelemetryStore`)."""
 
-from cloud_hub.settings import InfluxV1Settings, InfluxV2Settings, StorageSettings
 from cloud_hub.storage.base import (
     EARLIEST_MS,
     LATEST_MS,
@@ -18,6 +17,7 @@ from cloud_hub.storage.base import (
 )
 from cloud_hub.storage.influx_v1 import InfluxV1Store
 from cloud_hub.storage.influx_v2 import InfluxV2Store
+from cloud_hub.storage.settings import InfluxV1Settings, InfluxV2Settings, StorageSettings
 from cloud_hub.storage.sqlite_store import SqliteStore
 
 __all__ = [

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import structlog
 
-from cloud_hub.settings import InfluxV1Settings
 from cloud_hub.storage.base import (
     LatestValue,
     Series,
@@ -34,6 +33,7 @@ from cloud_hub.storage.influxql import (
     write_error,
 )
 from cloud_hub.storage.line_protocol import encode_lines
+from cloud_hub.storage.settings import InfluxV1Settings
 
 __all__ = ["InfluxV1Store"]
 

@@ -23,7 +23,6 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from cloud_hub.settings import InfluxV1Settings, InfluxV2Settings
 from cloud_hub.storage.base import (
     LatestValue,
     Series,
@@ -35,6 +34,7 @@ from cloud_hub.storage.base import (
 from cloud_hub.storage.influx_v1 import InfluxV1Store
 from cloud_hub.storage.influxql import write_error
 from cloud_hub.storage.line_protocol import encode_lines
+from cloud_hub.storage.settings import InfluxV1Settings, InfluxV2Settings
 from device_profiles import Value
 
 __all__ = ["InfluxV2Store", "flux_latest", "flux_series"]

@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cloud_hub.retry_after import parse_retry_after
 from cloud_hub.storage.base import (
     LatestValue,
     Series,
@@ -22,6 +21,7 @@ from cloud_hub.storage.base import (
     StorageTooLarge,
     StorageUnavailable,
 )
+from iot_runtime.retry_after import parse_retry_after
 
 __all__ = [
     "latest_statement",

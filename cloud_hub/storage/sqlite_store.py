@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import aiosqlite
 
-from cloud_hub.settings import SqliteStoreSettings
 from cloud_hub.storage.base import (
     LatestValue,
     Series,
@@ -18,6 +17,7 @@ from cloud_hub.storage.base import (
     StorageUnavailable,
     StoredReading,
 )
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles import Value
 
 __all__ = ["SqliteStore"]

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from iot_runtime.mqtt import MqttSettings
 from tests.harness import free_port
 from tests.helpers import eventually, fast_pole_agent, fast_poles, running_hub

@@ -24,9 +24,10 @@ import aiomqtt
 import httpx
 import pytest
 
-from cloud_hub.agent_limits import AgentLimitSettings
+from cloud_hub.ingest.agent_limits import AgentLimitSettings
 from cloud_hub.provisioning import DynsecAdminSettings, ProvisioningSettings
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings, SqliteStoreSettings
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port
 from tests.helpers import eventually, fast_pole_agent, fast_poles, running_hub

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from firmware_sim import run_smart_pole
 from tests.harness import free_port
 from tests.helpers import eventually, running_hub

@@ -27,7 +27,8 @@ import pytest
 
 from cloud_hub.api.limits import MAX_BODY_BYTES
 from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import QOS, AgentState, Channel, DeviceInfo, encode, topic
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port

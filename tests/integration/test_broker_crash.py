@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from iot_runtime.mqtt import NO_MATCHING_SUBSCRIBERS, MqttSettings, make_client
 from tests.harness import free_port
 from tests.harness.blackhole import BlackholeProxy

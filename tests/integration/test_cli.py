@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.api_keys import hash_key
+from cloud_hub.api.keys import hash_key
 from cloud_hub.registry import Registry
 from device_profiles import load_builtin_profile
 from firmware_sim import run_smart_pole

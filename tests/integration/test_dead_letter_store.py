@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from cloud_hub.dead_letter_models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
-from cloud_hub.dead_letters import DeadLetterSettings, DeadLetterStore, InvalidCursor
+from cloud_hub.dead_letters.models import DEAD_LETTER_PAYLOAD_MAX, DeadLetterRow
+from cloud_hub.dead_letters.store import DeadLetterSettings, DeadLetterStore, InvalidCursor
 from cloud_hub.registry import Registry
 from tests.helpers import eventually
 

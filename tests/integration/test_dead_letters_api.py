@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_hub.dead_letters import DeadLetterSettings
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.dead_letters.store import DeadLetterSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import QOS, Channel, topic
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness import free_port

@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_hub.api_keys import create_api_key
+from cloud_hub.api.keys import create_api_key
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles import load_builtin_profile
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent

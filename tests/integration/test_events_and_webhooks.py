@@ -21,12 +21,13 @@ import uvicorn
 
 from cloud_hub.alarms import AlarmAlreadyAcknowledged, AlarmEngine
 from cloud_hub.api import create_app
-from cloud_hub.api_keys import create_api_key
-from cloud_hub.events import EventBus, HubEvent
+from cloud_hub.api.keys import create_api_key
+from cloud_hub.events.bus import EventBus, HubEvent
+from cloud_hub.events.webhooks import SIGNATURE_HEADER, WebhookSettings, verify
 from cloud_hub.hub import Hub
 from cloud_hub.registry import Registry
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
-from cloud_hub.webhooks import SIGNATURE_HEADER, WebhookSettings, verify
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles import load_builtin_profile
 from device_profiles.wire import AgentState, Channel, DeviceInfo, encode, topic
 from iot_runtime.mqtt import MqttSettings

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings, DeviceConfig

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.agent_limits import AgentLimitSettings
-from cloud_hub.settings import InfluxV1Settings
+from cloud_hub.ingest.agent_limits import AgentLimitSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles.wire import QOS, Channel, Reading, TelemetryBatch, encode, topic
 from iot_runtime.mqtt import (
     Client,

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings, SqliteStoreSettings
 from device_profiles.wire import (
     QOS,
     Channel,

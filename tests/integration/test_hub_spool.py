@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
-from cloud_hub.spool_settings import SpoolSettings
+from cloud_hub.ingest.settings import SpoolSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles.wire import (
     QOS,
     Channel,

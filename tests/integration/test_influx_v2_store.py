@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV2Settings
+from cloud_hub.settings import ApiSettings, HubSettings
 from cloud_hub.storage import (
     InfluxV2Store,
     SeriesQuery,
@@ -26,6 +26,7 @@ from cloud_hub.storage import (
     StoredReading,
 )
 from cloud_hub.storage.influx_v2 import flux_latest, flux_series
+from cloud_hub.storage.settings import InfluxV2Settings
 from device_profiles.wire import (
     QOS,
     Channel,

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud_hub.api_keys import create_api_key
+from cloud_hub.api.keys import create_api_key
 from cloud_hub.lighting import LightingScheduler, LightingSettings, LightingStore, StrategySpec
 from cloud_hub.registry import CommandGroupRow, Registry, utcnow
 from cloud_hub.settings import ApiSettings, HubSettings

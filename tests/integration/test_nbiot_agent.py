@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.coap_settings import CoapIngressSettings
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.coap.settings import CoapIngressSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from drivers import ModbusTcpSettings
 from drivers.nbiot import NbIotModemSettings
 from edge_agent.agent import Agent
-from edge_agent.nbiot_settings import NbIotUplinkSettings
+from edge_agent.nbiot.settings import NbIotUplinkSettings
 from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_nbiot_modem, run_smart_pole
 from iot_runtime.mqtt import MqttSettings

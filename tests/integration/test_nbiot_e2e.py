@@ -19,22 +19,23 @@ from typing import Any
 import pytest
 from aiocoap.numbers.codes import Code
 
-from cloud_hub.coap_ingress import CoapIngress
-from cloud_hub.coap_models import provision_coap_secret
-from cloud_hub.coap_settings import CoapIngressSettings
+from cloud_hub.coap.ingress import CoapIngress
+from cloud_hub.coap.models import provision_coap_secret
+from cloud_hub.coap.settings import CoapIngressSettings
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings, SqliteStoreSettings
+from cloud_hub.settings import HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from cloud_hub.storage.sqlite_store import SqliteStore
 from device_profiles import load_builtin_profile
 from device_profiles.wire import Channel, DesiredConfig, DeviceEvent, Reading
 from drivers import ModbusTcpSettings
 from drivers.fake import FakeDriver
 from drivers.nbiot import NbIotModem, NbIotModemSettings
-from edge_agent.commands import CommandExecutor
-from edge_agent.devices import DeviceRuntime
-from edge_agent.nbiot_settings import NbIotUplinkSettings
-from edge_agent.nbiot_uplink import CoapRefused, NbIotUplink, WakingOutbox
-from edge_agent.outbox import Outbox
+from edge_agent.commands.executor import CommandExecutor
+from edge_agent.nbiot.settings import NbIotUplinkSettings
+from edge_agent.nbiot.uplink import CoapRefused, NbIotUplink, WakingOutbox
+from edge_agent.outbox.memory import Outbox
+from edge_agent.polling.devices import DeviceRuntime
 from edge_agent.settings import DeviceConfig
 from firmware_sim.nbiot_modem import FaultRule, NbIotModemSim, run_nbiot_modem
 from iot_runtime.mqtt import MqttSettings

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import InfluxV1Settings
+from cloud_hub.ingest.writer import Pending, TelemetryWriter
 from cloud_hub.storage import StoredReading, open_store
-from cloud_hub.writer import Pending, TelemetryWriter
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles.wire import QOS, Channel, topic
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.helpers import announce_agent, eventually, hub_settings, running_hub

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from cloud_hub.provisioning import DynsecAdminSettings, ProvisioningSettings
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
 from firmware_sim import run_smart_pole

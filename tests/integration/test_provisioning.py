@@ -38,7 +38,8 @@ from cloud_hub.provisioning import (
 )
 from cloud_hub.registry import utcnow
 from cloud_hub.registry.models import ApiKeyRow
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import agent_client_id
 from edge_agent.provision import claim, write_credentials
 from edge_agent.settings import AgentSettings

@@ -11,15 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 # what cloud_hub/migrations/env.py imports: each module registers its tables on Base
-import cloud_hub.alarms.models
-import cloud_hub.coap_models
-import cloud_hub.dead_letter_models
-import cloud_hub.event_log_models
-import cloud_hub.lease_models
-import cloud_hub.lighting.models
-import cloud_hub.provisioning.models
-import cloud_hub.webhook_models  # noqa: F401
-from cloud_hub.api_keys import create_api_key, hash_key
+from cloud_hub.api.keys import create_api_key, hash_key
 from cloud_hub.registry import Registry, RegistryError
 from cloud_hub.registry.migrate import head_revision
 from cloud_hub.registry.models import Base

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, InfluxV1Settings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from device_profiles.wire import (
     QOS,
     AgentState,

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles import load_builtin_profile
 from drivers import CoapSettings, Hj212SerialSettings, ModbusRtuSettings, ModbusTcpSettings
 from edge_agent.agent import Agent

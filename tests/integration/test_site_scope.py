@@ -28,14 +28,15 @@ from fastapi import routing
 
 from cloud_hub.alarms import AlarmRow
 from cloud_hub.api import create_app
-from cloud_hub.api_keys import create_api_key
-from cloud_hub.dead_letter_models import DeadLetterRow
-from cloud_hub.events import EventKind, HubEvent
+from cloud_hub.api.keys import create_api_key
+from cloud_hub.dead_letters.models import DeadLetterRow
+from cloud_hub.events.bus import EventKind, HubEvent
+from cloud_hub.events.webhooks import WebhookSettings
 from cloud_hub.hub import Hub
 from cloud_hub.provisioning.models import AgentCredentialRow
 from cloud_hub.registry import AgentRow, DeviceRow, Registry, utcnow
-from cloud_hub.settings import ApiSettings, HubSettings, SqliteStoreSettings
-from cloud_hub.webhooks import WebhookSettings
+from cloud_hub.settings import ApiSettings, HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from iot_runtime.mqtt import MqttSettings
 from tests.harness import free_port
 from tests.harness.webhook_receiver import WebhookReceiver

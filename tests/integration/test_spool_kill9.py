@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from device_profiles.wire import TelemetryBatch
-from edge_agent.spool import DiskOutbox
+from edge_agent.outbox.spool import DiskOutbox
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = f"""
 import asyncio, sys
 from device_profiles.wire import Reading
-from edge_agent.spool import DiskOutbox
+from edge_agent.outbox.spool import DiskOutbox
 
 async def consume(outbox, acks):
     for n in range(acks + 1):

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_hub.settings import InfluxV1Settings, SqliteStoreSettings
 from cloud_hub.storage import InfluxV1Store, SqliteStore, StoredReading, TelemetryStore
+from cloud_hub.storage.settings import InfluxV1Settings, SqliteStoreSettings
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.helpers import announce_agent, hub_settings, running_hub
 

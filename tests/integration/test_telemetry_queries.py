@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.settings import InfluxV1Settings, InfluxV2Settings, SqliteStoreSettings
 from cloud_hub.storage import (
     InfluxV1Store,
     InfluxV2Store,
@@ -19,6 +18,7 @@ from cloud_hub.storage import (
     StoredReading,
     TelemetryStore,
 )
+from cloud_hub.storage.settings import InfluxV1Settings, InfluxV2Settings, SqliteStoreSettings
 from tests.harness.influx_v2_front import InfluxV2Front
 
 pytestmark = pytest.mark.integration

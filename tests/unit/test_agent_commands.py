@@ -13,10 +13,10 @@ from device_profiles import Value, load_builtin_profile, parse_profile
 from device_profiles.wire import CommandRequest, CommandResult
 from drivers import DriverTimeout, ModbusTcpSettings
 from drivers.fake import FakeDriver
-from edge_agent.command_journal import CommandJournal
-from edge_agent.commands import CommandExecutor
-from edge_agent.devices import DeviceRuntime
-from edge_agent.outbox import Outbox
+from edge_agent.commands.executor import CommandExecutor
+from edge_agent.commands.journal import CommandJournal
+from edge_agent.outbox.memory import Outbox
+from edge_agent.polling.devices import DeviceRuntime
 from edge_agent.settings import DeviceConfig
 
 pytestmark = pytest.mark.unit

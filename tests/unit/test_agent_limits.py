@@ -7,8 +7,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from cloud_hub.agent_limits import AgentLimiter, AgentLimitSettings
-from cloud_hub.events import EventBus
+from cloud_hub.events.bus import EventBus
+from cloud_hub.ingest.agent_limits import AgentLimiter, AgentLimitSettings
 from tests.unit.test_alarm_engine import Rig
 
 pytestmark = pytest.mark.unit

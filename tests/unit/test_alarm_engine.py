@@ -17,7 +17,7 @@ from cloud_hub.alarms import (
     AlarmRow,
     InvalidCursor,
 )
-from cloud_hub.events import EventBus, HubEvent, Subscription
+from cloud_hub.events.bus import EventBus, HubEvent, Subscription
 from cloud_hub.registry import Registry
 from device_profiles import DeviceProfile, load_builtin_profile
 

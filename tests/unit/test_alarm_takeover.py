@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.alarms import AlarmEngine
-from cloud_hub.events import EventBus, HubEvent
+from cloud_hub.events.bus import EventBus, HubEvent
 from cloud_hub.registry import Registry
 from device_profiles import load_builtin_profile
 from device_profiles.wire import DeviceInfo

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from edge_agent.cancellation import cancel_within, describe, raise_if_cancelling
-from edge_agent.outbox import gather_burst
+from edge_agent.outbox.memory import gather_burst
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.settings import HubSettings, SqliteStoreSettings, resolve_sqlite_url
+from cloud_hub.settings import HubSettings, resolve_sqlite_url
+from cloud_hub.storage.settings import SqliteStoreSettings
 from edge_agent.settings import AgentSettings
 from iot_runtime import ConfigError, load_settings
 

@@ -15,15 +15,16 @@ import pytest
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import OpaqueOption
 
-from cloud_hub.coap_ingress import CoapIngress
-from cloud_hub.coap_models import provision_coap_secret
-from cloud_hub.coap_settings import CoapIngressSettings
-from cloud_hub.dead_letter_models import DeadLetterRow
-from cloud_hub.dead_letter_replay import NotReplayable, replay
-from cloud_hub.dead_letters import agent_of
+from cloud_hub.coap.ingress import CoapIngress
+from cloud_hub.coap.models import provision_coap_secret
+from cloud_hub.coap.settings import CoapIngressSettings
+from cloud_hub.dead_letters.models import DeadLetterRow
+from cloud_hub.dead_letters.replay import NotReplayable, replay
+from cloud_hub.dead_letters.store import agent_of
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings, SqliteStoreSettings
+from cloud_hub.settings import HubSettings
 from cloud_hub.storage import LatestValue, StorageRejected, StoredReading
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import AgentState, Channel, DeviceInfo, encode, topic
 from device_profiles.wire.coap import AUTH_OPTION, CF_JSON, auth_value, derive_key, request_mac
 

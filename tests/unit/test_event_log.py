@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from cloud_hub.dead_letters import DeadLetterStore
-from cloud_hub.event_log import EventLog, EventLogSettings, event_key
-from cloud_hub.event_log_models import HubEventRow
-from cloud_hub.events import EventBus, HubEvent
-from cloud_hub.ingest import Ingest
+from cloud_hub.dead_letters.store import DeadLetterStore
+from cloud_hub.events.bus import EventBus, HubEvent
+from cloud_hub.events.log import EventLog, EventLogSettings, event_key
+from cloud_hub.events.log_models import HubEventRow
+from cloud_hub.ingest.messages import Ingest
 from cloud_hub.registry import Registry, utcnow
 from device_profiles.wire import AgentState, Channel, DeviceInfo, encode, topic
 

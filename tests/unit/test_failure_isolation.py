@@ -12,10 +12,10 @@ from device_profiles import DeviceProfile, Value, load_builtin_profile
 from device_profiles.wire import CommandRequest, CommandResult
 from drivers import DriverError, DriverTimeout, ModbusTcpSettings, UnexpectedDriverError
 from drivers.fake import FakeDriver
-from edge_agent.commands import CommandExecutor
-from edge_agent.devices import DeviceRuntime
-from edge_agent.outbox import Outbox
-from edge_agent.poller import DevicePoller
+from edge_agent.commands.executor import CommandExecutor
+from edge_agent.outbox.memory import Outbox
+from edge_agent.polling.devices import DeviceRuntime
+from edge_agent.polling.poller import DevicePoller
 from edge_agent.settings import DeviceConfig
 
 pytestmark = pytest.mark.unit

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.dead_letters import DeadLetterStore
-from cloud_hub.events import EventBus
-from cloud_hub.ingest import Accepted, Ingest
+from cloud_hub.dead_letters.store import DeadLetterStore
+from cloud_hub.events.bus import EventBus
+from cloud_hub.ingest.messages import Accepted, Ingest
 from cloud_hub.registry import Registry
-from cloud_hub.settings import SqliteStoreSettings
 from cloud_hub.storage import SqliteStore
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import AgentState, Channel, DeviceInfo, encode, topic
 
 pytestmark = pytest.mark.unit

@@ -7,8 +7,8 @@ import contextlib
 
 import pytest
 
-from cloud_hub.leadership import Leadership
-from cloud_hub.lease import OnChange, SoleLease
+from cloud_hub.cluster.leadership import Leadership
+from cloud_hub.cluster.lease import OnChange, SoleLease
 
 pytestmark = pytest.mark.unit
 

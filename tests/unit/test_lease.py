@@ -18,8 +18,8 @@ from typing import NoReturn
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from cloud_hub.lease import LOCAL_VALIDITY, LeaderLease, holder_id
-from cloud_hub.lease_models import LeaseRow
+from cloud_hub.cluster.lease import LOCAL_VALIDITY, LeaderLease, holder_id
+from cloud_hub.cluster.models import LeaseRow
 from cloud_hub.registry import Registry
 
 pytestmark = pytest.mark.unit

@@ -20,16 +20,17 @@ from aiocoap.optiontypes import OpaqueOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.coap_ingress import CoapIngress
-from cloud_hub.coap_models import (
+from cloud_hub.coap.ingress import CoapIngress
+from cloud_hub.coap.models import (
     coap_key,
     derive_coap_key,
     provision_coap_secret,
     revoke_coap_secret,
 )
-from cloud_hub.coap_settings import CoapIngressSettings
+from cloud_hub.coap.settings import CoapIngressSettings
 from cloud_hub.hub import Hub
-from cloud_hub.settings import HubSettings, SqliteStoreSettings
+from cloud_hub.settings import HubSettings
+from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import (
     AgentHealth,
     Channel,
@@ -41,8 +42,8 @@ from device_profiles.wire import (
 )
 from device_profiles.wire.coap import CONTROL_PATHS
 from drivers.nbiot import Datagram, NbIotModemSettings
-from edge_agent.nbiot_settings import NbIotUplinkSettings
-from edge_agent.nbiot_uplink import (
+from edge_agent.nbiot.settings import NbIotUplinkSettings
+from edge_agent.nbiot.uplink import (
     AUTH_OPTION,
     CF_JSON,
     CF_JSON_DEFLATE,
@@ -68,7 +69,7 @@ from edge_agent.nbiot_uplink import (
     response_mac,
     split_batch,
 )
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.memory import Outbox
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from device_profiles.wire import Channel, DeviceEvent, Reading, TelemetryBatch
-from edge_agent.outbox import Outbox
+from edge_agent.outbox.memory import Outbox
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from device_profiles import load_builtin_profile
-from edge_agent.reporting import ChangeFilter
+from edge_agent.polling.reporting import ChangeFilter
 
 pytestmark = pytest.mark.unit
 

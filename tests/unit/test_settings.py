@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.settings import HubSettings, InfluxV1Settings
+from cloud_hub.settings import HubSettings
+from cloud_hub.storage.settings import InfluxV1Settings
 from edge_agent.settings import AgentSettings
 from iot_runtime import ConfigError, load_settings
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.events import HubEvent
+from cloud_hub.events.bus import HubEvent
 from cloud_hub.registry import AgentRow, DeviceRow, Registry, utcnow
 from cloud_hub.sites import SiteDirectory, Sites, sees
 

@@ -18,8 +18,8 @@ from device_profiles.wire import (
     Reading,
     TelemetryBatch,
 )
-from edge_agent.outbox import Outbox, Outgoing
-from edge_agent.spool import DiskOutbox, SpoolError
+from edge_agent.outbox.memory import Outbox, Outgoing
+from edge_agent.outbox.spool import DiskOutbox, SpoolError
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from device_profiles.wire import Channel, DeviceEvent, Reading, TelemetryBatch
-from edge_agent.outbox import Outgoing
-from edge_agent.spool import DiskOutbox
+from edge_agent.outbox.memory import Outgoing
+from edge_agent.outbox.spool import DiskOutbox
 
 pytestmark = pytest.mark.unit
 

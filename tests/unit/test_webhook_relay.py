@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud_hub.event_log import EventLog, EventLogSettings
-from cloud_hub.events import EventBus, HubEvent
+from cloud_hub.events.bus import EventBus, HubEvent
+from cloud_hub.events.log import EventLog, EventLogSettings
+from cloud_hub.events.relay import WebhookRelay, delivery_id
+from cloud_hub.events.webhook_models import WebhookRow
+from cloud_hub.events.webhooks import SIGNATURE_HEADER, WebhookDispatcher, WebhookSettings, verify
 from cloud_hub.registry import Registry, utcnow
-from cloud_hub.webhook_models import WebhookRow
-from cloud_hub.webhook_relay import WebhookRelay, delivery_id
-from cloud_hub.webhooks import SIGNATURE_HEADER, WebhookDispatcher, WebhookSettings, verify
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.unit

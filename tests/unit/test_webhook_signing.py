@@ -15,11 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.events import EventBus, HubEvent
-from cloud_hub.registry import Registry
-from cloud_hub.registry.models import Base
-from cloud_hub.webhook_models import WebhookRow
-from cloud_hub.webhooks import (
+from cloud_hub.events.bus import EventBus, HubEvent
+from cloud_hub.events.webhook_models import WebhookRow
+from cloud_hub.events.webhooks import (
     SIGNATURE_HEADER,
     WebhookDispatcher,
     WebhookSettings,
@@ -29,6 +27,8 @@ from cloud_hub.webhooks import (
     sign,
     verify,
 )
+from cloud_hub.registry import Registry
+from cloud_hub.registry.models import Base
 
 pytestmark = pytest.mark.unit
 

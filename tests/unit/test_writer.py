@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.spool import SpoolChunk, TelemetrySpool
+from cloud_hub.ingest.spool import SpoolChunk, TelemetrySpool
+from cloud_hub.ingest.writer import Pending, TelemetryWriter
 from cloud_hub.storage import (
     LatestValue,
     StorageRejected,
@@ -16,7 +17,6 @@ from cloud_hub.storage import (
     StorageUnavailable,
     StoredReading,
 )
-from cloud_hub.writer import Pending, TelemetryWriter
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.unit
