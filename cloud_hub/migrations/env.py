@@ -6,6 +6,14 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 # each import registers its tables on Base
+import cloud_hub.alarms.models
+import cloud_hub.cluster.models
+import cloud_hub.coap.models
+import cloud_hub.dead_letters.models
+import cloud_hub.events.log_models
+import cloud_hub.events.webhook_models
+import cloud_hub.lighting.models
+import cloud_hub.provisioning.models  # noqa: F401
 from cloud_hub.registry.models import Base
 
 connection: Connection | None = context.config.attributes.get("connection")

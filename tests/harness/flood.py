@@ -35,9 +35,11 @@ def main(argv: list[str]) -> int:
         nonlocal acked
         acked += 1
 
+    stopping = False
+
     def on_disconnect(*_: object) -> None:
         nonlocal lost
-        lost = True
+        lost = lost or not stopping
 
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
@@ -67,8 +69,9 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + 30
     while acked < sent and time.monotonic() < deadline and not lost:
         time.sleep(0.05)
-    client.loop_stop()
+    stopping = True
     client.disconnect()
+    client.loop_stop()
     report = {"sent": sent, "acked": acked, "seconds": round(flood_s, 3), "lost_link": lost}
     print(json.dumps(report), flush=True)
     return 0

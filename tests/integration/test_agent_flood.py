@@ -74,7 +74,6 @@ async def test_a_flooding_agent_is_shed_counted_and_alarmed_and_costs_the_others
         registry_url=f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}",
         api=ApiSettings(port=free_port()),
     )
-    limits = settings.agent_limits
     flooder = f"flooder-{unique_id}"
     async with contextlib.AsyncExitStack() as stack:
         sims = await fast_poles(stack, POLES)
@@ -129,8 +128,11 @@ async def test_a_flooding_agent_is_shed_counted_and_alarmed_and_costs_the_others
         # the flooder: shed at once, counted, alarmed
         metrics = (await hub.api.get("/metrics")).text
         shed = _metric(metrics, 'hub_agent_shed_messages_total{reason="rate"}')
-        admitted_at_most = limits.burst_msgs + limits.rate_msgs_s * (report["seconds"] + 5)
-        assert shed >= report["sent"] - admitted_at_most, (shed, report)
+        # (what gets past is the burst plus the rate for as long as the hub takes to read the
+        # flood, which on a loaded machine is longer than the flood: bounded loosely here, the
+        # buckets' arithmetic is tests/unit/test_agent_limits.py's)
+        assert shed >= 0.9 * report["sent"], (shed, report)
+        assert not report["lost_link"], report  # throttled by the hub, not disconnected
 
         async def alarmed() -> list[dict[str, Any]] | None:
             page = (await hub.api.get("/api/v1/alarms")).json()

@@ -11,6 +11,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 # what cloud_hub/migrations/env.py imports: each module registers its tables on Base
+import cloud_hub.alarms.models
+import cloud_hub.cluster.models
+import cloud_hub.coap.models
+import cloud_hub.dead_letters.models
+import cloud_hub.events.log_models
+import cloud_hub.events.webhook_models
+import cloud_hub.lighting.models
+import cloud_hub.provisioning.models  # noqa: F401
 from cloud_hub.api.keys import create_api_key, hash_key
 from cloud_hub.registry import Registry, RegistryError
 from cloud_hub.registry.migrate import head_revision
