@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from cloud_hub.api.keys import create_api_key
+from cloud_hub.console.accounts import AccountError, Accounts
 from cloud_hub.registry import Registry
 from cloud_hub.registry.migrate import head_revision
 from cloud_hub.server import serve
@@ -113,3 +115,43 @@ async def _migrate(settings: HubSettings) -> None:
     registry = Registry(settings.registry_url, auto_migrate=True)
     await registry.start()
     await registry.close()
+
+
+@app.command("create-user")
+def create_user(
+    username: Annotated[str, typer.Argument(help="The person's sign-in name.")],
+    role: Annotated[
+        str, typer.Option(help="viewer, integration, operator, technician or admin.")
+    ] = "viewer",
+    site: Annotated[str | None, typer.Option(help="Confine the person to one site.")] = None,
+    language: Annotated[str, typer.Option(help="zh or en: the console's language.")] = "zh",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create a console account (a person, not an API key): the password is asked for twice,
+    or read from standard input, and stored as an argon2 hash; audited as ``cli``."""
+    settings = _settings(config)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        asyncio.run(_create_user(settings, username, password, role, site, language))
+    except (AccountError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    scope = f", site {site}" if site else ""
+    typer.echo(f"user {username!r} created (role {role}{scope})")
+
+
+async def _create_user(
+    settings: HubSettings, username: str, password: str, role: str, site: str | None, language: str
+) -> None:
+    registry = Registry(settings.registry_url)
+    await registry.start()
+    try:
+        await Accounts(registry).create_user("cli", username, password, role, site, language)
+    finally:
+        await registry.close()

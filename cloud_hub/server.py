@@ -8,7 +8,7 @@ from collections.abc import Generator
 
 import uvicorn
 
-from cloud_hub.api import create_app
+from cloud_hub.api.app import create_app
 from cloud_hub.settings import HubSettings
 
 __all__ = ["serve"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cloud_hub.api.keys import create_api_key
+from cloud_hub.console.accounts import Accounts, UserExists
 from cloud_hub.registry import Registry
 from cloud_hub.server import serve
 from cloud_hub.settings import ApiSettings, HubSettings
@@ -114,15 +116,13 @@ async def run_demo(options: DemoOptions, console: Console) -> None:
             data_dir=options.data_dir / "agent",
         )
         api = f"http://{options.api_host}:{options.api_port}"
-        registry = Registry(hub_settings.registry_url)
-        await registry.start()
-        _, api_key = await create_api_key(registry, "demo", "admin")
-        await registry.close()
+        api_key, password = await _credentials(hub_settings.registry_url)
         async with asyncio.TaskGroup() as group:
             started = asyncio.Event()
             group.create_task(serve(hub_settings, started), name="hub")
             await started.wait()
             group.create_task(Agent(agent_settings).run(), name="agent")
+            console.print(f"[bold]console[/]        {api}/  (sign in as admin / {password})")
             console.print(f"[bold]API[/]            {api}  (OpenAPI docs: {api}/docs)")
             console.print(
                 f"[bold]API key[/]        {api_key}  (admin; send as 'Authorization: Bearer ...')"
@@ -149,6 +149,23 @@ async def run_demo(options: DemoOptions, console: Console) -> None:
 
 class _DemoOver(Exception):
     pass
+
+
+async def _credentials(registry_url: str) -> tuple[str, str]:
+    """A new admin API key, and the console's ``admin`` with a new password (each run)."""
+    registry = Registry(registry_url)
+    await registry.start()
+    try:
+        _, api_key = await create_api_key(registry, "demo", "admin")
+        password = secrets.token_urlsafe(12)
+        accounts = Accounts(registry)
+        try:
+            await accounts.create_user("demo", "admin", password, "admin")
+        except UserExists:
+            await accounts.reset_password("demo", "admin", password)
+    finally:
+        await registry.close()
+    return api_key, password
 
 
 async def _print_readings(api: str, api_key: str, options: DemoOptions, console: Console) -> None:

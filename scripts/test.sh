@@ -12,7 +12,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(mosquitto influxdb postgresql mbpoll libcoap3-bin chromium chromium-driver)
+APT_PACKAGES=(mosquitto influxdb postgresql mbpoll libcoap3-bin chromium chromium-driver fonts-wqy-microhei)
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 
@@ -32,6 +32,7 @@ package_binary() {
         libcoap3-bin) echo coap-client-notls ;;
         chromium) echo chromium ;;
         chromium-driver) echo chromedriver ;;
+        fonts-wqy-microhei) echo "" ;; # a CJK font: the console's screenshots show Chinese
         python3-venv) echo "" ;;
         *) echo "$1" ;;
     esac

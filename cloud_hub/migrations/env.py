@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 import cloud_hub.alarms.models
 import cloud_hub.cluster.models
 import cloud_hub.coap.models
+import cloud_hub.console.models
 import cloud_hub.dead_letters.models
 import cloud_hub.events.log_models
 import cloud_hub.events.webhook_models

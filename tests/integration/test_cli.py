@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cloud_hub.api.keys import hash_key
+from cloud_hub.console.accounts import Accounts
 from cloud_hub.registry import Registry
 from device_profiles import load_builtin_profile
 from firmware_sim import run_smart_pole
@@ -57,6 +58,46 @@ def test_demo_shows_live_readings_of_the_simulated_pole(tmp_path: Path) -> None:
     readings = [line for line in lines if "pole-0001" in line and "power=" in line]
     assert readings, result.stdout
     assert "demo finished" in result.stdout
+    # the console's login, next to the API key: it signs in
+    [login] = [line for line in lines if line.startswith("console")]
+    password = re.search(r"sign in as admin / (\S+)\)", login)
+    assert password, login
+    url = f"sqlite+aiosqlite:///{tmp_path / 'demo' / 'registry.db'}"
+    assert asyncio.run(_signs_in(url, "admin", password.group(1)))
+
+
+async def _signs_in(registry_url: str, username: str, password: str) -> bool:
+    registry = Registry(registry_url)
+    await registry.start()
+    try:
+        signed = await Accounts(registry).sign_in(username, password, "127.0.0.1")
+        return signed.user.username == username
+    finally:
+        await registry.close()
+
+
+def test_create_user_stores_a_person_who_signs_in(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text("registry_url: sqlite+aiosqlite:///registry.db\n")
+    created = subprocess.run(
+        [str(BIN / "cloud-hub"), "create-user", "ops", "--role", "operator", "--site", "north",
+         "--password-stdin", "--config", str(config)],
+        input="correct horse battery\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "user 'ops' created (role operator, site north)" in created.stdout
+    url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    assert asyncio.run(_signs_in(url, "ops", "correct horse battery"))
+    weak = subprocess.run(
+        [str(BIN / "cloud-hub"), "create-user", "eve", "--password-stdin", "--config", str(config)],
+        input="short\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert weak.returncode == 1 and "at least 10 characters" in weak.stderr
+    again = subprocess.run(
+        [str(BIN / "cloud-hub"), "create-user", "ops", "--password-stdin", "--config", str(config)],
+        input="correct horse battery\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert again.returncode == 1 and "exists already" in again.stderr
 
 
 def test_demo_script_with_its_api_port_taken_says_so_in_one_line(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ temporary directory), to look at.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import tomllib
@@ -23,7 +22,7 @@ import pytest
 from playwright.async_api import ConsoleMessage, Request, Route, async_playwright
 
 from cloud_hub.api.docs_pages import STATIC_DIR
-from tests.helpers import RunningHub, hub_settings, running_hub
+from tests.helpers import RunningHub, hub_settings, is_loopback_url, running_hub
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DOMAINS = ("example", "example.com", "example.org", "example.net")
 URL = re.compile(r"""\b(?:https?|wss?|ftp)://[^\s"'<>()\\]+""", re.IGNORECASE)
 CSS_URL = re.compile(r"""(?:url\(|@import)\s*["']?([^"')\s;]+)""", re.IGNORECASE)
-
-
-def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_example(url: str) -> bool:
@@ -93,15 +82,17 @@ async def test_no_page_the_hub_serves_references_an_external_host(
                 parser.feed(text)
                 for link in parser.links:
                     url = urljoin(str(response.url), link)
-                    assert _is_local(url), f"{page} links to {link}"
+                    assert is_loopback_url(url), f"{page} links to {link}"
                     pages.append(urlsplit(url).path)
             if kind.startswith("text/css"):
                 for found in CSS_URL.findall(text):
                     url = urljoin(str(response.url), found)
-                    assert found.startswith("data:") or _is_local(url), f"{page} loads {found}"
+                    assert found.startswith("data:") or is_loopback_url(url), (
+                        f"{page} loads {found}"
+                    )
                 continue  # (an SVG namespace inside a data: URL is no reference)
             for url in URL.findall(text):
-                assert _is_local(url) or _is_example(url), f"{page} references {url}"
+                assert is_loopback_url(url) or _is_example(url), f"{page} references {url}"
         assert {
             "/static/swagger-ui/swagger-ui-bundle.js",
             "/static/redoc/redoc.standalone.js",
@@ -133,7 +124,7 @@ async def test_the_docs_render_in_a_browser_without_internet(
     errors: list[str] = []
 
     def on_failed(request: Request) -> None:
-        if request.failure == "csp" and not _is_local(request.url):
+        if request.failure == "csp" and not is_loopback_url(request.url):
             blocked.append(request.url)
         else:
             failed.append(f"{request.url}: {request.failure}")
@@ -143,7 +134,7 @@ async def test_the_docs_render_in_a_browser_without_internet(
             errors.append(message.text)
 
     async def only_loopback(route: Route) -> None:
-        if _is_local(route.request.url) or route.request.url.startswith(("data:", "blob:")):
+        if is_loopback_url(route.request.url) or route.request.url.startswith(("data:", "blob:")):
             await route.continue_()
         else:
             outside.append(route.request.url)

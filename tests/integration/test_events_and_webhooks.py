@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 
 from cloud_hub.alarms import AlarmAlreadyAcknowledged, AlarmEngine
-from cloud_hub.api import create_app
+from cloud_hub.api.app import create_app
 from cloud_hub.api.keys import create_api_key
 from cloud_hub.events.bus import EventBus, HubEvent
 from cloud_hub.events.webhooks import SIGNATURE_HEADER, WebhookSettings, verify

@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 from sqlalchemy import update
 
-from cloud_hub.api import create_app
+from cloud_hub.api.app import create_app
 from cloud_hub.api.auth import new_api_key
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.hub import Hub

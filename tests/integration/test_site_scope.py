@@ -27,7 +27,7 @@ import uvicorn
 from fastapi import routing
 
 from cloud_hub.alarms import AlarmRow
-from cloud_hub.api import create_app
+from cloud_hub.api.app import create_app
 from cloud_hub.api.keys import create_api_key
 from cloud_hub.dead_letters.models import DeadLetterRow
 from cloud_hub.events.bus import EventKind, HubEvent
@@ -520,6 +520,18 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "the process's liveness",
     ("GET", "/readyz"): "the process's readiness",
     ("GET", "/metrics"): "whole-hub counters by state and outcome, no object of a site",
+    # the console (people, cookie sessions): its site scope is tests/integration/test_console.py's
+    ("GET", "/login"): "the sign-in page: nobody is signed in yet",
+    ("POST", "/login"): "signing in: nobody is signed in yet",
+    ("POST", "/logout"): "the person's own session",
+    ("GET", "/account"): "the person's own account",
+    ("POST", "/account/password"): "the person's own account",
+    ("POST", "/account/language"): "the person's own account",
+    ("*", "/console-static"): "the console's stylesheet",
+    ("GET", "/"): "console overview: scoped figures (test_console.py)",
+    ("GET", "/devices"): "console devices: scoped in the query (test_console.py)",
+    ("GET", "/alarms"): "console alarms: scoped like the API's list (test_console.py)",
+    ("POST", "/alarms/{alarm_id}/acknowledge"): "console: alarm_in_scope, as the API's",
 }
 #: documentation: the schema, its pages and their assets
 DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc", "/static")

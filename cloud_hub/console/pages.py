@@ -1,0 +1,324 @@
+"""The console's pages (Jinja2, served at ``/``): sign-in, overview, devices, alarms, account.
+
+Every page needs a signed-in person (else a redirect to ``/login``) and shows only what their
+role and site allow, through the same scope checks as the API (:mod:`cloud_hub.api.scope`);
+every form carries the session's CSRF token; every action is audit-logged as the person. The
+pages work without JavaScript; ``console.js`` only adds live updates.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import func, select
+
+from cloud_hub.alarms.models import AlarmRow
+from cloud_hub.alarms.store import AlarmAlreadyAcknowledged, AlarmNotFound
+from cloud_hub.api.audit import audit
+from cloud_hub.api.scope import alarm_in_scope, current_sites, scoped_page, sees_object
+from cloud_hub.console.accounts import (
+    LANGUAGES,
+    AccountError,
+    Accounts,
+    BadCredentials,
+    SignInLimited,
+)
+from cloud_hub.console.auth import (
+    COOKIE,
+    CsrfRefused,
+    Forbidden,
+    SignInRequired,
+    Viewer,
+    accounts_of,
+    checked_csrf,
+    viewer,
+)
+from cloud_hub.console.device import router as device_router
+from cloud_hub.console.overview import (
+    COLLECTION_TARGET,
+    ONLINE_TARGET,
+    overview,
+)
+from cloud_hub.console.rendering import STATIC_DIR, render
+from cloud_hub.hub import Hub
+from cloud_hub.registry import DeviceRow
+
+__all__ = ["install_console", "router"]
+
+router = APIRouter(include_in_schema=False)
+LOGIN_CSRF = "hub_login_csrf"
+PAGE_SIZE = 50
+
+Person = Annotated[Viewer, Depends(viewer)]
+Posted = Annotated[Viewer, Depends(checked_csrf)]
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+# -- sign-in ------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str = "/") -> Response:
+    token = secrets.token_urlsafe(32)
+    response = render(request, "login.html", None, next=_safe_next(next), login_csrf=token)
+    response.set_cookie(
+        LOGIN_CSRF, token, httponly=True, samesite="lax", secure=_https(request), max_age=3600
+    )
+    return response
+
+
+def _safe_next(target: str) -> str:
+    """Only a path of this site (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(
+    request: Request,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    expected = request.cookies.get(LOGIN_CSRF, "")
+    if not expected or not secrets.compare_digest(expected, csrf_token):
+        raise CsrfRefused
+    address = request.client.host if request.client else "-"
+    try:
+        signed = await accounts_of(request).sign_in(username, password, address)
+    except (BadCredentials, SignInLimited) as exc:
+        key = "limited" if isinstance(exc, SignInLimited) else "bad_credentials"
+        token = secrets.token_urlsafe(32)
+        response = render(
+            request,
+            "login.html",
+            None,
+            status_code=429 if key == "limited" else 401,
+            next=_safe_next(next),
+            login_csrf=token,
+            error=key,
+            username=username,
+        )
+        response.set_cookie(
+            LOGIN_CSRF, token, httponly=True, samesite="lax", secure=_https(request)
+        )
+        return response
+    signed_in = RedirectResponse(_safe_next(next), status_code=303)
+    signed_in.set_cookie(
+        COOKIE,
+        signed.token,
+        httponly=True,
+        samesite="lax",
+        secure=_https(request),
+        max_age=int(accounts_of(request).session_ttl.total_seconds()),
+    )
+    signed_in.delete_cookie(LOGIN_CSRF)
+    return signed_in
+
+
+@router.post("/logout")
+async def logout(request: Request, person: Posted) -> Response:
+    await accounts_of(request).sign_out(person.token)
+    await audit(request, "user.sign_out", f"user:{person.username}")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
+
+
+# -- overview -----------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview_page(request: Request, person: Person) -> Response:
+    figures = await overview(_hub(request), person.principal)
+    return render(
+        request,
+        "overview.html",
+        person,
+        figures=figures,
+        collection_target=COLLECTION_TARGET,
+        online_target=ONLINE_TARGET,
+    )
+
+
+# -- devices ------------------------------------------------------------------------------
+
+
+@router.get("/devices", response_class=HTMLResponse)
+async def devices_page(
+    request: Request,
+    person: Person,
+    site: str | None = None,
+    profile: str | None = None,
+    status: str | None = None,
+    q: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    """Devices, filtered and paged in the registry (never all rows in Python)."""
+    scope = person.principal.site
+    query = select(DeviceRow)
+    if scope is not None:
+        query = query.where(DeviceRow.site == scope)
+    elif site:
+        query = query.where(DeviceRow.site == site)
+    if profile:
+        query = query.where(DeviceRow.profile == profile)
+    if status:
+        query = query.where(DeviceRow.status == status)
+    if q:
+        query = query.where(DeviceRow.device_id.contains(q, autoescape=True))
+    async with _hub(request).registry.session() as db:
+        total = await db.scalar(select(func.count()).select_from(query.subquery()))
+        rows = (
+            await db.scalars(
+                query.order_by(DeviceRow.site, DeviceRow.pole, DeviceRow.device_id)
+                .offset(offset)
+                .limit(PAGE_SIZE)
+            )
+        ).all()
+        sites_query = select(DeviceRow.site).distinct()
+        profiles_query = select(DeviceRow.profile).distinct()
+        if scope is not None:
+            sites_query = sites_query.where(DeviceRow.site == scope)
+            profiles_query = profiles_query.where(DeviceRow.site == scope)
+        sites = sorted(s for s in (await db.scalars(sites_query)).all() if s)
+        profiles = sorted((await db.scalars(profiles_query)).all())
+    return render(
+        request,
+        "devices.html",
+        person,
+        devices=rows,
+        total=total or 0,
+        offset=offset,
+        page_size=PAGE_SIZE,
+        sites=sites,
+        profiles=profiles,
+        filters={
+            "site": site or "",
+            "profile": profile or "",
+            "status": status or "",
+            "q": q or "",
+        },
+    )
+
+
+# -- alarms -------------------------------------------------------------------------------
+
+
+@router.get("/alarms", response_class=HTMLResponse)
+async def alarms_page(
+    request: Request, person: Person, state: str = "active", cursor: str | None = None
+) -> Response:
+    hub = _hub(request)
+    states = [state] if state in ("active", "acknowledged", "cleared") else []
+    caller = person.principal
+    sites = await current_sites(hub) if caller.site is not None else None
+
+    async def fetch(n: int, after: str | None) -> tuple[list[AlarmRow], str | None]:
+        found = await hub.alarms.store.page(states=states, limit=n, cursor=after)
+        return found.items, found.next_cursor
+
+    def visible(row: AlarmRow) -> bool:
+        return sites is None or sees_object(caller, sites, row.device_id, row.agent_id)
+
+    page = await scoped_page(fetch, visible, PAGE_SIZE, cursor)
+    return render(
+        request, "alarms.html", person, alarms=page.items, next_cursor=page.next_cursor, state=state
+    )
+
+
+@router.post("/alarms/{alarm_id}/acknowledge")
+async def acknowledge(
+    request: Request, alarm_id: str, person: Posted, note: Annotated[str, Form()] = ""
+) -> Response:
+    if not person.may("alarm:ack"):
+        raise Forbidden
+    hub = _hub(request)
+    try:
+        await alarm_in_scope(hub, person.principal, alarm_id)  # 404 outside the person's site
+        await hub.alarms.acknowledge(alarm_id, person.username, note[:500])
+        await audit(request, "alarm.acknowledge", f"alarm:{alarm_id}", note=note[:500])
+    except (AlarmNotFound, HTTPException):
+        return render(request, "error.html", person, status_code=404, message="not_found")
+    except AlarmAlreadyAcknowledged:
+        pass  # someone was quicker: the page shows who
+    return RedirectResponse("/alarms", status_code=303)
+
+
+# -- account ------------------------------------------------------------------------------
+
+
+@router.get("/account", response_class=HTMLResponse)
+async def account_page(request: Request, person: Person) -> Response:
+    return render(request, "account.html", person)
+
+
+@router.post("/account/password", response_class=HTMLResponse)
+async def change_password(
+    request: Request,
+    person: Posted,
+    old_password: Annotated[str, Form()],
+    new_password: Annotated[str, Form()],
+) -> Response:
+    try:
+        await accounts_of(request).change_password(
+            person.username, old_password, new_password, person.token
+        )
+    except AccountError as exc:
+        message = "bad_credentials" if isinstance(exc, BadCredentials) else str(exc)
+        return render(request, "account.html", person, status_code=400, error=message)
+    return render(request, "account.html", person, done="password_changed")
+
+
+@router.post("/account/language")
+async def change_language(
+    request: Request, person: Posted, language: Annotated[str, Form()]
+) -> Response:
+    if language in LANGUAGES:
+        await accounts_of(request).set_language(person.username, language)
+        await audit(request, "user.language", f"user:{person.username}", language=language)
+    return RedirectResponse("/account", status_code=303)
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+
+def install_console(app: FastAPI, accounts: Accounts) -> None:
+    """Serve the console on ``app``: its pages, its static files, its error pages."""
+    app.state.accounts = accounts
+    app.mount("/console-static", StaticFiles(directory=STATIC_DIR), name="console-static")
+    app.include_router(router)
+    app.include_router(device_router)
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, exc: SignInRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":
+            target = "/"
+        return RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        return render(request, "error.html", None, status_code=403, message="forbidden")
+
+    @app.exception_handler(CsrfRefused)
+    async def _csrf(request: Request, exc: CsrfRefused) -> Response:
+        return render(request, "error.html", None, status_code=403, message="csrf")
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote  # noqa: PLC0415
+
+    return quote(path, safe="/")

@@ -1,0 +1,357 @@
+"""The operators' console in a real browser (Debian's Chromium driven by Playwright), against
+a real hub, Mosquitto, and an edge agent polling simulated poles.
+
+Signing in (wrong password refused; the login form's CSRF token), the overview's figures per
+site, the devices list filtered and paged by the registry, an ``agent_offline`` alarm
+acknowledged from the page and audited as the person, a viewer without action buttons (and 403
+if it posts anyway), a site-scoped person who never sees another site's device, a form without
+the CSRF token refused, signing out. No page loads anything from a host other than the hub.
+Screenshots go to ``$CONSOLE_SCREENSHOTS`` (default: the test's temporary directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
+from sqlalchemy import update
+
+from cloud_hub.console.accounts import Accounts
+from cloud_hub.registry import DeviceRow, Registry
+from cloud_hub.settings import HubSettings
+from drivers import ModbusTcpSettings
+from edge_agent.agent import Agent
+from edge_agent.settings import AgentSettings, DeviceConfig
+from firmware_sim import run_smart_pole
+from iot_runtime.mqtt import MqttSettings
+from tests.helpers import (
+    devices_registered,
+    eventually,
+    hub_settings,
+    is_loopback_url,
+    poles_behind_an_agent,
+    running_hub,
+)
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "correct horse battery"
+
+
+def _local(url: str) -> bool:
+    return is_loopback_url(url) or url.startswith(("data:", "about:"))
+
+
+async def _people(settings: HubSettings) -> None:
+    """An operator, a viewer (in English) and an operator of site north."""
+    registry = Registry(settings.registry_url)
+    await registry.start()
+    try:
+        accounts = Accounts(registry)
+        await accounts.create_user("test", "ops", PASSWORD, "operator")
+        await accounts.create_user("test", "eve", PASSWORD, "viewer", language="en")
+        await accounts.create_user("test", "north-ops", PASSWORD, "operator", site="north")
+    finally:
+        await registry.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    path = Path(os.environ.get("CONSOLE_SCREENSHOTS", tmp_path / "screens"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        await browser.close()
+
+
+async def _context(
+    browser: Browser, base: str, foreign: list[str], lang: str, **options: Any
+) -> BrowserContext:
+    options.setdefault("viewport", {"width": 1280, "height": 800})
+    context = await browser.new_context(base_url=base, locale=lang, **options)
+
+    async def only_loopback(route: Route) -> None:
+        if _local(route.request.url):
+            await route.continue_()
+        else:
+            foreign.append(route.request.url)
+            await route.abort()
+
+    await context.route("**/*", only_loopback)
+    return context
+
+
+async def _sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
+    await page.goto("/")
+    assert "/login" in page.url  # signed out: to the sign-in page
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", password)
+    await page.click("button[type=submit]")
+
+
+async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
+    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+) -> None:
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    await _people(settings)
+    registry = Registry(settings.registry_url)
+    await registry.start()
+    agent_id = f"agent-{unique_id}"
+    pole_n, pole_s = f"pole-n-{unique_id}", f"pole-s-{unique_id}"
+    foreign: list[str] = []
+    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    try:
+        async with (
+            running_hub(settings) as hub,
+            poles_behind_an_agent(mqtt, tmp_path / "agent", agent_id, [pole_n, pole_s]) as poles,
+        ):
+            await devices_registered(hub.api, [pole_n, pole_s])
+            async with registry.session.begin() as db:  # sites, as provisioning sets them
+                for device_id, site in ((pole_n, "north"), (pole_s, "south")):
+                    await db.execute(
+                        update(DeviceRow)
+                        .where(DeviceRow.device_id == device_id)
+                        .values(site=site, pole=f"P-{site}-01", mount_position="top")
+                    )
+            base = str(hub.api.base_url)
+
+            async def reporting() -> bool | None:  # the hub has noted their readings
+                devices = (await hub.api.get("/api/v1/devices")).json()
+                return True if all(d["last_seen"] for d in devices) else None
+
+            await eventually(reporting)
+
+            # -- the operator, in Chinese (the browser's language) --------------------------
+            ops = await _context(browser, base, foreign, "zh-CN")
+            page = await ops.new_page()
+            await _sign_in(page, "ops", "wrong password!")
+            assert "用户名或密码错误" in await page.inner_text("main")
+            await page.screenshot(path=shots / "login.png")
+            await page.fill("input[name=password]", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_url(f"{base}/")
+            headers = (await page.request.get("/")).headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
+            assert headers["cache-control"] == "no-store"
+            text = await page.inner_text("main")
+            assert "总览" in text and "数据采集率" in text and "north" in text and "south" in text
+            await page.screenshot(path=shots / "overview.png", full_page=True)
+
+            await page.goto("/devices")
+            assert await page.locator("#devices tbody tr[data-device]").count() == 2
+            await page.select_option("select[name=site]", "north")
+            await page.click(".filters button[type=submit]")
+            rows = page.locator("#devices tbody tr[data-device]")
+            assert await rows.count() == 1
+            assert await rows.first.get_attribute("data-device") == pole_n
+            await page.goto("/devices")
+            await page.screenshot(path=shots / "devices.png", full_page=True)
+
+            # an alarm: the agent goes away (its Last Will), the page shows it
+            await poles.stop_agent()
+
+            async def alarm_row() -> Any:
+                await page.goto("/alarms")
+                row = page.locator("#alarms tbody tr[data-alarm]")
+                return row.first if await row.count() else None
+
+            row = await eventually(alarm_row, timeout=30)
+            assert "agent_offline" in await row.inner_text()
+            await page.screenshot(path=shots / "alarms.png", full_page=True)
+            alarm_id = await row.get_attribute("data-alarm")
+            await row.locator("input[name=note]").fill("crew sent")
+            await row.locator("button[type=submit]").click()
+            await page.goto("/alarms?state=acknowledged")
+            acked = page.locator(f"tr[data-alarm='{alarm_id}']")
+            assert await acked.locator(".acked-by").inner_text() == "ops"
+            audit = (
+                await hub.api.get("/api/v1/audit", params={"action": "alarm.acknowledge"})
+            ).json()
+            assert [e["actor"] for e in audit["items"]] == ["user:ops"]
+
+            # a form without its CSRF token: refused, nothing done
+            cookies = {c["name"]: c["value"] for c in await ops.cookies()}
+            async with httpx.AsyncClient(base_url=base, cookies=cookies) as raw:
+                refused = await raw.post(f"/alarms/{alarm_id}/acknowledge", data={"note": "x"})
+                assert refused.status_code == 403
+                forged = await raw.post("/logout", data={"csrf_token": "guessed"})
+                assert forged.status_code == 403
+
+            # -- a viewer, in English: no action buttons, 403 when posting anyway ---------
+            viewer_ctx = await _context(browser, base, foreign, "en-GB")
+            vpage = await viewer_ctx.new_page()
+            await _sign_in(vpage, "eve")
+            await vpage.wait_for_url(f"{base}/")
+            assert "Collection rate" in await vpage.inner_text("main")
+            await vpage.goto("/alarms?state=acknowledged")
+            assert await vpage.locator("form.ack").count() == 0
+            await vpage.screenshot(path=shots / "alarms-viewer-en.png", full_page=True)
+            csrf = await vpage.locator("header input[name=csrf_token]").get_attribute("value")
+            vcookies = {c["name"]: c["value"] for c in await viewer_ctx.cookies()}
+            async with httpx.AsyncClient(base_url=base, cookies=vcookies) as raw:
+                denied = await raw.post(
+                    f"/alarms/{alarm_id}/acknowledge", data={"csrf_token": csrf, "note": "x"}
+                )
+                assert denied.status_code == 403
+
+            # -- a site-scoped operator: never another site's device -----------------------
+            north_ctx = await _context(browser, base, foreign, "zh-CN")
+            npage = await north_ctx.new_page()
+            await _sign_in(npage, "north-ops")
+            await npage.wait_for_url(f"{base}/")
+            assert "south" not in await npage.inner_text("main")
+            for url in ("/devices", "/devices?site=south", f"/devices?q={pole_s}"):
+                await npage.goto(url)
+                shown = npage.locator("#devices tbody tr[data-device]")
+                assert [await r.get_attribute("data-device") for r in await shown.all()] in (
+                    [pole_n],
+                    [],
+                ), url
+            await npage.screenshot(path=shots / "devices-site-scoped.png", full_page=True)
+
+            # -- a technician's phone, with JavaScript off: the pages still work -----------
+            phone = await _context(
+                browser,
+                base,
+                foreign,
+                "zh-CN",
+                viewport={"width": 390, "height": 844},
+                java_script_enabled=False,
+            )
+            ppage = await phone.new_page()
+            await _sign_in(ppage, "ops")
+            await ppage.goto("/devices")
+            assert await ppage.locator("#devices tbody tr[data-device]").count() == 2
+            await ppage.goto("/alarms?state=acknowledged")
+            assert await ppage.locator("#alarms tbody tr[data-alarm]").count() == 1
+            await ppage.screenshot(path=shots / "alarms-phone.png", full_page=True)
+            await phone.close()
+
+            # -- signing out ends the session ----------------------------------------------
+            await page.goto("/")
+            await page.click("header button[type=submit]")
+            await page.wait_for_url("**/login**")
+            await page.goto("/devices")
+            assert "/login" in page.url
+            async with httpx.AsyncClient(base_url=base, cookies=cookies) as raw:
+                after = await raw.get("/devices")
+                assert after.status_code == 303  # the old cookie is worth nothing now
+            for context in (ops, viewer_ctx, north_ctx):
+                await context.close()
+    finally:
+        await registry.close()
+    assert foreign == []
+
+
+async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded(
+    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+) -> None:
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    await _people(settings)
+    device_id = f"pole-{unique_id}"
+    foreign: list[str] = []
+    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    async with (
+        run_smart_pole(seed=3, port=0, tick_s=None) as sim,
+        running_hub(settings) as hub,
+    ):
+        agent = Agent(
+            AgentSettings(
+                agent_id=f"agent-{unique_id}",
+                mqtt=mqtt,
+                devices=[
+                    DeviceConfig(
+                        device_id=device_id,
+                        profile="smart_pole",
+                        connection=ModbusTcpSettings(host=sim.host, port=sim.port),
+                        poll_interval_s=0.3,
+                    )
+                ],
+                data_dir=tmp_path / "agent",
+            )
+        )
+        task = asyncio.create_task(agent.run())
+        try:
+            await devices_registered(hub.api, [device_id])
+            base = str(hub.api.base_url)
+            ops = await _context(browser, base, foreign, "zh-CN")
+            page = await ops.new_page()
+            await _sign_in(page, "ops")
+            await page.wait_for_url(f"{base}/")
+            voltage = page.locator('[data-point="voltage"]')
+
+            async def shows_values() -> bool | None:
+                await page.goto(f"/devices/{device_id}")
+                return True if await voltage.count() else None
+
+            await eventually(shows_values)
+            sim.model.force("voltage", 236.0)  # the page follows without a reload
+            await voltage.filter(has_text="236.0 V").wait_for(timeout=15_000)
+
+            form = page.locator("form[data-command-form=set_dimming]")
+            await form.locator("input[name=level]").fill("40")
+            await form.locator("button[type=submit]").click()
+            await page.wait_for_url(f"**/devices/{device_id}#command-*")
+            command_id = page.url.rsplit("#command-", 1)[1]
+            status = page.locator(f"[data-command='{command_id}'] .cmd-status")
+            await status.filter(has_text="成功").wait_for(timeout=20_000)
+            assert sim.image.get("dimming") == 40
+            await (
+                page.locator('[data-point="dimming"]')
+                .filter(has_text="40%")
+                .wait_for(timeout=15_000)
+            )
+            await page.screenshot(path=shots / "device.png", full_page=True)
+            audit = (await hub.api.get("/api/v1/audit", params={"action": "command.send"})).json()
+            assert [(e["actor"], e["detail"]["params"]) for e in audit["items"]] == [
+                ("user:ops", {"level": 40})
+            ]
+
+            # out of range: refused with the profile's reason, nothing sent
+            await form.locator("input[name=level]").evaluate("e => e.removeAttribute('max')")
+            await form.locator("input[name=level]").fill("140")
+            await form.locator("button[type=submit]").click()
+            assert "above the maximum 100" in await page.inner_text("main")
+            assert len(sim.writes) == 2  # set_dimming 40's two writes only
+
+            # a viewer: no forms, and 403 when posting anyway
+            vctx = await _context(browser, base, foreign, "zh-CN")
+            vpage = await vctx.new_page()
+            await _sign_in(vpage, "eve")
+            await vpage.goto(f"/devices/{device_id}")
+            assert await vpage.locator("form.command").count() == 0
+            csrf = await vpage.locator("header input[name=csrf_token]").get_attribute("value")
+            cookies = {c["name"]: c["value"] for c in await vctx.cookies()}
+            async with httpx.AsyncClient(base_url=base, cookies=cookies) as raw:
+                denied = await raw.post(
+                    f"/devices/{device_id}/commands/set_dimming",
+                    data={"csrf_token": csrf, "level": "10"},
+                )
+                assert denied.status_code == 403
+            # another site's person: the device does not exist for them, nor its stream
+            nctx = await _context(browser, base, foreign, "zh-CN")
+            npage = await nctx.new_page()
+            await _sign_in(npage, "north-ops")
+            response = await npage.goto(f"/devices/{device_id}")
+            assert response is not None and response.status == 404
+            assert (await npage.request.get(f"/devices/{device_id}/live")).status == 404
+            assert len(sim.writes) == 2
+            for context in (ops, vctx, nctx):
+                await context.close()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert foreign == []
