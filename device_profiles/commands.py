@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from device_profiles.schema import Point
 
 __all__ = [
+    "COMPARE",
     "Command",
     "CommandParam",
     "CommandWrite",
@@ -98,7 +99,8 @@ class CommandParam(_Strict):
 
 
 CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
-_COMPARE: dict[str, Callable[[Value, Value], bool]] = {
+#: the comparison each operator of a profile (a condition, an alarm rule) names
+COMPARE: dict[str, Callable[[Value, Value], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
     "<": operator.lt,
@@ -116,7 +118,7 @@ class WriteCondition(_Strict):
     value: bool | int | float | str
 
     def holds(self, params: Mapping[str, Value]) -> bool:
-        return _COMPARE[self.op](params[self.param], self.value)
+        return COMPARE[self.op](params[self.param], self.value)
 
     def check(self, where: str, params: Mapping[str, CommandParam]) -> None:
         """ValueError naming the field unless it compares a parameter with a value of its type."""

@@ -25,13 +25,11 @@ with ``telemetry_from_bus=False`` and the leader's own telemetry subscription
 
 from __future__ import annotations
 
-import operator
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +39,7 @@ from cloud_hub.alarms.store import AlarmStore, aware
 from cloud_hub.events.bus import EventBus, HubEvent, Subscription
 from cloud_hub.registry import Registry, utcnow
 from device_profiles import AlarmRule, DeviceProfile, Value
+from device_profiles.commands import COMPARE
 
 __all__ = ["OFFLINE_SEVERITY", "AlarmEngine", "Clock", "ProfileLookup"]
 
@@ -58,14 +57,6 @@ CLAIM_SEVERITY = "critical"
 #: the alarm of an agent over its limits (cloud_hub.ingest.agent_limits), and its severity
 FLOOD_RULE = "agent_flooding"
 FLOOD_SEVERITY = "major"
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 
 
 def _holds(rule: AlarmRule, value: Value) -> bool:
@@ -73,10 +64,10 @@ def _holds(rule: AlarmRule, value: Value) -> bool:
     if isinstance(threshold, bool) or isinstance(value, bool):
         if not (isinstance(threshold, bool) and isinstance(value, bool)):
             return False
-        return _OPS[rule.op](value, threshold)
+        return COMPARE[rule.op](value, threshold)
     if isinstance(value, str):
         return False
-    return _OPS[rule.op](value, threshold)
+    return COMPARE[rule.op](value, threshold)
 
 
 def _at(ts_ms: int) -> datetime:

@@ -30,6 +30,7 @@ from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES, document_token_life
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
+from cloud_hub.api.scope import unscoped_only
 from cloud_hub.coap.ingress import CoapIngress
 from cloud_hub.console.accounts import Accounts
 from cloud_hub.console.pages import install_console
@@ -105,6 +106,13 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     document_problems(app)
     document_token_lifetime(app, settings.provisioning.max_token_ttl_s)
 
+    _install_health(app, the_hub)
+    return app
+
+
+def _install_health(app: FastAPI, the_hub: Hub) -> None:
+    """Liveness, readiness and the Prometheus metrics."""
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str | bool]:
         """The process is alive; ``leader``: it runs the alarms, webhooks and command sweep."""
@@ -128,8 +136,8 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         response_class=Response,
         responses=problem_responses(401, 403),
     )
-    async def metrics(_caller: Annotated[Principal, Depends(require("read"))]) -> Response:
-        """Prometheus metrics: ingest rate, write latency, dead letters, agents, commands."""
+    async def metrics(caller: Annotated[Principal, Depends(require("read"))]) -> Response:
+        """Prometheus metrics: ingest rate, write latency, dead letters, agents, commands
+        (the whole hub's: not for site-scoped keys)."""
+        unscoped_only(caller, "the hub's metrics")
         return Response(await render_metrics(the_hub), media_type=CONTENT_TYPE)
-
-    return app

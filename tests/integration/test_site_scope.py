@@ -437,6 +437,13 @@ async def _bulk(rig: Rig) -> None:
     assert control.status_code == 201, control.text
 
 
+async def _metrics(rig: Rig) -> None:
+    """The whole hub's counters: not for a site-scoped key."""
+    scoped = await rig.api.get("/metrics", headers=rig.scoped)
+    assert scoped.status_code == 403, scoped.text
+    assert (await rig.api.get("/metrics", headers=rig.admin)).status_code == 200
+
+
 async def _audit(rig: Rig) -> None:
     scoped = await rig.api.get("/api/v1/audit", headers=rig.scoped)
     assert scoped.status_code == 403, scoped.text
@@ -512,6 +519,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("DELETE", "/api/v1/provisioning/tokens/{token_id}"): _revoke_token,
     ("POST", "/api/v1/provisioning/bulk"): _bulk,
     ("GET", "/api/v1/audit"): _audit,
+    ("GET", "/metrics"): _metrics,
 }
 
 #: routes with no object of a site, and why
@@ -519,7 +527,6 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/provisioning/claim"): "no API key: the provisioning token decides the site",
     ("GET", "/healthz"): "the process's liveness",
     ("GET", "/readyz"): "the process's readiness",
-    ("GET", "/metrics"): "whole-hub counters by state and outcome, no object of a site",
     # the console (people, cookie sessions): its site scope is tests/integration/test_console.py's
     ("GET", "/login"): "the sign-in page: nobody is signed in yet",
     ("POST", "/login"): "signing in: nobody is signed in yet",
@@ -532,6 +539,9 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/devices"): "console devices: scoped in the query (test_console.py)",
     ("GET", "/alarms"): "console alarms: scoped like the API's list (test_console.py)",
     ("POST", "/alarms/{alarm_id}/acknowledge"): "console: alarm_in_scope, as the API's",
+    ("GET", "/devices/{device_id}"): "console: device_in_scope, as the API's (test_console.py)",
+    ("GET", "/devices/{device_id}/live"): "console: device_in_scope (test_console.py)",
+    ("POST", "/devices/{device_id}/commands/{name}"): "console: device_in_scope (test_console.py)",
 }
 #: documentation: the schema, its pages and their assets
 DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc", "/static")
