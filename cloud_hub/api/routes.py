@@ -27,15 +27,13 @@ from cloud_hub.api.scope import (
     agent_in_scope,
     command_in_scope,
     confined_site,
-    current_sites,
     device_in_scope,
-    in_scope,
     not_found,
     sees,
 )
 from cloud_hub.coap.models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
-from cloud_hub.registry import AgentConfigRow, AgentRow
+from cloud_hub.registry import AgentConfigRow, AgentRow, DeviceFilter
 from device_profiles import Value
 from device_profiles.wire import ID_PATTERN
 
@@ -68,14 +66,13 @@ Offset = Annotated[int, Query(ge=0, description="Items to skip (ordered by id)."
 
 @router.get("/agents", tags=["agents"])
 async def list_agents(
-    hub: HubDep, caller: Reader, limit: Limit = 1000, offset: Offset = 0
+    hub: HubDep, caller: Reader, response: Response, limit: Limit = 1000, offset: Offset = 0
 ) -> list[AgentOut]:
-    """Agents (a site-scoped key: those with a device in its site)."""
-    rows = await hub.registry.list_agents()
-    if caller.site is not None:
-        sites = await current_sites(hub)
-        rows = [r for r in rows if sees(caller.site, sites.agent_sites(r.agent_id))]
-    return [_agent_out(hub, row) for row in rows[offset : offset + limit]]
+    """Agents by id, one page (a site-scoped key: those with a device in its site); the
+    ``X-Total-Count`` header says how many there are in all. Paged in the registry."""
+    rows, total = await hub.registry.page_agents(caller.site, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [_agent_out(hub, row) for row in rows]
 
 
 @router.get("/agents/{agent_id}", tags=["agents"])
@@ -89,10 +86,30 @@ async def get_agent(agent_id: str, hub: HubDep, caller: Reader) -> AgentOut:
 
 @router.get("/devices", tags=["devices"])
 async def list_devices(
-    hub: HubDep, caller: Reader, limit: Limit = 1000, offset: Offset = 0
+    hub: HubDep,
+    caller: Reader,
+    response: Response,
+    limit: Limit = 1000,
+    offset: Offset = 0,
+    site: Annotated[str | None, Query(description="Only this site's devices.")] = None,
+    profile: Annotated[str | None, Query(description="Only devices of this profile.")] = None,
+    device_status: Annotated[
+        str | None, Query(alias="status", description="online, offline or unknown.")
+    ] = None,
+    q: Annotated[str | None, Query(description="A part of the device id.")] = None,
 ) -> list[DeviceOut]:
-    rows = [d for d in await hub.registry.list_devices() if in_scope(caller, d)]
-    return [DeviceOut.model_validate(d) for d in rows[offset : offset + limit]]
+    """Devices by site, pole, mount position and id, one page, filtered and paged in the
+    registry; the ``X-Total-Count`` header says how many the filters select in all. A
+    site-scoped key sees its site's only (a ``site`` of another site selects nothing)."""
+    if caller.site is not None and site not in (None, caller.site):
+        response.headers["X-Total-Count"] = "0"
+        return []
+    filters = DeviceFilter(
+        site=caller.site or site, profile=profile, status=device_status, search=q
+    )
+    rows, total = await hub.registry.page_devices(filters, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [DeviceOut.model_validate(d) for d in rows]
 
 
 @router.get("/devices/{device_id}", tags=["devices"])

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.alarms.store import AlarmAlreadyAcknowledged, AlarmNotFound
@@ -45,7 +45,7 @@ from cloud_hub.console.overview import (
 )
 from cloud_hub.console.rendering import STATIC_DIR, render
 from cloud_hub.hub import Hub
-from cloud_hub.registry import DeviceRow
+from cloud_hub.registry import DeviceFilter, DeviceRow
 
 __all__ = ["install_console", "router"]
 
@@ -168,26 +168,10 @@ async def devices_page(
 ) -> Response:
     """Devices, filtered and paged in the registry (never all rows in Python)."""
     scope = person.principal.site
-    query = select(DeviceRow)
-    if scope is not None:
-        query = query.where(DeviceRow.site == scope)
-    elif site:
-        query = query.where(DeviceRow.site == site)
-    if profile:
-        query = query.where(DeviceRow.profile == profile)
-    if status:
-        query = query.where(DeviceRow.status == status)
-    if q:
-        query = query.where(DeviceRow.device_id.contains(q, autoescape=True))
-    async with _hub(request).registry.session() as db:
-        total = await db.scalar(select(func.count()).select_from(query.subquery()))
-        rows = (
-            await db.scalars(
-                query.order_by(DeviceRow.site, DeviceRow.pole, DeviceRow.device_id)
-                .offset(offset)
-                .limit(PAGE_SIZE)
-            )
-        ).all()
+    registry = _hub(request).registry
+    filters = DeviceFilter(site=scope or site or None, profile=profile, status=status, search=q)
+    rows, total = await registry.page_devices(filters, PAGE_SIZE, offset)
+    async with registry.session() as db:
         sites_query = select(DeviceRow.site).distinct()
         profiles_query = select(DeviceRow.profile).distinct()
         if scope is not None:

@@ -8,7 +8,13 @@ from cloud_hub.registry.models import (
     CommandRow,
     DeviceRow,
 )
-from cloud_hub.registry.store import TERMINAL_STATUSES, Registry, RegistryError, utcnow
+from cloud_hub.registry.store import (
+    TERMINAL_STATUSES,
+    DeviceFilter,
+    Registry,
+    RegistryError,
+    utcnow,
+)
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -17,6 +23,7 @@ __all__ = [
     "ApiKeyRow",
     "CommandGroupRow",
     "CommandRow",
+    "DeviceFilter",
     "DeviceRow",
     "Registry",
     "RegistryError",

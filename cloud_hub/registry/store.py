@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,13 +27,24 @@ from cloud_hub.registry.models import (
 )
 from device_profiles.wire import TERMINAL_COMMAND_STATUSES, DeviceInfo
 
-__all__ = ["TERMINAL_STATUSES", "Registry", "RegistryError", "utcnow"]
+__all__ = ["TERMINAL_STATUSES", "DeviceFilter", "Registry", "RegistryError", "utcnow"]
 
 #: Command statuses after which nothing changes any more (the wire contract's).
 TERMINAL_STATUSES = TERMINAL_COMMAND_STATUSES
 #: The order of the non-terminal statuses; a late report never moves a command backwards.
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2}
 RESULT_GRACE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """Which devices a list shows: ``site`` None is every site (a site-scoped caller's own
+    site is set here, never left to the caller); ``search`` is a part of the device id."""
+
+    site: str | None = None
+    profile: str | None = None
+    status: str | None = None
+    search: str | None = None
 
 
 class RegistryError(RuntimeError):
@@ -166,6 +178,48 @@ class Registry:
     async def list_devices(self) -> list[DeviceRow]:
         async with self.session() as db:
             return list((await db.scalars(select(DeviceRow).order_by(DeviceRow.device_id))).all())
+
+    async def page_devices(
+        self, filters: DeviceFilter, limit: int, offset: int = 0
+    ) -> tuple[list[DeviceRow], int]:
+        """One page of the devices ``filters`` select, ordered by site, pole, mount position
+        and id, and how many it selects in all (filtered and counted in the database)."""
+        query = select(DeviceRow)
+        if filters.site is not None:
+            query = query.where(DeviceRow.site == filters.site)
+        if filters.profile:
+            query = query.where(DeviceRow.profile == filters.profile)
+        if filters.status:
+            query = query.where(DeviceRow.status == filters.status)
+        if filters.search:
+            query = query.where(DeviceRow.device_id.contains(filters.search, autoescape=True))
+        async with self.session() as db:
+            total = await db.scalar(select(func.count()).select_from(query.subquery()))
+            rows = await db.scalars(
+                query.order_by(
+                    DeviceRow.site, DeviceRow.pole, DeviceRow.mount_position, DeviceRow.device_id
+                )
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(rows.all()), total or 0
+
+    async def page_agents(
+        self, site: str | None, limit: int, offset: int = 0
+    ) -> tuple[list[AgentRow], int]:
+        """One page of the agents (with ``site``: those with a device there), by id, and how
+        many there are in all (in the database)."""
+        query = select(AgentRow)
+        if site is not None:
+            query = query.where(
+                select(DeviceRow.device_id)
+                .where(DeviceRow.agent_id == AgentRow.agent_id, DeviceRow.site == site)
+                .exists()
+            )
+        async with self.session() as db:
+            total = await db.scalar(select(func.count()).select_from(query.subquery()))
+            rows = await db.scalars(query.order_by(AgentRow.agent_id).offset(offset).limit(limit))
+            return list(rows.all()), total or 0
 
     async def devices_by_id(self) -> dict[str, DeviceRow]:
         return {d.device_id: d for d in await self.list_devices()}

@@ -83,6 +83,11 @@ async def test_a_flooding_agent_is_shed_counted_and_alarmed_and_costs_the_others
         agent_task = asyncio.create_task(agent.run())
         ready: list[int] = []
         stop = asyncio.Event()
+
+        async def is_ready() -> bool | None:
+            return True if (await hub.api.get("/readyz")).status_code == 200 else None
+
+        await eventually(is_ready)  # ready before the flood; then it must stay so
         watcher = asyncio.create_task(_watch_ready(hub.api, ready, stop))
         try:
             await asyncio.wait_for(agent.uplink.connected.wait(), 10)
