@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cloud_hub.coap.settings import CoapIngressSettings
+from cloud_hub.console.settings import ConsoleSettings
 from cloud_hub.dead_letters.store import DeadLetterSettings
 from cloud_hub.events.log import EventLogSettings
 from cloud_hub.events.webhooks import WebhookSettings
@@ -112,6 +113,10 @@ class HubSettings(FileAndEnvSettings):
         description="Migrate the registry at start-up; if false, run `cloud-hub migrate` first.",
     )
     api: ApiSettings = Field(default_factory=ApiSettings)
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings,
+        description="The operators' web console at /: time zone, sign-in lifetime, map tiles.",
+    )
     provisioning: ProvisioningSettings = Field(default_factory=ProvisioningSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     coap: CoapIngressSettings = Field(default_factory=CoapIngressSettings)

@@ -32,7 +32,6 @@ from cloud_hub.api.routes_telemetry import router as telemetry_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
 from cloud_hub.api.scope import unscoped_only
 from cloud_hub.coap.ingress import CoapIngress
-from cloud_hub.console.accounts import Accounts
 from cloud_hub.console.pages import install_console
 from cloud_hub.hub import Hub
 from cloud_hub.metrics import CONTENT_TYPE, render_metrics
@@ -91,7 +90,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_docs_pages(app)
-    install_console(app, Accounts(the_hub.registry))  # the operators' pages, at /
+    install_console(app, the_hub)  # the operators' pages, at /
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, per_path={"/api/v1/provisioning/bulk": MAX_CSV_BYTES})
     app.include_router(router)

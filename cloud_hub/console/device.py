@@ -204,6 +204,22 @@ async def live(request: Request, device_id: str, person: Person) -> Response:
     async def stream() -> AsyncIterator[str]:
         try:
             yield ": connected\n\n"
+            # subscribed first, then the commands' states now: a change made while the page
+            # loaded is not missed (a state sent twice is harmless)
+            for row in await _recent_commands(hub, device_id):
+                yield message(
+                    HubEvent(
+                        kind="command",
+                        ts_ms=0,
+                        device_id=device_id,
+                        data={
+                            "command_id": row.command_id,
+                            "name": row.name,
+                            "status": row.status,
+                            "detail": row.detail,
+                        },
+                    )
+                )
             while True:
                 try:
                     async with asyncio.timeout(HEARTBEAT_S):

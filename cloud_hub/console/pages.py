@@ -9,6 +9,7 @@ pages work without JavaScript; ``console.js`` only adds live updates.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
@@ -38,6 +39,7 @@ from cloud_hub.console.auth import (
     viewer,
 )
 from cloud_hub.console.device import router as device_router
+from cloud_hub.console.map import router as map_router
 from cloud_hub.console.overview import (
     COLLECTION_TARGET,
     ONLINE_TARGET,
@@ -142,7 +144,9 @@ async def logout(request: Request, person: Posted) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 async def overview_page(request: Request, person: Person) -> Response:
-    figures = await overview(_hub(request), person.principal)
+    figures = await overview(
+        _hub(request), person.principal, _hub(request).settings.console.timezone
+    )
     return render(
         request,
         "overview.html",
@@ -279,12 +283,15 @@ async def change_language(
 # -- wiring -------------------------------------------------------------------------------
 
 
-def install_console(app: FastAPI, accounts: Accounts) -> None:
-    """Serve the console on ``app``: its pages, its static files, its error pages."""
-    app.state.accounts = accounts
+def install_console(app: FastAPI, hub: Hub) -> None:
+    """Serve the console of ``hub`` on ``app``: its pages, static files and error pages."""
+    settings = hub.settings.console
+    app.state.accounts = Accounts(hub.registry, session_ttl=timedelta(hours=settings.session_hours))
+    app.state.tiles_origin = settings.tiles_origin
     app.mount("/console-static", StaticFiles(directory=STATIC_DIR), name="console-static")
     app.include_router(router)
     app.include_router(device_router)
+    app.include_router(map_router)
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, exc: SignInRequired) -> Response:

@@ -57,6 +57,9 @@ def render(
         status_code=status_code,
     )
     response.headers.update(PAGE_HEADERS)
+    tiles = getattr(request.app.state, "tiles_origin", None)
+    if tiles:  # the county's tile server, and nothing else outside
+        response.headers["Content-Security-Policy"] += f"; img-src 'self' {tiles}"
     return response
 
 

@@ -101,6 +101,14 @@ TEXTS: dict[str, tuple[str, str]] = {
     "expired": ("已过期", "expired"),
     "cancelled": ("已取消", "cancelled"),
     "rejected": ("被拒绝", "rejected"),
+    "map": ("地图", "Map"),
+    "fit": ("全部显示", "Show all"),
+    "map_pick": ("点击地图上的设备查看详情。", "Click a device on the map to see it."),
+    "open_device": ("打开设备页面", "Open the device page"),
+    "map_needs_js": (
+        "地图需要 JavaScript；设备列表无需：",
+        "The map needs JavaScript; the device list does not:",
+    ),
 }
 
 

@@ -22,8 +22,9 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
 from sqlalchemy import update
 
+from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.console.accounts import Accounts
-from cloud_hub.registry import DeviceRow, Registry
+from cloud_hub.registry import AgentRow, DeviceRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
@@ -354,4 +355,107 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+    assert foreign == []
+
+
+async def _map_ready(page: Page) -> None:
+    """Until the map has drawn its markers (polled from outside: the page's CSP forbids the
+    eval that wait_for_function uses)."""
+
+    async def ready() -> bool | None:
+        return True if await page.evaluate("() => !!(window.hubMap && hubMap.ready)") else None
+
+    await eventually(ready)
+
+
+async def _positioned_fleet(registry_url: str, count: int) -> None:
+    """``count`` devices in a grid over north (lat 24.4, lon 118.1), one far south pole with a
+    critical alarm, and one device without a position."""
+    registry = Registry(registry_url)
+    await registry.start()
+    try:
+        now = utcnow()
+        async with registry.session.begin() as db:
+            db.add(AgentRow(agent_id="agent-map", state="online", created_at=now))
+            await db.flush()
+            side = int(count**0.5) + 1
+            for n in range(count):
+                db.add(
+                    DeviceRow(
+                        device_id=f"lamp-{n:05d}", agent_id="agent-map", profile="smart_pole",
+                        status="online" if n % 10 else "offline", site="north", created_at=now,
+                        lat=24.40 + (n // side) * 0.0005, lon=118.10 + (n % side) * 0.0005,
+                    )
+                )  # fmt: skip
+            db.add(
+                DeviceRow(
+                    device_id="far-pole", agent_id="agent-map", profile="smart_pole",
+                    status="online", site="south", lat=24.20, lon=118.30, created_at=now,
+                )
+            )  # fmt: skip
+            db.add(
+                DeviceRow(
+                    device_id="no-position", agent_id="agent-map", profile="smart_pole",
+                    status="online", site="south", created_at=now,
+                )
+            )  # fmt: skip
+            db.add(
+                AlarmRow(
+                    alarm_id="a-far", device_id="far-pole", agent_id="agent-map",
+                    rule="one_key_alarm", severity="critical", state="active", raised_at=now,
+                    message="one-key alarm pressed",
+                )
+            )  # fmt: skip
+    finally:
+        await registry.close()
+
+
+async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
+    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+) -> None:
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    await _people(settings)
+    await _positioned_fleet(settings.registry_url, 2000)
+    foreign: list[str] = []
+    async with running_hub(settings) as hub:
+        base = str(hub.api.base_url)
+        ops = await _context(browser, base, foreign, "zh-CN")
+        page = await ops.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await _sign_in(page, "ops")
+        await page.wait_for_url(f"{base}/")
+        await page.goto("/map")
+        await _map_ready(page)
+        state = await page.evaluate(
+            "({n: hubMap.state.devices.length, clusters: hubMap.state.clusters.length})"
+        )
+        assert state["n"] == 2001  # every positioned device, not the one without a position
+        assert 1 < state["clusters"] < 200  # clustered at the zoom that shows them all
+        assert await page.inner_text("#map-count") == "2001"
+        far = await page.evaluate("hubMap.positionOf('far-pole')")
+        await page.mouse.click(far["x"], far["y"])
+        await page.locator("#map-panel[data-device=far-pole]").wait_for()
+        assert "one-key alarm pressed" in await page.inner_text("#map-panel")
+        await page.screenshot(path=shots / "map.png")
+        crowd = await page.evaluate("hubMap.positionOf('lamp-01000')")
+        await page.mouse.click(crowd["x"], crowd["y"])  # a cluster: zooms in on it
+        assert await page.evaluate("hubMap.state.zoom") > await page.evaluate("0") + 1
+        assert await page.evaluate("hubMap.state.clusters.length") > state["clusters"]
+        await page.screenshot(path=shots / "map-zoomed.png")
+        await page.click("#zoom-fit")
+        assert errors == []
+
+        # a site-scoped person's map holds their site's devices only
+        nctx = await _context(browser, base, foreign, "zh-CN")
+        npage = await nctx.new_page()
+        await _sign_in(npage, "north-ops")
+        await npage.wait_for_url(f"{base}/")
+        await npage.goto("/map")
+        await _map_ready(npage)
+        assert await npage.evaluate("hubMap.state.devices.length") == 2000
+        hidden = await npage.request.get("/map/devices/far-pole.json")
+        assert hidden.status == 404
+        for context in (ops, nctx):
+            await context.close()
     assert foreign == []

@@ -542,6 +542,9 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/devices/{device_id}"): "console: device_in_scope, as the API's (test_console.py)",
     ("GET", "/devices/{device_id}/live"): "console: device_in_scope (test_console.py)",
     ("POST", "/devices/{device_id}/commands/{name}"): "console: device_in_scope (test_console.py)",
+    ("GET", "/map"): "console map page: its markers come from /map/devices.json",
+    ("GET", "/map/devices.json"): "console: scoped in the query (test_console.py)",
+    ("GET", "/map/devices/{device_id}.json"): "console: device_in_scope (test_console.py)",
 }
 #: documentation: the schema, its pages and their assets
 DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc", "/static")
