@@ -29,6 +29,7 @@ from cloud_hub.api.routes_lighting import router as lighting_router
 from cloud_hub.api.routes_provisioning import MAX_CSV_BYTES, document_token_lifetime
 from cloud_hub.api.routes_provisioning import router as provisioning_router
 from cloud_hub.api.routes_telemetry import router as telemetry_router
+from cloud_hub.api.routes_users import router as users_router
 from cloud_hub.api.routes_webhooks import router as webhooks_router
 from cloud_hub.api.scope import unscoped_only
 from cloud_hub.coap.ingress import CoapIngress
@@ -102,6 +103,7 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(dead_letters_router)
     app.include_router(lighting_router)
+    app.include_router(users_router)
     document_problems(app)
     document_token_lifetime(app, settings.provisioning.max_token_ttl_s)
 

@@ -37,6 +37,7 @@ from cloud_hub.registry import Registry
 __all__ = [
     "LANGUAGES",
     "MIN_PASSWORD",
+    "ROLES",
     "AccountError",
     "Accounts",
     "BadCredentials",
@@ -213,6 +214,38 @@ class Accounts:
                     detail={},
                 )
             )
+
+    async def list_users(self, site: str | None = None) -> list[UserRow]:
+        """Every account (with ``site``: that site's), by username."""
+        query = select(UserRow).order_by(UserRow.username)
+        if site is not None:
+            query = query.where(UserRow.site == site)
+        async with self.registry.session() as db:
+            return list((await db.scalars(query)).all())
+
+    async def get_user(self, username: str) -> UserRow | None:
+        async with self.registry.session() as db:
+            return await db.get(UserRow, username)
+
+    async def disable_user(self, actor: str, username: str) -> UserRow:
+        """Disable an account and end its sessions (idempotent); LookupError if unknown."""
+        async with self.registry.session.begin() as db:
+            row = await db.get(UserRow, username, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no user {username!r}")
+            await db.execute(delete(UserSessionRow).where(UserSessionRow.username == username))
+            if row.disabled_at is None:
+                row.disabled_at = _now()
+                db.add(
+                    AuditRow(
+                        at=_now(),
+                        actor=actor,
+                        action="user.disable",
+                        target=f"user:{username}",
+                        detail={},
+                    )
+                )
+        return row
 
     async def set_language(self, username: str, language: str) -> None:
         if language not in LANGUAGES:

@@ -13,16 +13,18 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.alarms.store import AlarmAlreadyAcknowledged, AlarmNotFound
 from cloud_hub.api.audit import audit
+from cloud_hub.api.event_stream import EventStream
 from cloud_hub.api.scope import alarm_in_scope, current_sites, scoped_page, sees_object
 from cloud_hub.console.accounts import (
     LANGUAGES,
+    ROLES,
     AccountError,
     Accounts,
     BadCredentials,
@@ -54,6 +56,8 @@ __all__ = ["install_console", "router"]
 router = APIRouter(include_in_schema=False)
 LOGIN_CSRF = "hub_login_csrf"
 PAGE_SIZE = 50
+#: seconds between comments that keep a quiet live stream open
+LIVE_HEARTBEAT_S = 15.0
 
 Person = Annotated[Viewer, Depends(viewer)]
 Posted = Annotated[Viewer, Depends(checked_csrf)]
@@ -227,6 +231,25 @@ async def alarms_page(
     )
 
 
+@router.get("/alarms/live")
+async def alarms_live(request: Request, person: Person) -> Response:
+    """The alarm transitions the person may see, as server-sent events (the API's stream: the
+    durable event log merged with this process's bus, filtered by the person's site)."""
+    hub = _hub(request)
+    stream = EventStream(
+        hub.events,
+        hub.event_log,
+        frozenset({"alarm"}),
+        None,
+        LIVE_HEARTBEAT_S,
+        lambda _: True,
+        request.app.state.sites,
+        person.principal.site,
+    )
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream.messages(), media_type="text/event-stream", headers=headers)
+
+
 @router.post("/alarms/{alarm_id}/acknowledge")
 async def acknowledge(
     request: Request, alarm_id: str, person: Posted, note: Annotated[str, Form()] = ""
@@ -243,6 +266,60 @@ async def acknowledge(
     except AlarmAlreadyAcknowledged:
         pass  # someone was quicker: the page shows who
     return RedirectResponse("/alarms", status_code=303)
+
+
+# -- people (admins) ----------------------------------------------------------------------
+
+
+@router.get("/users", response_class=HTMLResponse)
+async def users_page(request: Request, person: Person) -> Response:
+    if not person.may("admin"):
+        raise Forbidden
+    users = await accounts_of(request).list_users(person.principal.site)
+    return render(request, "users.html", person, active="users", users=users, roles=ROLES)
+
+
+@router.post("/users", response_class=HTMLResponse)
+async def create_user(
+    request: Request,
+    person: Posted,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    role: Annotated[str, Form()],
+    site: Annotated[str, Form()] = "",
+    language: Annotated[str, Form()] = "zh",
+) -> Response:
+    if not person.may("admin"):
+        raise Forbidden
+    scope = person.principal.site
+    chosen = site.strip() or None
+    if scope is not None and chosen not in (None, scope):
+        raise Forbidden
+    accounts = accounts_of(request)
+    try:
+        await accounts.create_user(
+            person.principal.key_id, username.strip(), password, role, scope or chosen, language
+        )
+    except (AccountError, ValueError) as exc:
+        users = await accounts.list_users(scope)
+        return render(
+            request, "users.html", person, status_code=400, active="users", users=users,
+            roles=ROLES, error=str(exc),
+        )  # fmt: skip
+    return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/users/{username}/disable")
+async def disable_user(request: Request, username: str, person: Posted) -> Response:
+    if not person.may("admin"):
+        raise Forbidden
+    accounts = accounts_of(request)
+    row = await accounts.get_user(username)
+    scope = person.principal.site
+    if row is None or (scope is not None and row.site != scope):
+        return render(request, "error.html", person, status_code=404, message="not_found")
+    await accounts.disable_user(person.principal.key_id, username)
+    return RedirectResponse("/users", status_code=303)
 
 
 # -- account ------------------------------------------------------------------------------

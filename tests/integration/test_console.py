@@ -59,6 +59,8 @@ async def _people(settings: HubSettings) -> None:
         await accounts.create_user("test", "ops", PASSWORD, "operator")
         await accounts.create_user("test", "eve", PASSWORD, "viewer", language="en")
         await accounts.create_user("test", "north-ops", PASSWORD, "operator", site="north")
+        await accounts.create_user("test", "root", PASSWORD, "admin")
+        await accounts.create_user("test", "north-admin", PASSWORD, "admin", site="north")
     finally:
         await registry.close()
 
@@ -321,6 +323,22 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
                 ("user:ops", {"level": 40})
             ]
 
+            # the one-key alarm pressed: the open alarms page shows it live, with its cue
+            alarms_page = await ops.new_page()
+            await alarms_page.goto("/alarms")
+            await alarms_page.wait_for_timeout(500)  # its stream connected
+            sim.model.force("one_key_alarm", True)
+            row = alarms_page.locator("#alarms tr[data-alarm]").filter(has_text="one_key_alarm")
+            await row.wait_for(timeout=20_000)
+            await alarms_page.locator("#alarm-banner .alert-critical").wait_for()
+            await alarms_page.screenshot(path=shots / "alarms-live-critical.png", full_page=True)
+            await row.locator("input[name=note]").fill("on my way")
+            await row.locator("button[type=submit]").click()
+            await alarms_page.goto("/alarms?state=acknowledged")
+            acked = alarms_page.locator("#alarms tr[data-alarm]").filter(has_text="one_key_alarm")
+            assert await acked.locator(".acked-by").inner_text() == "ops"
+            await alarms_page.close()
+
             # out of range: refused with the profile's reason, nothing sent
             await form.locator("input[name=level]").evaluate("e => e.removeAttribute('max')")
             await form.locator("input[name=level]").fill("140")
@@ -457,5 +475,77 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
         hidden = await npage.request.get("/map/devices/far-pole.json")
         assert hidden.status == 404
         for context in (ops, nctx):
+            await context.close()
+    assert foreign == []
+
+
+async def test_admins_manage_accounts_in_the_console_within_their_site(
+    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+) -> None:
+    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    await _people(settings)
+    foreign: list[str] = []
+    async with running_hub(settings) as hub:
+        base = str(hub.api.base_url)
+        root = await _context(browser, base, foreign, "zh-CN")
+        page = await root.new_page()
+        await _sign_in(page, "root")
+        await page.wait_for_url(f"{base}/")
+        await page.click("nav a[href='/users']")
+        form = page.locator("form[action='/users']")
+        await form.locator("input[name=username]").fill("south-tech")
+        await form.locator("input[name=password]").fill("short")
+        await form.locator("input[name=password]").evaluate("e => e.removeAttribute('minlength')")
+        await form.locator("select[name=role]").select_option("technician")
+        await form.locator("input[name=site]").fill("south")
+        await form.locator("button[type=submit]").click()
+        assert "at least 10 characters" in await page.inner_text("main")
+        await form.locator("input[name=username]").fill("south-tech")
+        await form.locator("input[name=password]").fill("a long new password")
+        await form.locator("select[name=role]").select_option("technician")
+        await form.locator("input[name=site]").fill("south")
+        await form.locator("button[type=submit]").click()
+        await page.locator("#users tr[data-user=south-tech]").wait_for()
+        await page.screenshot(path=shots / "users.png", full_page=True)
+
+        # the new person signs in; once disabled, they are signed out and refused
+        tech = await _context(browser, base, foreign, "zh-CN")
+        tpage = await tech.new_page()
+        await _sign_in(tpage, "south-tech", "a long new password")
+        await tpage.wait_for_url(f"{base}/")
+        assert await tpage.locator("nav a[href='/users']").count() == 0  # not an admin
+        await page.locator("#users tr[data-user=south-tech] button").click()
+        await page.locator("#users tr[data-user=south-tech] .bad").wait_for()
+        await tpage.goto("/devices")
+        assert "/login" in tpage.url
+        await _sign_in(tpage, "south-tech", "a long new password")
+        assert "/login" in tpage.url  # refused
+
+        # a north admin sees north's accounts only and creates north ones only
+        north = await _context(browser, base, foreign, "zh-CN")
+        npage = await north.new_page()
+        await _sign_in(npage, "north-admin")
+        await npage.goto("/users")
+        shown = {
+            await r.get_attribute("data-user")
+            for r in await npage.locator("#users tr[data-user]").all()
+        }
+        assert shown == {"north-ops", "north-admin"}, shown
+        csrf = await npage.locator("header input[name=csrf_token]").get_attribute("value")
+        cookies = {c["name"]: c["value"] for c in await north.cookies()}
+        async with httpx.AsyncClient(base_url=base, cookies=cookies) as raw:
+            other = await raw.post(
+                "/users",
+                data={"csrf_token": csrf, "username": "x", "password": "a long password",
+                      "role": "admin", "site": "south"},
+            )  # fmt: skip
+            assert other.status_code == 403
+            hidden = await raw.post("/users/south-tech/disable", data={"csrf_token": csrf})
+            assert hidden.status_code == 404
+        audit = (await hub.api.get("/api/v1/audit", params={"action": "user.create"})).json()
+        assert ("user:root", "user:south-tech") in {
+            (e["actor"], e["target"]) for e in audit["items"]
+        }
+        for context in (root, tech, north):
             await context.close()
     assert foreign == []

@@ -127,6 +127,11 @@ class Rig:
     async def token(self, site: str) -> str:
         return await self.created("/api/v1/provisioning/tokens", {"site": site}, "token_id")
 
+    async def user(self, site: str) -> str:
+        name = f"{site}-person-{uuid.uuid4().hex[:6]}"
+        body = {"username": name, "password": "a long password", "role": "viewer", "site": site}
+        return await self.created("/api/v1/users", body, "username")
+
     async def api_key(self, site: str) -> str:
         return (await create_api_key(self.hub.registry, f"{site} tech", "technician", site))[
             0
@@ -437,6 +442,28 @@ async def _bulk(rig: Rig) -> None:
     assert control.status_code == 201, control.text
 
 
+async def _users(rig: Rig) -> None:
+    north, south = await rig.user(NORTH), await rig.user(SOUTH)
+    await listed(rig, "/api/v1/users", each("username"), north, south)
+
+
+async def _create_user(rig: Rig) -> None:
+    body = {"username": "x-south", "password": "a long password", "role": "viewer", "site": SOUTH}
+    await refused(rig, "POST", "/api/v1/users", json=body)
+    mine = {"username": "x-mine", "password": "a long password", "role": "admin"}
+    created = await rig.api.post("/api/v1/users", json=mine, headers=rig.scoped)
+    assert created.status_code == 201 and created.json()["site"] == NORTH, created.text
+
+
+async def _disable_user(rig: Rig) -> None:
+    await hidden(rig, "POST", f"/api/v1/users/{await rig.user(SOUTH)}/disable")
+
+
+async def _reset_password(rig: Rig) -> None:
+    path = f"/api/v1/users/{await rig.user(SOUTH)}/password"
+    await hidden(rig, "POST", path, json={"password": "another long one"})
+
+
 async def _metrics(rig: Rig) -> None:
     """The whole hub's counters: not for a site-scoped key."""
     scoped = await rig.api.get("/metrics", headers=rig.scoped)
@@ -520,6 +547,10 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("POST", "/api/v1/provisioning/bulk"): _bulk,
     ("GET", "/api/v1/audit"): _audit,
     ("GET", "/metrics"): _metrics,
+    ("GET", "/api/v1/users"): _users,
+    ("POST", "/api/v1/users"): _create_user,
+    ("POST", "/api/v1/users/{username}/disable"): _disable_user,
+    ("POST", "/api/v1/users/{username}/password"): _reset_password,
 }
 
 #: routes with no object of a site, and why
@@ -542,6 +573,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/devices/{device_id}"): "console: device_in_scope, as the API's (test_console.py)",
     ("GET", "/devices/{device_id}/live"): "console: device_in_scope (test_console.py)",
     ("POST", "/devices/{device_id}/commands/{name}"): "console: device_in_scope (test_console.py)",
+    ("GET", "/alarms/live"): "console: the API's EventStream, filtered by the person's site",
+    ("GET", "/users"): "console: the accounts API's scope (test_console.py)",
+    ("POST", "/users"): "console: confined to the person's site (test_console.py)",
+    ("POST", "/users/{username}/disable"): "console: the person's site's only (test_console.py)",
     ("GET", "/map"): "console map page: its markers come from /map/devices.json",
     ("GET", "/map/devices.json"): "console: scoped in the query (test_console.py)",
     ("GET", "/map/devices/{device_id}.json"): "console: device_in_scope (test_console.py)",

@@ -1,5 +1,43 @@
-// The console's only script: live values and command states on the device page, from the
-// hub's server-sent stream (/devices/{id}/live). Pages work without it (a reload shows the same).
+// The console's script (besides the map's): live values and command states on the device page
+// (/devices/{id}/live), live alarms with a cue for a new critical one (/alarms/live). Pages work
+// without it: a reload shows the same.
+(function () {
+  "use strict";
+  var table = document.getElementById("alarms");
+  if (!table || !window.EventSource) return;
+  var banner = document.getElementById("alarm-banner");
+  function beep() {  // a short tone: browsers may refuse it before a click, the banner stays
+    try {
+      var audio = new (window.AudioContext || window.webkitAudioContext)();
+      var tone = audio.createOscillator(), gain = audio.createGain();
+      tone.frequency.value = 880; gain.gain.value = 0.15;
+      tone.connect(gain); gain.connect(audio.destination);
+      tone.start(); tone.stop(audio.currentTime + 0.6);
+    } catch (e) { /* no audio: the banner is the cue */ }
+  }
+  function refresh() {  // the same page again, its rows swapped in
+    fetch(window.location.href, { credentials: "same-origin" })
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("alarms");
+        if (fresh) table.querySelector("tbody").replaceWith(fresh.querySelector("tbody"));
+        table.setAttribute("data-refreshed", String(Date.now()));
+      });
+  }
+  var source = new EventSource(table.getAttribute("data-live"));
+  source.addEventListener("alarm", function (message) {
+    var data = JSON.parse(message.data).data || {};
+    if (data.transition === "raised" && data.severity === "critical" && banner) {
+      var p = document.createElement("p");
+      p.className = "alert-critical"; p.setAttribute("role", "alert");
+      p.textContent = banner.getAttribute("data-text") + " " + (data.message || "");
+      banner.textContent = ""; banner.appendChild(p);
+      beep();
+    }
+    refresh();
+  });
+})();
+
 (function () {
   "use strict";
   var live = document.getElementById("live");

@@ -225,6 +225,7 @@
       return { x: r.left + p[0], y: r.top + p[1] };
     },
     zoomTo: function (z) { state.zoom = z; draw(); },
+    redraw: function () { draw(); },
     show: show,
   };
 
