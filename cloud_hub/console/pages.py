@@ -41,6 +41,7 @@ from cloud_hub.console.auth import (
     viewer,
 )
 from cloud_hub.console.device import router as device_router
+from cloud_hub.console.fleet import router as fleet_router
 from cloud_hub.console.lighting import router as lighting_router
 from cloud_hub.console.map import router as map_router
 from cloud_hub.console.overview import (
@@ -371,6 +372,7 @@ def install_console(app: FastAPI, hub: Hub) -> None:
     app.include_router(device_router)
     app.include_router(map_router)
     app.include_router(lighting_router)
+    app.include_router(fleet_router)
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, exc: SignInRequired) -> Response:

@@ -61,6 +61,7 @@ async def _people(settings: HubSettings) -> None:
         await accounts.create_user("test", "north-ops", PASSWORD, "operator", site="north")
         await accounts.create_user("test", "root", PASSWORD, "admin")
         await accounts.create_user("test", "north-admin", PASSWORD, "admin", site="north")
+        await accounts.create_user("test", "north-tech", PASSWORD, "technician", site="north")
     finally:
         await registry.close()
 
@@ -339,6 +340,12 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             assert await acked.locator(".acked-by").inner_text() == "ops"
             await alarms_page.close()
 
+            # the agents page: the agent, its state
+            await page.goto("/agents")
+            agent_row = page.locator(f"#agents tr[data-agent='agent-{unique_id}']")
+            assert "在线" in await agent_row.inner_text()
+            await page.screenshot(path=shots / "agents.png", full_page=True)
+
             # lighting: a strategy's week ahead, and apply-now reaching the pole
             body = {
                 "name": "ring road nights",
@@ -569,7 +576,7 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
             await r.get_attribute("data-user")
             for r in await npage.locator("#users tr[data-user]").all()
         }
-        assert shown == {"north-ops", "north-admin"}, shown
+        assert shown == {"north-ops", "north-admin", "north-tech"}, shown
         csrf = await npage.locator("header input[name=csrf_token]").get_attribute("value")
         cookies = {c["name"]: c["value"] for c in await north.cookies()}
         async with httpx.AsyncClient(base_url=base, cookies=cookies) as raw:
@@ -581,6 +588,49 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
             assert other.status_code == 403
             hidden = await raw.post("/users/south-tech/disable", data={"csrf_token": csrf})
             assert hidden.status_code == 404
+        # provisioning tokens: created with a site, the secret shown once, revoked
+        await page.goto("/provisioning")
+        tform = page.locator("form[action='/provisioning/tokens']")
+        await tform.locator("input[name=site]").fill("south")
+        await tform.locator("input[name=note]").fill("cabinet 7")
+        await tform.locator("button[type=submit]").click()
+        secret = await page.inner_text("#token-secret")
+        assert len(secret) > 20
+        await page.screenshot(path=shots / "provisioning.png", full_page=True)
+        await page.goto("/provisioning")
+        assert secret not in await page.content()  # shown once, never again
+        row = page.locator("#tokens tr[data-token]").filter(has_text="cabinet 7")
+        await row.locator("button[type=submit]").click()
+        await (
+            page.locator("#tokens tr[data-token]")
+            .filter(has_text="cabinet 7")
+            .locator(".bad")
+            .wait_for()
+        )
+        claim = await hub.api.post(
+            "/api/v1/provisioning/claim", json={"agent_id": "cab-7", "token": secret}
+        )
+        assert claim.status_code in (401, 403, 410), claim.text  # revoked: refused
+        tech = await _context(browser, base, foreign, "zh-CN")
+        techpage = await tech.new_page()
+        await _sign_in(techpage, "north-tech")
+        await techpage.goto("/provisioning")
+        assert "cabinet 7" not in await techpage.inner_text("main")  # another site's token
+        csrf = await techpage.locator("header input[name=csrf_token]").get_attribute("value")
+        tcookies = {c["name"]: c["value"] for c in await tech.cookies()}
+        async with httpx.AsyncClient(base_url=base, cookies=tcookies) as raw:
+            south = await raw.post(
+                "/provisioning/tokens", data={"csrf_token": csrf, "site": "south"}
+            )
+            assert south.status_code == 403
+        await tech.close()
+        ops = await _context(browser, base, foreign, "zh-CN")
+        opage = await ops.new_page()
+        await _sign_in(opage, "ops")
+        response = await opage.goto("/provisioning")
+        assert response is not None and response.status == 403  # operators do not provision
+        await ops.close()
+
         audit = (await hub.api.get("/api/v1/audit", params={"action": "user.create"})).json()
         assert ("user:root", "user:south-tech") in {
             (e["actor"], e["target"]) for e in audit["items"]

@@ -1,0 +1,125 @@
+"""The agents page (each agent with its health report: CPU, memory, buffer, unconfirmed
+batches, per-device errors; its remote configuration's state) and the provisioning tokens page
+(create one with its site, lifetime and uses — its secret shown once —, list, revoke), for those
+the API lets do so. Paged and scoped like the API (:meth:`Registry.page_agents`, the
+provisioning service with the person's site).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from cloud_hub.console.auth import Forbidden, Viewer, checked_csrf, viewer
+from cloud_hub.console.rendering import render
+from cloud_hub.hub import Hub
+from cloud_hub.provisioning.tokens import ProvisioningError, ScopeViolation
+from cloud_hub.registry import AgentConfigRow
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+Person = Annotated[Viewer, Depends(viewer)]
+Posted = Annotated[Viewer, Depends(checked_csrf)]
+PAGE_SIZE = 50
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+@router.get("/agents", response_class=HTMLResponse)
+async def agents_page(
+    request: Request, person: Person, offset: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    hub = _hub(request)
+    rows, total = await hub.registry.page_agents(person.principal.site, PAGE_SIZE, offset)
+    ids = [r.agent_id for r in rows]
+    async with hub.registry.session() as db:
+        configs = {
+            c.agent_id: c
+            for c in (
+                await db.scalars(select(AgentConfigRow).where(AgentConfigRow.agent_id.in_(ids)))
+            ).all()
+        }
+    agents = [
+        {"row": r, "health": hub.ingest.health.get(r.agent_id), "config": configs.get(r.agent_id)}
+        for r in rows
+    ]
+    return render(
+        request,
+        "agents.html",
+        person,
+        active="agents",
+        agents=agents,
+        total=total,
+        offset=offset,
+        page_size=PAGE_SIZE,
+    )
+
+
+@router.get("/provisioning", response_class=HTMLResponse)
+async def tokens_page(request: Request, person: Person) -> Response:
+    if not person.may("provision"):
+        raise Forbidden
+    tokens = await _hub(request).provisioning.list_tokens(
+        person.principal.site, include_inactive=True, limit=100
+    )
+    return render(request, "provisioning.html", person, active="provisioning", tokens=tokens)
+
+
+@router.post("/provisioning/tokens", response_class=HTMLResponse)
+async def create_token(
+    request: Request,
+    person: Posted,
+    site: Annotated[str, Form()] = "",
+    ttl_h: Annotated[float, Form(gt=0, le=24 * 30)] = 24.0,
+    max_uses: Annotated[int, Form(ge=1, le=1000)] = 1,
+    note: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    if not person.may("provision"):
+        raise Forbidden
+    scope = person.principal.site
+    chosen = site.strip() or None
+    if scope is not None and chosen not in (None, scope):
+        raise Forbidden
+    service = _hub(request).provisioning
+    error, issued = None, None
+    try:
+        issued = await service.create_token(
+            person.principal.key_id,
+            site=scope or chosen,
+            ttl_s=ttl_h * 3600,
+            max_uses=max_uses,
+            note=note,
+        )
+    except ProvisioningError as exc:
+        error = str(exc)
+    tokens = await service.list_tokens(scope, include_inactive=True, limit=100)
+    return render(
+        request,
+        "provisioning.html",
+        person,
+        status_code=400 if error else 201,
+        active="provisioning",
+        tokens=tokens,
+        issued=issued,
+        error=error,
+    )
+
+
+@router.post("/provisioning/tokens/{token_id}/revoke")
+async def revoke_token(request: Request, token_id: str, person: Posted) -> Response:
+    if not person.may("provision"):
+        raise Forbidden
+    try:
+        await _hub(request).provisioning.revoke_token(
+            person.principal.key_id, token_id, person.principal.site
+        )
+    except (ScopeViolation, ProvisioningError):
+        return render(request, "error.html", person, status_code=404, message="not_found")
+    return RedirectResponse("/provisioning", status_code=303)
