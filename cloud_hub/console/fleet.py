@@ -1,18 +1,21 @@
 """The agents page (each agent with its health report: CPU, memory, buffer, unconfirmed
 batches, per-device errors; its remote configuration's state) and the provisioning tokens page
 (create one with its site, lifetime and uses — its secret shown once —, list, revoke), for those
-the API lets do so. Paged and scoped like the API (:meth:`Registry.page_agents`, the
+the API lets do so; the dead letters (refused messages with their reasons) with replay, for
+admins. Paged and scoped like the API (:meth:`Registry.page_agents`, the
 provisioning service with the person's site).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
+from cloud_hub.api.routes_dead_letters import list_dead_letters, replay_dead_letter
 from cloud_hub.console.auth import Forbidden, Viewer, checked_csrf, viewer
 from cloud_hub.console.rendering import render
 from cloud_hub.hub import Hub
@@ -123,3 +126,43 @@ async def revoke_token(request: Request, token_id: str, person: Posted) -> Respo
     except (ScopeViolation, ProvisioningError):
         return render(request, "error.html", person, status_code=404, message="not_found")
     return RedirectResponse("/provisioning", status_code=303)
+
+
+@router.get("/dead-letters", response_class=HTMLResponse)
+async def dead_letters_page(
+    request: Request, person: Person, cursor: str | None = None
+) -> Response:
+    """Refused messages with their reasons, newest first, and replay (admins, as the API)."""
+    if not person.may("admin"):
+        raise Forbidden
+    page = await list_dead_letters(
+        _hub(request), person.principal, None, None, None, None, PAGE_SIZE, cursor
+    )
+    return render(
+        request,
+        "dead_letters.html",
+        person,
+        active="dead_letters",
+        letters=page.items,
+        next_cursor=page.next_cursor,
+        outcome=request.query_params.get("outcome"),
+    )
+
+
+@router.post("/dead-letters/{dead_letter_id}/replay")
+async def replay(request: Request, dead_letter_id: int, person: Posted) -> Response:
+    if not person.may("admin"):
+        raise Forbidden
+    from urllib.parse import quote  # noqa: PLC0415
+
+    try:
+        result = await replay_dead_letter(dead_letter_id, _hub(request), person.principal, request)
+    except HTTPException:
+        return render(request, "error.html", person, status_code=404, message="not_found")
+    if isinstance(result, Response):  # a problem (409 not replayable, 503 not stored in time)
+        detail = json.loads(bytes(result.body)).get("detail", "")
+        return RedirectResponse(f"/dead-letters?outcome={quote(str(detail))}", status_code=303)
+    text = f"{result.outcome}: {result.readings_stored} readings stored"
+    if result.reasons:
+        text += " — " + "; ".join(result.reasons[:3])
+    return RedirectResponse(f"/dead-letters?outcome={quote(text)}", status_code=303)

@@ -30,7 +30,7 @@ from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
-from iot_runtime.mqtt import MqttSettings
+from iot_runtime.mqtt import MqttSettings, make_client
 from tests.helpers import (
     devices_registered,
     eventually,
@@ -630,6 +630,28 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
         response = await opage.goto("/provisioning")
         assert response is not None and response.status == 403  # operators do not provision
         await ops.close()
+
+        # dead letters: a refused message, listed with its reason, replayed (refused again)
+        mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+        async with make_client(mqtt, f"probe-{unique_id}", persistent_session=False) as probe:
+            await probe.publish(f"iot/v1/dl-{unique_id}/telemetry", b"not json", qos=1)
+
+        async def listed() -> Any:
+            await page.goto("/dead-letters")
+            rows = page.locator("#dead-letters tr[data-dead-letter]").filter(
+                has_text=f"dl-{unique_id}"
+            )
+            return rows.first if await rows.count() else None
+
+        letter = await eventually(listed)
+        assert "Invalid JSON" in await letter.inner_text()
+        await page.screenshot(path=shots / "dead-letters.png", full_page=True)
+        await letter.locator("button[type=submit]").click()
+        assert await page.locator("#replay-outcome").count() == 1
+        replays = (
+            await hub.api.get("/api/v1/audit", params={"action": "dead_letter.replay"})
+        ).json()
+        assert [e["actor"] for e in replays["items"]] == ["user:root"]
 
         audit = (await hub.api.get("/api/v1/audit", params={"action": "user.create"})).json()
         assert ("user:root", "user:south-tech") in {

@@ -583,6 +583,8 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/provisioning"): "console: the provisioning service with the person's site",
     ("POST", "/provisioning/tokens"): "console: confined to the person's site (test_console.py)",
     ("POST", "/provisioning/tokens/{token_id}/revoke"): "console: the service's site check",
+    ("GET", "/dead-letters"): "console: the API's dead-letter list with the person",
+    ("POST", "/dead-letters/{dead_letter_id}/replay"): "console: the API's replay route's scope",
     ("GET", "/map"): "console map page: its markers come from /map/devices.json",
     ("GET", "/map/devices.json"): "console: scoped in the query (test_console.py)",
     ("GET", "/map/devices/{device_id}.json"): "console: device_in_scope (test_console.py)",
