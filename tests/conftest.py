@@ -84,6 +84,13 @@ def mosquitto_factory(
         server.stop()
 
 
+@pytest.fixture
+def private_mosquitto(mosquitto_factory: Callable[..., MosquittoServer]) -> MosquittoServer:
+    """A Mosquitto of this test alone: no retained birth message of another test's agent
+    registers agents and devices in this test's hub (for tests that count them)."""
+    return mosquitto_factory()
+
+
 # -- InfluxDB -----------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxdbServer]:

@@ -107,16 +107,16 @@ async def _sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
 
 
 async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
-    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+    private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
-    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    settings = hub_settings(private_mosquitto, tmp_path, unique_id)
     await _people(settings)
     registry = Registry(settings.registry_url)
     await registry.start()
     agent_id = f"agent-{unique_id}"
     pole_n, pole_s = f"pole-n-{unique_id}", f"pole-s-{unique_id}"
     foreign: list[str] = []
-    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    mqtt = MqttSettings(host=private_mosquitto.host, port=private_mosquitto.port)
     try:
         async with (
             running_hub(settings) as hub,
@@ -261,13 +261,13 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
 
 
 async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded(
-    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+    private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
-    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    settings = hub_settings(private_mosquitto, tmp_path, unique_id)
     await _people(settings)
     device_id = f"pole-{unique_id}"
     foreign: list[str] = []
-    mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+    mqtt = MqttSettings(host=private_mosquitto.host, port=private_mosquitto.port)
     async with (
         run_smart_pole(seed=3, port=0, tick_s=None) as sim,
         running_hub(settings) as hub,
@@ -475,9 +475,9 @@ async def _positioned_fleet(registry_url: str, count: int) -> None:
 
 
 async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
-    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+    private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
-    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    settings = hub_settings(private_mosquitto, tmp_path, unique_id)
     await _people(settings)
     await _positioned_fleet(settings.registry_url, 2000)
     foreign: list[str] = []
@@ -526,9 +526,9 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
 
 
 async def test_admins_manage_accounts_in_the_console_within_their_site(
-    mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
+    private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
-    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    settings = hub_settings(private_mosquitto, tmp_path, unique_id)
     await _people(settings)
     foreign: list[str] = []
     async with running_hub(settings) as hub:
@@ -632,7 +632,7 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
         await ops.close()
 
         # dead letters: a refused message, listed with its reason, replayed (refused again)
-        mqtt = MqttSettings(host=mosquitto.host, port=mosquitto.port)
+        mqtt = MqttSettings(host=private_mosquitto.host, port=private_mosquitto.port)
         async with make_client(mqtt, f"probe-{unique_id}", persistent_session=False) as probe:
             await probe.publish(f"iot/v1/dl-{unique_id}/telemetry", b"not json", qos=1)
 

@@ -45,9 +45,9 @@ async def _fleet(registry_url: str) -> str:
 
 
 async def test_lists_are_paged_and_filtered_by_the_registry(
-    mosquitto: Any, tmp_path: Path, unique_id: str
+    private_mosquitto: Any, tmp_path: Path, unique_id: str
 ) -> None:
-    settings = hub_settings(mosquitto, tmp_path, unique_id)
+    settings = hub_settings(private_mosquitto, tmp_path, unique_id)
     north_key = await _fleet(settings.registry_url)
     async with running_hub(settings) as hub:
         api = hub.api
