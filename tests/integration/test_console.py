@@ -152,6 +152,8 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
             assert headers["cache-control"] == "no-store"
             text = await page.inner_text("main")
             assert "总览" in text and "数据采集率" in text and "north" in text and "south" in text
+            rates = await page.locator("table.rates tbody tr").all_inner_texts()
+            assert len(rates) == 2 and all(r.count("100.0 %") == 2 for r in rates), rates
             await page.screenshot(path=shots / "overview.png", full_page=True)
 
             await page.goto("/devices")
@@ -217,6 +219,8 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
             await _sign_in(npage, "north-ops")
             await npage.wait_for_url(f"{base}/")
             assert "south" not in await npage.inner_text("main")
+            tiles = await npage.locator(".tile .big").all_inner_texts()
+            assert tiles[1].replace(" ", "").endswith("/1"), tiles  # north's one device only
             for url in ("/devices", "/devices?site=south", f"/devices?q={pole_s}"):
                 await npage.goto(url)
                 shown = npage.locator("#devices tbody tr[data-device]")
