@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +191,10 @@ class _FairBuffer:
 
     def lanes(self) -> int:
         return len(self._lanes)
+
+    def __iter__(self) -> Iterator[aiomqtt.Message]:  # asyncio.Queue's repr lists its items
+        for lane in self._lanes.values():
+            yield from lane
 
     def __len__(self) -> int:
         return self._size

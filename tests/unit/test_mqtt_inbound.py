@@ -59,6 +59,7 @@ async def test_a_fair_queue_serves_each_agent_in_turn_keeping_each_agents_order(
         queue.put_nowait(_message("iot/v1/good/telemetry", n))
     queue.put_nowait(_message("elsewhere/x", 0))
     assert queue.qsize() == 1004
+    assert "maxsize=0" in repr(queue)  # asyncio's repr lists the items: the lanes iterate
     first = [await queue.get() for _ in range(8)]
     got = [
         (m.topic.value.split("/")[-2] if m.topic.value.startswith("iot") else "", m.payload)
