@@ -34,6 +34,7 @@ from cloud_hub.api.scope import (
 from cloud_hub.coap.models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.registry import AgentConfigRow, AgentRow, DeviceFilter
+from cloud_hub.storage import typed_value
 from device_profiles import Value
 from device_profiles.wire import ID_PATTERN
 
@@ -129,11 +130,7 @@ async def latest_telemetry(device_id: str, hub: HubDep, caller: Reader) -> Lates
     points = {}
     for name, item in latest.items():
         point = profile.points[name]
-        value: Value = item.value
-        if point.type == "bool":
-            value = bool(value)
-        elif point.is_numeric and not point.is_integral and isinstance(value, int):
-            value = float(value)
+        value: Value = typed_value(point, item.value)
         points[name] = PointValue(
             value=value, ts=datetime.fromtimestamp(item.ts_ms / 1000, UTC), unit=point.unit
         )

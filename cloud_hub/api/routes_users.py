@@ -6,7 +6,6 @@ of its site only. Passwords are never returned; every change is audited as the c
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -15,8 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_hub.api.deps import Admin
 from cloud_hub.api.keys import Role
 from cloud_hub.api.problems import problem_responses
+from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.api.scope import confined_site, not_found
-from cloud_hub.console.accounts import AccountError, Accounts, UserExists, WeakPassword
+from cloud_hub.console.accounts import (
+    USERNAME_PATTERN,
+    AccountError,
+    Accounts,
+    UserExists,
+    WeakPassword,
+)
 from cloud_hub.console.models import UserRow
 
 __all__ = ["PasswordReset", "UserCreate", "UserOut", "router"]
@@ -27,7 +33,10 @@ router = APIRouter(prefix="/api/v1/users", tags=["users"])
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64, pattern=r"^\S+$")
+    username: str = Field(
+        pattern=USERNAME_PATTERN,
+        description="Letters (Latin or Chinese), digits and . _ @ -, at most 64.",
+    )
     password: str = Field(min_length=10, max_length=256, description="At least 10 characters.")
     role: Role
     site: str | None = Field(default=None, max_length=64)
@@ -47,9 +56,9 @@ class UserOut(BaseModel):
     role: str
     site: str | None
     language: str
-    created_at: datetime
-    password_changed_at: datetime
-    disabled_at: datetime | None
+    created_at: UtcDateTime
+    password_changed_at: UtcDateTime
+    disabled_at: UtcDateTime | None
 
 
 def _accounts(request: Request) -> Accounts:

@@ -18,6 +18,7 @@ Errors::
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ __all__ = [
     "LANGUAGES",
     "MIN_PASSWORD",
     "ROLES",
+    "USERNAME_PATTERN",
     "AccountError",
     "Accounts",
     "BadCredentials",
@@ -50,6 +52,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 MIN_PASSWORD = 10
+#: a username: Latin or Chinese letters, digits and . _ @ - (the API's schema says the same)
+USERNAME_PATTERN = r"^[A-Za-z0-9._@\u4e00-\u9fff-]{1,64}$"
 LANGUAGES = ("zh", "en")
 ROLES: tuple[str, ...] = get_args(Role)
 #: verified against when the user is unknown, so that a probe cannot time the difference
@@ -140,8 +144,8 @@ class Accounts:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if language not in LANGUAGES:
             raise ValueError(f"language must be one of {', '.join(LANGUAGES)}")
-        if not username or len(username) > 64 or not username.isprintable() or " " in username:
-            raise ValueError("a username is 1 to 64 printable characters without spaces")
+        if re.fullmatch(USERNAME_PATTERN, username) is None:
+            raise ValueError("a username is 1 to 64 letters (Latin or Chinese), digits or . _ @ -")
         check_password(username, password)
         now = _now()
         async with self.registry.session.begin() as db:

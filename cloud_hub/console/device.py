@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from sqlalchemy import select
 
 from cloud_hub.api.audit import audit
@@ -28,6 +35,7 @@ from cloud_hub.console.texts import translator
 from cloud_hub.events.bus import HubEvent
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.registry import CommandRow
+from cloud_hub.storage import SeriesQuery, typed_value
 from device_profiles import CommandRejected, DeviceProfile
 from device_profiles.commands import Command, CommandParam
 from device_profiles.display import show_values
@@ -126,7 +134,9 @@ async def device_page(request: Request, device_id: str, person: Person) -> Respo
     except (HTTPException, UnknownDevice):
         return render(request, "error.html", person, status_code=404, message="not_found")
     latest = await hub.store.latest(device_id, profile.name, list(profile.points))
-    shown = show_values(profile, {name: v.value for name, v in latest.items()})
+    shown = show_values(
+        profile, {name: typed_value(profile.points[name], v.value) for name, v in latest.items()}
+    )
     read_at = max((v.ts_ms for v in latest.values()), default=None)
     alarms = await hub.alarms.store.page(
         states=("active", "acknowledged"), device_id=device_id, limit=20
@@ -145,6 +155,8 @@ async def device_page(request: Request, device_id: str, person: Person) -> Respo
         alarms=alarms.items,
         error=request.query_params.get("error"),
         command_labels={s: translator(person.language)(s) for s in COMMAND_STATES},
+        chart_points=[(n, p.description or n) for n, p in profile.points.items() if p.is_numeric],
+        chart_hours=HISTORY_HOURS,
     )
 
 
@@ -176,6 +188,56 @@ async def send_command(request: Request, device_id: str, name: str, person: Post
         params=params,
     )
     return RedirectResponse(f"/devices/{device_id}#command-{row.command_id}", status_code=303)
+
+
+#: the ranges the history chart offers, in hours, and the points it draws per series at most
+HISTORY_HOURS = (1, 6, 24, 168)
+HISTORY_POINTS = 300
+
+
+@router.get("/devices/{device_id}/history.json")
+async def history(
+    request: Request,
+    device_id: str,
+    person: Person,
+    point: str,
+    hours: Annotated[int, Query(ge=1, le=168)] = 24,
+) -> Response:
+    """One point's values over the last ``hours``, averaged per window (about 300 windows;
+    booleans as their maximum), for the chart: ``{"times": [s], "values": [...]}``."""
+    try:
+        _, profile = await _device(request, person, device_id)
+    except (HTTPException, UnknownDevice):
+        return JSONResponse({"detail": "not found"}, status_code=404)
+    spec = profile.points.get(point)
+    if spec is None or not (spec.is_numeric or spec.type == "bool"):
+        return JSONResponse({"detail": f"no numeric point {point!r}"}, status_code=422)
+    end_ms = int(time.time() * 1000)
+    window_ms = max(1000, hours * 3_600_000 // HISTORY_POINTS)
+    query = SeriesQuery(
+        profile=profile.name,
+        device_ids=(device_id,),
+        points=(point,),
+        start_ms=end_ms - hours * 3_600_000,
+        end_ms=end_ms,
+        window_ms=window_ms,
+        aggregate="max" if spec.type == "bool" else "mean",
+        limit=HISTORY_POINTS + 2,
+    )
+    series = await _hub(request).store.query(query)
+    values = series[0].values if series else []
+    return JSONResponse(
+        {
+            "point": point,
+            "label": spec.description or point,
+            "unit": spec.unit,
+            "start": (end_ms - hours * 3_600_000) / 1000,
+            "end": end_ms / 1000,
+            "times": [t / 1000 for t, _ in values],
+            "values": [None if v is None else float(v) for _, v in values],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.get("/devices/{device_id}/live")
@@ -213,7 +275,12 @@ async def live(request: Request, device_id: str, person: Person) -> Response:
                         kind="telemetry",
                         ts_ms=max(v.ts_ms for v in latest.values()),
                         device_id=device_id,
-                        data={"values": {name: v.value for name, v in latest.items()}},
+                        data={
+                            "values": {
+                                name: typed_value(profile.points[name], v.value)
+                                for name, v in latest.items()
+                            }
+                        },
                     )
                 )
             for row in await _recent_commands(hub, device_id):

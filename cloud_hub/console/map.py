@@ -21,6 +21,7 @@ from cloud_hub.console.auth import Viewer, viewer
 from cloud_hub.console.rendering import PAGE_HEADERS, render
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.registry import DeviceRow
+from cloud_hub.storage import typed_value
 from device_profiles.display import show_values
 
 __all__ = ["SEVERITY_RANK", "router"]
@@ -87,7 +88,9 @@ async def panel(request: Request, device_id: str, person: Person) -> Response:
     except (HTTPException, UnknownDevice):
         return _json({"detail": "not found"}, 404)
     latest = await hub.store.latest(device_id, profile.name, list(profile.points))
-    shown = show_values(profile, {name: v.value for name, v in latest.items()})
+    shown = show_values(
+        profile, {name: typed_value(profile.points[name], v.value) for name, v in latest.items()}
+    )
     page = await hub.alarms.store.page(
         states=("active", "acknowledged"), device_id=device_id, limit=10
     )

@@ -14,6 +14,7 @@ from cloud_hub.storage.base import (
     StoredReading,
     TelemetryStore,
     aggregate_applies,
+    typed_value,
 )
 from cloud_hub.storage.influx_v1 import InfluxV1Store
 from cloud_hub.storage.influx_v2 import InfluxV2Store
@@ -38,6 +39,7 @@ __all__ = [
     "TelemetryStore",
     "aggregate_applies",
     "open_store",
+    "typed_value",
 ]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from device_profiles import Value
+from device_profiles import Point, Value
 
 __all__ = [
     "EARLIEST_MS",
@@ -22,6 +22,7 @@ __all__ = [
     "StoredReading",
     "TelemetryStore",
     "aggregate_applies",
+    "typed_value",
 ]
 
 
@@ -123,3 +124,13 @@ def aggregate_applies(aggregate: Aggregate, data_type: str) -> bool:
     if data_type == "string":
         return False
     return data_type != "bool" or aggregate != "mean"
+
+
+def typed_value(point: Point, value: Value) -> Value:
+    """A stored value as its point's type says (stores keep booleans as 0/1 and whole floats
+    as integers)."""
+    if point.type == "bool":
+        return bool(value)
+    if point.is_numeric and not point.is_integral and isinstance(value, int):
+        return float(value)
+    return value

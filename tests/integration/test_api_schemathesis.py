@@ -62,6 +62,7 @@ VIEWER_FORBIDDEN_GETS = {
     "GET /api/v1/provisioning/tokens",
     "GET /api/v1/events/stream",
     "GET /api/v1/webhooks",
+    "GET /api/v1/users",
 }
 PROBLEM_JSON = "application/problem+json"
 

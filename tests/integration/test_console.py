@@ -309,6 +309,24 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             sim.model.force("voltage", 236.0)  # the page follows without a reload
             await voltage.filter(has_text="236.0 V").wait_for(timeout=15_000)
 
+            # the history chart (uPlot, vendored): the pole's power over the last hour
+            await page.locator("#chart canvas").first.wait_for()
+
+            async def charted() -> int | None:
+                n = await page.evaluate("() => window.hubChart ? hubChart.points : 0")
+                return n if n else None
+
+            assert await eventually(charted) >= 1
+            await page.select_option("#chart-form select[name=point]", "voltage")
+
+            async def voltage_charted() -> bool | None:
+                point = await page.evaluate("() => window.hubChart && hubChart.point")
+                return True if point == "voltage" else None
+
+            await eventually(voltage_charted)
+            bad = await page.request.get(f"/devices/{device_id}/history.json?point=nope")
+            assert bad.status == 422
+
             form = page.locator("form[data-command-form=set_dimming]")
             await form.locator("input[name=level]").fill("40")
             await form.locator("button[type=submit]").click()
@@ -417,6 +435,8 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             response = await npage.goto(f"/devices/{device_id}")
             assert response is not None and response.status == 404
             assert (await npage.request.get(f"/devices/{device_id}/live")).status == 404
+            history = await npage.request.get(f"/devices/{device_id}/history.json?point=power")
+            assert history.status == 404
             assert len(sim.writes) == writes  # nothing of the refused commands was written
             for context in (ops, vctx, nctx):
                 await context.close()

@@ -572,6 +572,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("POST", "/alarms/{alarm_id}/acknowledge"): "console: alarm_in_scope, as the API's",
     ("GET", "/devices/{device_id}"): "console: device_in_scope, as the API's (test_console.py)",
     ("GET", "/devices/{device_id}/live"): "console: device_in_scope (test_console.py)",
+    ("GET", "/devices/{device_id}/history.json"): "console: device_in_scope (test_console.py)",
     ("POST", "/devices/{device_id}/commands/{name}"): "console: device_in_scope (test_console.py)",
     ("GET", "/alarms/live"): "console: the API's EventStream, filtered by the person's site",
     ("GET", "/users"): "console: the accounts API's scope (test_console.py)",
