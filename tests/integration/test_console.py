@@ -368,22 +368,30 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             assert "在线" in await agent_row.inner_text()
             await page.screenshot(path=shots / "agents.png", full_page=True)
 
-            # lighting: a strategy's week ahead, and apply-now reaching the pole
-            body = {
-                "name": "ring road nights",
-                "selector": {"device_ids": [device_id]},
-                "timezone": "Asia/Shanghai",
-                "lat": 31.23,
-                "lon": 121.47,
-                "steps": [
-                    {"at": "sunset", "command": "set_dimming", "params": {"level": 100}},
-                    {"at": "23:00", "command": "set_dimming", "params": {"level": 30}},
-                    {"at": "sunrise", "command": "set_dimming", "params": {"level": 0}},
-                ],
-            }
-            created = await hub.api.post("/api/v1/lighting/strategies", json=body)
-            assert created.status_code == 201, created.text
-            strategy_id = created.json()["strategy_id"]
+            # lighting: a strategy created from the console's form, its week ahead previewed,
+            # and apply-now reaching the pole
+            await page.goto("/lighting")
+            new = page.locator("#new-strategy form")
+            await new.locator("input[name=name]").fill("ring road nights")
+            await new.locator("input[name=device_ids]").fill(device_id)
+            await new.locator("input[name=lat]").fill("31.23")
+            await new.locator("input[name=lon]").fill("121.47")
+            for i, (at, level) in enumerate((("sunset", 100), ("23:00", 30), ("sunrise", 0))):
+                await new.locator(f"input[name=at_{i}]").fill(at)
+                await new.locator(f"input[name=level_{i}]").fill(str(level))
+            await new.locator("button[type=submit]").click()
+            await page.wait_for_url("**/lighting#strategy-*")
+            strategy_id = page.url.rsplit("#strategy-", 1)[1]
+            created = (await hub.api.get(f"/api/v1/lighting/strategies/{strategy_id}")).json()
+            assert [s["at"] for s in created["steps"]] == ["sunset", "23:00", "sunrise"]
+            # a bad step is refused with the reason, nothing created
+            await page.locator("#new-strategy summary").click()
+            await new.locator("input[name=name]").fill("broken")
+            await new.locator("input[name=device_ids]").fill(device_id)
+            await new.locator("input[name=at_0]").fill("25:99")
+            await new.locator("button[type=submit]").click()
+            assert "at" in await page.locator("p.error").inner_text()
+            assert len((await hub.api.get("/api/v1/lighting/strategies")).json()) == 1
             await page.goto("/lighting")
             card = page.locator(f"section[data-strategy='{strategy_id}']")
             assert await card.locator(".timeline .day").count() >= 7

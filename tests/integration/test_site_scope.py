@@ -580,6 +580,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("POST", "/users/{username}/disable"): "console: the person's site's only (test_console.py)",
     ("GET", "/lighting"): "console: the API's lighting routes with the person (test_console.py)",
     ("POST", "/lighting/{strategy_id}/apply-now"): "console: the API's apply-now route's scope",
+    ("POST", "/lighting/strategies"): "console: the API's create route confines the selector",
     ("GET", "/agents"): "console: Registry.page_agents with the person's site (test_console.py)",
     ("GET", "/provisioning"): "console: the provisioning service with the person's site",
     ("POST", "/provisioning/tokens"): "console: confined to the person's site (test_console.py)",
