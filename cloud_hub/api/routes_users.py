@@ -19,10 +19,10 @@ from cloud_hub.api.scope import confined_site, not_found
 from cloud_hub.console.accounts import (
     USERNAME_PATTERN,
     AccountError,
-    Accounts,
     UserExists,
     WeakPassword,
 )
+from cloud_hub.console.auth import accounts_of
 from cloud_hub.console.models import UserRow
 
 __all__ = ["PasswordReset", "UserCreate", "UserOut", "router"]
@@ -61,13 +61,8 @@ class UserOut(BaseModel):
     disabled_at: UtcDateTime | None
 
 
-def _accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
-    return accounts
-
-
 async def _visible(request: Request, caller: Admin, username: str) -> UserRow:
-    row = await _accounts(request).get_user(username)
+    row = await accounts_of(request).get_user(username)
     if row is None or (caller.site is not None and row.site != caller.site):
         raise not_found(f"no user '{username}'")
     return row
@@ -76,7 +71,7 @@ async def _visible(request: Request, caller: Admin, username: str) -> UserRow:
 @router.get("", responses=problem_responses(401, 403))
 async def list_users(request: Request, caller: Admin) -> list[UserOut]:
     """Console accounts by username (a site-scoped key: its site's)."""
-    return [UserOut.model_validate(r) for r in await _accounts(request).list_users(caller.site)]
+    return [UserOut.model_validate(r) for r in await accounts_of(request).list_users(caller.site)]
 
 
 @router.post(
@@ -88,7 +83,7 @@ async def create_user(request: Request, body: UserCreate, caller: Admin) -> User
     """Create a console account (the password is stored as an argon2 hash, never returned)."""
     site = confined_site(caller, body.site)
     try:
-        row = await _accounts(request).create_user(
+        row = await accounts_of(request).create_user(
             caller.key_id, body.username, body.password, body.role, site, body.language
         )
     except UserExists as exc:
@@ -102,7 +97,7 @@ async def create_user(request: Request, body: UserCreate, caller: Admin) -> User
 async def disable_user(request: Request, username: str, caller: Admin) -> UserOut:
     """Disable an account and sign it out everywhere (idempotent)."""
     await _visible(request, caller, username)
-    return UserOut.model_validate(await _accounts(request).disable_user(caller.key_id, username))
+    return UserOut.model_validate(await accounts_of(request).disable_user(caller.key_id, username))
 
 
 @router.post(
@@ -116,6 +111,6 @@ async def reset_password(
     """Set a new password (a forgotten one); every session of the account ends."""
     await _visible(request, caller, username)
     try:
-        await _accounts(request).reset_password(caller.key_id, username, body.password)
+        await accounts_of(request).reset_password(caller.key_id, username, body.password)
     except AccountError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc

@@ -18,14 +18,19 @@ from fastapi import Depends, Form, Request
 
 from cloud_hub.api.auth import Permission, Principal
 from cloud_hub.console.accounts import Accounts
+from cloud_hub.hub import Hub
 
 __all__ = [
     "COOKIE",
     "CsrfRefused",
     "Forbidden",
+    "Person",
+    "Posted",
     "SignInRequired",
     "Viewer",
+    "accounts_of",
     "checked_csrf",
+    "hub_of",
     "viewer",
 ]
 
@@ -57,6 +62,11 @@ class Viewer:
 
     def may(self, permission: Permission) -> bool:
         return self.principal.may(permission)
+
+
+def hub_of(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
 
 
 def accounts_of(request: Request) -> Accounts:
@@ -92,3 +102,8 @@ async def checked_csrf(
     if not csrf_token or not hmac.compare_digest(csrf_token, person.csrf_token):
         raise CsrfRefused
     return person
+
+
+#: a page's signed-in person; a form's, with its CSRF token checked
+Person = Annotated[Viewer, Depends(viewer)]
+Posted = Annotated[Viewer, Depends(checked_csrf)]

@@ -16,8 +16,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -27,9 +28,10 @@ from fastapi.responses import (
 )
 from sqlalchemy import select
 
-from cloud_hub.api.audit import audit
+from cloud_hub.api.routes import send_command as api_send_command
+from cloud_hub.api.schemas import CommandCreate
 from cloud_hub.api.scope import device_in_scope
-from cloud_hub.console.auth import Forbidden, Viewer, checked_csrf, viewer
+from cloud_hub.console.auth import Forbidden, Person, Posted, Viewer, hub_of
 from cloud_hub.console.rendering import render
 from cloud_hub.console.texts import translator
 from cloud_hub.events.bus import HubEvent
@@ -43,8 +45,6 @@ from device_profiles.display import show_values
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
-Person = Annotated[Viewer, Depends(viewer)]
-Posted = Annotated[Viewer, Depends(checked_csrf)]
 #: seconds between comments that keep a quiet stream (and its proxies) open
 HEARTBEAT_S = 15.0
 COMMAND_STATES = (
@@ -52,13 +52,8 @@ COMMAND_STATES = (
 )  # fmt: skip
 
 
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
 async def _device(request: Request, person: Viewer, device_id: str) -> tuple[Any, DeviceProfile]:
-    hub = _hub(request)
+    hub = hub_of(request)
     device = await device_in_scope(hub, person.principal, device_id)  # 404 outside the site
     _, profile = await hub.profile_for(device_id)
     return device, profile
@@ -128,7 +123,7 @@ async def _recent_commands(hub: Hub, device_id: str) -> list[CommandRow]:
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 async def device_page(request: Request, device_id: str, person: Person) -> Response:
-    hub = _hub(request)
+    hub = hub_of(request)
     try:
         device, profile = await _device(request, person, device_id)
     except (HTTPException, UnknownDevice):
@@ -172,21 +167,11 @@ async def send_command(request: Request, device_id: str, name: str, person: Post
     if command is None:
         return render(request, "error.html", person, status_code=404, message="not_found")
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    try:
-        params = _params(command, form)
-        row = await _hub(request).send_command(device_id, name, params)
+    try:  # the API's own route: the profile's checks, the command's life cycle, the audit
+        body = CommandCreate(name=name, params=_params(command, form))
+        row = await api_send_command(device_id, body, hub_of(request), person.principal, request)
     except CommandRejected as exc:
-        from urllib.parse import quote  # noqa: PLC0415
-
         return RedirectResponse(f"/devices/{device_id}?error={quote(str(exc))}", status_code=303)
-    await audit(
-        request,
-        "command.send",
-        f"device:{device_id}",
-        command_id=row.command_id,
-        name=name,
-        params=params,
-    )
     return RedirectResponse(f"/devices/{device_id}#command-{row.command_id}", status_code=303)
 
 
@@ -224,7 +209,7 @@ async def history(
         aggregate="max" if spec.type == "bool" else "mean",
         limit=HISTORY_POINTS + 2,
     )
-    series = await _hub(request).store.query(query)
+    series = await hub_of(request).store.query(query)
     values = series[0].values if series else []
     return JSONResponse(
         {
@@ -247,7 +232,7 @@ async def live(request: Request, device_id: str, person: Person) -> Response:
         _, profile = await _device(request, person, device_id)
     except (HTTPException, UnknownDevice):
         return Response(status_code=404)
-    hub = _hub(request)
+    hub = hub_of(request)
     subscription = hub.events.subscribe(
         lambda e: e.device_id == device_id and e.kind in ("telemetry", "command"), 100
     )

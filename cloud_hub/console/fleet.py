@@ -10,36 +10,29 @@ from __future__ import annotations
 
 import json
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from cloud_hub.api.routes_dead_letters import list_dead_letters, replay_dead_letter
-from cloud_hub.console.auth import Forbidden, Viewer, checked_csrf, viewer
+from cloud_hub.console.auth import Forbidden, Person, Posted, hub_of
 from cloud_hub.console.rendering import render
-from cloud_hub.hub import Hub
 from cloud_hub.provisioning.tokens import ProvisioningError, ScopeViolation
 from cloud_hub.registry import AgentConfigRow
 
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
-Person = Annotated[Viewer, Depends(viewer)]
-Posted = Annotated[Viewer, Depends(checked_csrf)]
 PAGE_SIZE = 50
-
-
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
 
 
 @router.get("/agents", response_class=HTMLResponse)
 async def agents_page(
     request: Request, person: Person, offset: Annotated[int, Query(ge=0)] = 0
 ) -> Response:
-    hub = _hub(request)
+    hub = hub_of(request)
     rows, total = await hub.registry.page_agents(person.principal.site, PAGE_SIZE, offset)
     ids = [r.agent_id for r in rows]
     async with hub.registry.session() as db:
@@ -69,7 +62,7 @@ async def agents_page(
 async def tokens_page(request: Request, person: Person) -> Response:
     if not person.may("provision"):
         raise Forbidden
-    tokens = await _hub(request).provisioning.list_tokens(
+    tokens = await hub_of(request).provisioning.list_tokens(
         person.principal.site, include_inactive=True, limit=100
     )
     return render(request, "provisioning.html", person, active="provisioning", tokens=tokens)
@@ -90,7 +83,7 @@ async def create_token(
     chosen = site.strip() or None
     if scope is not None and chosen not in (None, scope):
         raise Forbidden
-    service = _hub(request).provisioning
+    service = hub_of(request).provisioning
     error, issued = None, None
     try:
         issued = await service.create_token(
@@ -120,7 +113,7 @@ async def revoke_token(request: Request, token_id: str, person: Posted) -> Respo
     if not person.may("provision"):
         raise Forbidden
     try:
-        await _hub(request).provisioning.revoke_token(
+        await hub_of(request).provisioning.revoke_token(
             person.principal.key_id, token_id, person.principal.site
         )
     except (ScopeViolation, ProvisioningError):
@@ -136,7 +129,7 @@ async def dead_letters_page(
     if not person.may("admin"):
         raise Forbidden
     page = await list_dead_letters(
-        _hub(request), person.principal, None, None, None, None, PAGE_SIZE, cursor
+        hub_of(request), person.principal, None, None, None, None, PAGE_SIZE, cursor
     )
     return render(
         request,
@@ -153,10 +146,10 @@ async def dead_letters_page(
 async def replay(request: Request, dead_letter_id: int, person: Posted) -> Response:
     if not person.may("admin"):
         raise Forbidden
-    from urllib.parse import quote  # noqa: PLC0415
-
     try:
-        result = await replay_dead_letter(dead_letter_id, _hub(request), person.principal, request)
+        result = await replay_dead_letter(
+            dead_letter_id, hub_of(request), person.principal, request
+        )
     except HTTPException:
         return render(request, "error.html", person, status_code=404, message="not_found")
     if isinstance(result, Response):  # a problem (409 not replayable, 503 not stored in time)

@@ -7,9 +7,10 @@ now" for those who may command. The figures come from the API's own routes (one 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Annotated, Any
+from typing import Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -20,30 +21,22 @@ from cloud_hub.api.routes_lighting import (
     preview_strategy,
 )
 from cloud_hub.api.scope import selector_in_scope
-from cloud_hub.console.auth import Forbidden, Viewer, checked_csrf, viewer
+from cloud_hub.console.auth import Forbidden, Person, Posted, hub_of
 from cloud_hub.console.rendering import render
 from cloud_hub.console.texts import translator
-from cloud_hub.hub import Hub
 from cloud_hub.lighting.spec import StrategySpec
 from device_profiles import CommandRejected
 
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
-Person = Annotated[Viewer, Depends(viewer)]
-Posted = Annotated[Viewer, Depends(checked_csrf)]
 WEEK_H = 168
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
-
-
 @router.get("/lighting", response_class=HTMLResponse)
 async def lighting_page(request: Request, person: Person) -> Response:
-    hub = _hub(request)
+    hub = hub_of(request)
     t = translator(person.language)
     rows = [
         r
@@ -120,11 +113,9 @@ async def create(request: Request, person: Posted) -> Response:
     if not person.may("command"):
         raise Forbidden
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    from urllib.parse import quote  # noqa: PLC0415
-
     try:
         spec = _spec(form)
-        row = await create_strategy(spec, _hub(request), person.principal, request)
+        row = await create_strategy(spec, hub_of(request), person.principal, request)
     except ValidationError as exc:
         return RedirectResponse(f"/lighting?error={quote(_errors(exc))}", status_code=303)
     except (CommandRejected, HTTPException) as exc:
@@ -138,11 +129,9 @@ async def apply(request: Request, strategy_id: str, person: Posted) -> Response:
     if not person.may("command"):
         raise Forbidden
     try:
-        await apply_now(strategy_id, _hub(request), person.principal, request)
+        await apply_now(strategy_id, hub_of(request), person.principal, request)
     except HTTPException as exc:
         if exc.status_code == 404:
             return render(request, "error.html", person, status_code=404, message="not_found")
-        from urllib.parse import quote  # noqa: PLC0415
-
         return RedirectResponse(f"/lighting?error={quote(str(exc.detail))}", status_code=303)
     return RedirectResponse(f"/lighting#strategy-{strategy_id}", status_code=303)

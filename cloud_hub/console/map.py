@@ -9,17 +9,17 @@ their devices are, over a graticule; ``console.map_tiles_url`` adds the county's
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import select
 
 from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.api.scope import device_in_scope
-from cloud_hub.console.auth import Viewer, viewer
+from cloud_hub.console.auth import Person, hub_of
 from cloud_hub.console.rendering import PAGE_HEADERS, render
-from cloud_hub.hub import Hub, UnknownDevice
+from cloud_hub.hub import UnknownDevice
 from cloud_hub.registry import DeviceRow
 from cloud_hub.storage import typed_value
 from device_profiles.display import show_values
@@ -27,14 +27,8 @@ from device_profiles.display import show_values
 __all__ = ["SEVERITY_RANK", "router"]
 
 router = APIRouter(include_in_schema=False)
-Person = Annotated[Viewer, Depends(viewer)]
 #: the worst open alarm decides a marker's colour
 SEVERITY_RANK = {"critical": 5, "major": 4, "minor": 3, "warning": 2, "info": 1}
-
-
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
 
 
 def _json(body: dict[str, Any], status_code: int = 200) -> JSONResponse:
@@ -43,7 +37,7 @@ def _json(body: dict[str, Any], status_code: int = 200) -> JSONResponse:
 
 @router.get("/map", response_class=HTMLResponse)
 async def map_page(request: Request, person: Person) -> Response:
-    tiles = _hub(request).settings.console.map_tiles_url
+    tiles = hub_of(request).settings.console.map_tiles_url
     return render(request, "map.html", person, active="map", tiles_url=tiles or "")
 
 
@@ -51,7 +45,7 @@ async def map_page(request: Request, person: Person) -> Response:
 async def markers(request: Request, person: Person) -> Response:
     """``[device_id, lat, lon, status, worst open alarm or null, site]`` of every device with
     a position that the person may see."""
-    hub = _hub(request)
+    hub = hub_of(request)
     query = select(
         DeviceRow.device_id, DeviceRow.lat, DeviceRow.lon, DeviceRow.status, DeviceRow.site
     ).where(DeviceRow.lat.is_not(None), DeviceRow.lon.is_not(None))
@@ -81,7 +75,7 @@ async def markers(request: Request, person: Person) -> Response:
 
 @router.get("/map/devices/{device_id}.json")
 async def panel(request: Request, device_id: str, person: Person) -> Response:
-    hub = _hub(request)
+    hub = hub_of(request)
     try:
         device = await device_in_scope(hub, person.principal, device_id)
         _, profile = await hub.profile_for(device_id)

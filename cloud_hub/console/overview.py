@@ -62,12 +62,6 @@ class Overview:
     sites: list[SiteFigures] = field(default_factory=list)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 async def overview(hub: Hub, caller: Principal, timezone: str = "Asia/Shanghai") -> Overview:
     """The figures ``caller`` may see (a site-scoped person: their site's only), counted in
     the database (GROUP BY), never by loading the rows."""

@@ -11,17 +11,17 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
-from cloud_hub.alarms.models import AlarmRow
-from cloud_hub.alarms.store import AlarmAlreadyAcknowledged, AlarmNotFound
+from cloud_hub.alarms.models import ALARM_STATES
 from cloud_hub.api.audit import audit
 from cloud_hub.api.event_stream import EventStream
-from cloud_hub.api.scope import alarm_in_scope, current_sites, scoped_page, sees_object
+from cloud_hub.api.routes_alarms import AlarmAck, acknowledge_alarm, list_alarms
 from cloud_hub.console.accounts import (
     LANGUAGES,
     ROLES,
@@ -34,11 +34,11 @@ from cloud_hub.console.auth import (
     COOKIE,
     CsrfRefused,
     Forbidden,
+    Person,
+    Posted,
     SignInRequired,
-    Viewer,
     accounts_of,
-    checked_csrf,
-    viewer,
+    hub_of,
 )
 from cloud_hub.console.device import router as device_router
 from cloud_hub.console.fleet import router as fleet_router
@@ -60,14 +60,6 @@ LOGIN_CSRF = "hub_login_csrf"
 PAGE_SIZE = 50
 #: seconds between comments that keep a quiet live stream open
 LIVE_HEARTBEAT_S = 15.0
-
-Person = Annotated[Viewer, Depends(viewer)]
-Posted = Annotated[Viewer, Depends(checked_csrf)]
-
-
-def _hub(request: Request) -> Hub:
-    hub: Hub = request.app.state.hub
-    return hub
 
 
 # -- sign-in ------------------------------------------------------------------------------
@@ -151,7 +143,7 @@ async def logout(request: Request, person: Posted) -> Response:
 @router.get("/", response_class=HTMLResponse)
 async def overview_page(request: Request, person: Person) -> Response:
     figures = await overview(
-        _hub(request), person.principal, _hub(request).settings.console.timezone
+        hub_of(request), person.principal, hub_of(request).settings.console.timezone
     )
     return render(
         request,
@@ -178,7 +170,7 @@ async def devices_page(
 ) -> Response:
     """Devices, filtered and paged in the registry (never all rows in Python)."""
     scope = person.principal.site
-    registry = _hub(request).registry
+    registry = hub_of(request).registry
     filters = DeviceFilter(site=scope or site or None, profile=profile, status=status, search=q)
     rows, total = await registry.page_devices(filters, PAGE_SIZE, offset)
     async with registry.session() as db:
@@ -215,19 +207,17 @@ async def devices_page(
 async def alarms_page(
     request: Request, person: Person, state: str = "active", cursor: str | None = None
 ) -> Response:
-    hub = _hub(request)
-    states = [state] if state in ("active", "acknowledged", "cleared") else []
-    caller = person.principal
-    sites = await current_sites(hub) if caller.site is not None else None
-
-    async def fetch(n: int, after: str | None) -> tuple[list[AlarmRow], str | None]:
-        found = await hub.alarms.store.page(states=states, limit=n, cursor=after)
-        return found.items, found.next_cursor
-
-    def visible(row: AlarmRow) -> bool:
-        return sites is None or sees_object(caller, sites, row.device_id, row.agent_id)
-
-    page = await scoped_page(fetch, visible, PAGE_SIZE, cursor)
+    """The alarms of one state, newest first: the API's own list (and its site scope)."""
+    hub = hub_of(request)
+    chosen = state if state in ALARM_STATES else None
+    try:
+        page = await list_alarms(
+            hub.alarms, hub, person.principal, chosen, None, None, PAGE_SIZE, cursor
+        )
+    except HTTPException:  # a cursor that is no cursor: the first page
+        page = await list_alarms(
+            hub.alarms, hub, person.principal, chosen, None, None, PAGE_SIZE, None
+        )
     return render(
         request, "alarms.html", person, alarms=page.items, next_cursor=page.next_cursor, state=state
     )
@@ -237,7 +227,7 @@ async def alarms_page(
 async def alarms_live(request: Request, person: Person) -> Response:
     """The alarm transitions the person may see, as server-sent events (the API's stream: the
     durable event log merged with this process's bus, filtered by the person's site)."""
-    hub = _hub(request)
+    hub = hub_of(request)
     stream = EventStream(
         hub.events,
         hub.event_log,
@@ -258,15 +248,14 @@ async def acknowledge(
 ) -> Response:
     if not person.may("alarm:ack"):
         raise Forbidden
-    hub = _hub(request)
-    try:
-        await alarm_in_scope(hub, person.principal, alarm_id)  # 404 outside the person's site
-        await hub.alarms.acknowledge(alarm_id, person.username, note[:500])
-        await audit(request, "alarm.acknowledge", f"alarm:{alarm_id}", note=note[:500])
-    except (AlarmNotFound, HTTPException):
+    hub = hub_of(request)
+    try:  # the API's own acknowledgement: scope (404 outside the site), engine, audit
+        await acknowledge_alarm(
+            alarm_id, AlarmAck(note=note[:500]), hub.alarms, hub, person.principal, request
+        )
+    except HTTPException:
         return render(request, "error.html", person, status_code=404, message="not_found")
-    except AlarmAlreadyAcknowledged:
-        pass  # someone was quicker: the page shows who
+    # (already acknowledged by someone quicker: the page shows who)
     return RedirectResponse("/alarms", status_code=303)
 
 
@@ -391,6 +380,4 @@ def install_console(app: FastAPI, hub: Hub) -> None:
 
 
 def _quote(path: str) -> str:
-    from urllib.parse import quote  # noqa: PLC0415
-
     return quote(path, safe="/")
