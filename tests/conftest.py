@@ -7,12 +7,14 @@ package to install - scripts/test.sh installs them.
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from tests.harness import (
     HarnessError,
@@ -23,6 +25,7 @@ from tests.harness import (
     database_name_from_url,
     sigterm_as_keyboard_interrupt,
 )
+from tests.harness.browser import CHROMIUM
 
 S = TypeVar("S", MosquittoServer, InfluxdbServer, PostgresServer)
 
@@ -149,3 +152,21 @@ async def dynsec_broker(mosquitto_factory: Callable[..., MosquittoServer], tmp_p
     from tests.harness.dynsec import start_dynsec_broker  # noqa: PLC0415 - imports the hub
 
     return await start_dynsec_broker(mosquitto_factory, tmp_path)
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where a browser test saves its screenshots: ``$CONSOLE_SCREENSHOTS`` (default: the
+    test's temporary directory)."""
+    path = Path(os.environ.get("CONSOLE_SCREENSHOTS", tmp_path / "screens"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium (``/usr/bin/chromium``), headless, driven by Playwright."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        await launched.close()

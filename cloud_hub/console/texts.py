@@ -165,6 +165,10 @@ TEXTS: dict[str, tuple[str, str]] = {
         "地图需要 JavaScript；设备列表无需：",
         "The map needs JavaScript; the device list does not:",
     ),
+    # -- device page: metadata and charts --
+    # -- lighting: edit, disable, delete; command groups --
+    # -- agents: detail, remote configuration, revoke; bulk provisioning --
+    # -- overview: collection plan, live figures --
 }
 
 

@@ -12,105 +12,38 @@ Screenshots go to ``$CONSOLE_SCREENSHOTS`` (default: the test's temporary direct
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
+from playwright.async_api import Browser, Page
 from sqlalchemy import update
 
 from cloud_hub.alarms.models import AlarmRow
-from cloud_hub.console.accounts import Accounts
 from cloud_hub.registry import AgentRow, DeviceRow, Registry, utcnow
-from cloud_hub.settings import HubSettings
 from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings, make_client
+from tests.harness.browser import PASSWORD, browser_context, create_people, sign_in
 from tests.helpers import (
     devices_registered,
     eventually,
     hub_settings,
-    is_loopback_url,
     poles_behind_an_agent,
     running_hub,
 )
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-PASSWORD = "correct horse battery"
-
-
-def _local(url: str) -> bool:
-    return is_loopback_url(url) or url.startswith(("data:", "about:"))
-
-
-async def _people(settings: HubSettings) -> None:
-    """An operator, a viewer (in English) and an operator of site north."""
-    registry = Registry(settings.registry_url)
-    await registry.start()
-    try:
-        accounts = Accounts(registry)
-        await accounts.create_user("test", "ops", PASSWORD, "operator")
-        await accounts.create_user("test", "eve", PASSWORD, "viewer", language="en")
-        await accounts.create_user("test", "north-ops", PASSWORD, "operator", site="north")
-        await accounts.create_user("test", "root", PASSWORD, "admin")
-        await accounts.create_user("test", "north-admin", PASSWORD, "admin", site="north")
-        await accounts.create_user("test", "north-tech", PASSWORD, "technician", site="north")
-    finally:
-        await registry.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    path = Path(os.environ.get("CONSOLE_SCREENSHOTS", tmp_path / "screens"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        await browser.close()
-
-
-async def _context(
-    browser: Browser, base: str, foreign: list[str], lang: str, **options: Any
-) -> BrowserContext:
-    options.setdefault("viewport", {"width": 1280, "height": 800})
-    context = await browser.new_context(base_url=base, locale=lang, **options)
-
-    async def only_loopback(route: Route) -> None:
-        if _local(route.request.url):
-            await route.continue_()
-        else:
-            foreign.append(route.request.url)
-            await route.abort()
-
-    await context.route("**/*", only_loopback)
-    return context
-
-
-async def _sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
-    await page.goto("/")
-    assert "/login" in page.url  # signed out: to the sign-in page
-    await page.fill("input[name=username]", username)
-    await page.fill("input[name=password]", password)
-    await page.click("button[type=submit]")
-
 
 async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
     private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
     settings = hub_settings(private_mosquitto, tmp_path, unique_id)
-    await _people(settings)
+    await create_people(settings)
     registry = Registry(settings.registry_url)
     await registry.start()
     agent_id = f"agent-{unique_id}"
@@ -139,9 +72,9 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
             await eventually(reporting)
 
             # -- the operator, in Chinese (the browser's language) --------------------------
-            ops = await _context(browser, base, foreign, "zh-CN")
+            ops = await browser_context(browser, base, foreign, "zh-CN")
             page = await ops.new_page()
-            await _sign_in(page, "ops", "wrong password!")
+            await sign_in(page, "ops", "wrong password!")
             assert "用户名或密码错误" in await page.inner_text("main")
             await page.screenshot(path=shots / "login.png")
             await page.fill("input[name=password]", PASSWORD)
@@ -197,9 +130,9 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
                 assert forged.status_code == 403
 
             # -- a viewer, in English: no action buttons, 403 when posting anyway ---------
-            viewer_ctx = await _context(browser, base, foreign, "en-GB")
+            viewer_ctx = await browser_context(browser, base, foreign, "en-GB")
             vpage = await viewer_ctx.new_page()
-            await _sign_in(vpage, "eve")
+            await sign_in(vpage, "eve")
             await vpage.wait_for_url(f"{base}/")
             assert "Collection rate" in await vpage.inner_text("main")
             await vpage.goto("/alarms?state=acknowledged")
@@ -214,9 +147,9 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
                 assert denied.status_code == 403
 
             # -- a site-scoped operator: never another site's device -----------------------
-            north_ctx = await _context(browser, base, foreign, "zh-CN")
+            north_ctx = await browser_context(browser, base, foreign, "zh-CN")
             npage = await north_ctx.new_page()
-            await _sign_in(npage, "north-ops")
+            await sign_in(npage, "north-ops")
             await npage.wait_for_url(f"{base}/")
             assert "south" not in await npage.inner_text("main")
             tiles = await npage.locator(".tile .big").all_inner_texts()
@@ -231,7 +164,7 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
             await npage.screenshot(path=shots / "devices-site-scoped.png", full_page=True)
 
             # -- a technician's phone, with JavaScript off: the pages still work -----------
-            phone = await _context(
+            phone = await browser_context(
                 browser,
                 base,
                 foreign,
@@ -240,7 +173,7 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
                 java_script_enabled=False,
             )
             ppage = await phone.new_page()
-            await _sign_in(ppage, "ops")
+            await sign_in(ppage, "ops")
             await ppage.goto("/devices")
             assert await ppage.locator("#devices tbody tr[data-device]").count() == 2
             await ppage.goto("/alarms?state=acknowledged")
@@ -268,7 +201,7 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
     private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
     settings = hub_settings(private_mosquitto, tmp_path, unique_id)
-    await _people(settings)
+    await create_people(settings)
     device_id = f"pole-{unique_id}"
     foreign: list[str] = []
     mqtt = MqttSettings(host=private_mosquitto.host, port=private_mosquitto.port)
@@ -295,9 +228,9 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
         try:
             await devices_registered(hub.api, [device_id])
             base = str(hub.api.base_url)
-            ops = await _context(browser, base, foreign, "zh-CN")
+            ops = await browser_context(browser, base, foreign, "zh-CN")
             page = await ops.new_page()
-            await _sign_in(page, "ops")
+            await sign_in(page, "ops")
             await page.wait_for_url(f"{base}/")
             voltage = page.locator('[data-point="voltage"]')
 
@@ -423,9 +356,9 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             writes = len(sim.writes)
 
             # a viewer: no forms, and 403 when posting anyway
-            vctx = await _context(browser, base, foreign, "zh-CN")
+            vctx = await browser_context(browser, base, foreign, "zh-CN")
             vpage = await vctx.new_page()
-            await _sign_in(vpage, "eve")
+            await sign_in(vpage, "eve")
             await vpage.goto(f"/devices/{device_id}")
             assert await vpage.locator("form.command").count() == 0
             csrf = await vpage.locator("header input[name=csrf_token]").get_attribute("value")
@@ -437,9 +370,9 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
                 )
                 assert denied.status_code == 403
             # another site's person: the device does not exist for them, nor its stream
-            nctx = await _context(browser, base, foreign, "zh-CN")
+            nctx = await browser_context(browser, base, foreign, "zh-CN")
             npage = await nctx.new_page()
-            await _sign_in(npage, "north-ops")
+            await sign_in(npage, "north-ops")
             response = await npage.goto(f"/devices/{device_id}")
             assert response is not None and response.status == 404
             assert (await npage.request.get(f"/devices/{device_id}/live")).status == 404
@@ -510,16 +443,16 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
     private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
     settings = hub_settings(private_mosquitto, tmp_path, unique_id)
-    await _people(settings)
+    await create_people(settings)
     await _positioned_fleet(settings.registry_url, 2000)
     foreign: list[str] = []
     async with running_hub(settings) as hub:
         base = str(hub.api.base_url)
-        ops = await _context(browser, base, foreign, "zh-CN")
+        ops = await browser_context(browser, base, foreign, "zh-CN")
         page = await ops.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await _sign_in(page, "ops")
+        await sign_in(page, "ops")
         await page.wait_for_url(f"{base}/")
         await page.goto("/map")
         await _map_ready(page)
@@ -543,9 +476,9 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
         assert errors == []
 
         # a site-scoped person's map holds their site's devices only
-        nctx = await _context(browser, base, foreign, "zh-CN")
+        nctx = await browser_context(browser, base, foreign, "zh-CN")
         npage = await nctx.new_page()
-        await _sign_in(npage, "north-ops")
+        await sign_in(npage, "north-ops")
         await npage.wait_for_url(f"{base}/")
         await npage.goto("/map")
         await _map_ready(npage)
@@ -561,13 +494,13 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
     private_mosquitto: Any, tmp_path: Path, unique_id: str, browser: Browser, shots: Path
 ) -> None:
     settings = hub_settings(private_mosquitto, tmp_path, unique_id)
-    await _people(settings)
+    await create_people(settings)
     foreign: list[str] = []
     async with running_hub(settings) as hub:
         base = str(hub.api.base_url)
-        root = await _context(browser, base, foreign, "zh-CN")
+        root = await browser_context(browser, base, foreign, "zh-CN")
         page = await root.new_page()
-        await _sign_in(page, "root")
+        await sign_in(page, "root")
         await page.wait_for_url(f"{base}/")
         await page.click("nav a[href='/users']")
         form = page.locator("form[action='/users']")
@@ -587,22 +520,22 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
         await page.screenshot(path=shots / "users.png", full_page=True)
 
         # the new person signs in; once disabled, they are signed out and refused
-        tech = await _context(browser, base, foreign, "zh-CN")
+        tech = await browser_context(browser, base, foreign, "zh-CN")
         tpage = await tech.new_page()
-        await _sign_in(tpage, "south-tech", "a long new password")
+        await sign_in(tpage, "south-tech", "a long new password")
         await tpage.wait_for_url(f"{base}/")
         assert await tpage.locator("nav a[href='/users']").count() == 0  # not an admin
         await page.locator("#users tr[data-user=south-tech] button").click()
         await page.locator("#users tr[data-user=south-tech] .bad").wait_for()
         await tpage.goto("/devices")
         assert "/login" in tpage.url
-        await _sign_in(tpage, "south-tech", "a long new password")
+        await sign_in(tpage, "south-tech", "a long new password")
         assert "/login" in tpage.url  # refused
 
         # a north admin sees north's accounts only and creates north ones only
-        north = await _context(browser, base, foreign, "zh-CN")
+        north = await browser_context(browser, base, foreign, "zh-CN")
         npage = await north.new_page()
-        await _sign_in(npage, "north-admin")
+        await sign_in(npage, "north-admin")
         await npage.goto("/users")
         shown = {
             await r.get_attribute("data-user")
@@ -643,9 +576,9 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
             "/api/v1/provisioning/claim", json={"agent_id": "cab-7", "token": secret}
         )
         assert claim.status_code in (401, 403, 410), claim.text  # revoked: refused
-        tech = await _context(browser, base, foreign, "zh-CN")
+        tech = await browser_context(browser, base, foreign, "zh-CN")
         techpage = await tech.new_page()
-        await _sign_in(techpage, "north-tech")
+        await sign_in(techpage, "north-tech")
         await techpage.goto("/provisioning")
         assert "cabinet 7" not in await techpage.inner_text("main")  # another site's token
         csrf = await techpage.locator("header input[name=csrf_token]").get_attribute("value")
@@ -656,9 +589,9 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
             )
             assert south.status_code == 403
         await tech.close()
-        ops = await _context(browser, base, foreign, "zh-CN")
+        ops = await browser_context(browser, base, foreign, "zh-CN")
         opage = await ops.new_page()
-        await _sign_in(opage, "ops")
+        await sign_in(opage, "ops")
         response = await opage.goto("/provisioning")
         assert response is not None and response.status == 403  # operators do not provision
         await ops.close()
