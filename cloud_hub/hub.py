@@ -50,6 +50,7 @@ from cloud_hub.ingest.stored_acks import StoredAcks
 from cloud_hub.ingest.writer import Pending, TelemetryWriter
 from cloud_hub.lighting import Lighting
 from cloud_hub.provisioning import ProvisioningService
+from cloud_hub.provisioning.models import AgentCredentialRow
 from cloud_hub.registry import AgentConfigRow, CommandGroupRow, CommandRow, Registry, utcnow
 from cloud_hub.settings import HubSettings
 from cloud_hub.storage import StorageError, TelemetryStore, open_store
@@ -311,7 +312,17 @@ class Hub:
 
     async def _revoke_flooder(self, agent_id: str) -> None:
         """The agent limits' policy: revoke a flooding agent's broker credentials."""
-        await self.provisioning.revoke_agent("policy:agent_limits", agent_id)
+        await self.revoke_agent("policy:agent_limits", agent_id)
+
+    async def revoke_agent(self, actor: str, agent_id: str) -> AgentCredentialRow:
+        """Disable an agent's broker credentials and disconnect it (idempotent, audited as
+        ``actor``), and record it offline: the broker sends no Last Will for a client it
+        drops, so without this the agent would stay "online"."""
+        cred = await self.provisioning.revoke_agent(actor, agent_id)
+        agent = await self.registry.get_agent(agent_id)
+        if agent is not None and agent.state != "offline":
+            await self.ingest.cut_off(agent_id, "revoked")
+        return cred
 
     async def _control_session(self, client: aiomqtt.Client) -> None:
         for channel in _CONTROL:

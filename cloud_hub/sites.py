@@ -97,6 +97,10 @@ class SiteDirectory:
                 self._read_at = self._clock()
             return self._sites
 
+    def invalidate(self) -> None:
+        """Forget the snapshot (a device's site changed): the next lookup reads the registry."""
+        self._sites = None
+
     async def event_in(self, event: HubEvent, scope: str | None) -> bool:
         """Whether a consumer scoped to ``scope`` (None: every site) may get ``event``."""
         if scope is None:

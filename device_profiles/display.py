@@ -64,13 +64,25 @@ def show_values(
     profile: DeviceProfile | None,
     values: Mapping[str, Value],
     units: Mapping[str, str] | None = None,
+    language: str | None = None,
 ) -> list[ShownValue]:
     """Every value of ``values``, in the profile's point order (points it does not declare
-    last, by name); ``units`` is used where the profile does not say."""
+    last, by name); ``units`` is used where the profile does not say; enum labels in
+    ``language`` where the profile has them (its ``translations``), else in English."""
     points = profile.points if profile is not None else {}
     units = units or {}
     order = [n for n in points if n in values] + sorted(n for n in values if n not in points)
-    return [_show(n, points.get(n), values[n], units.get(n)) for n in order]
+    shown = [_show(n, points.get(n), values[n], units.get(n)) for n in order]
+    if profile is None or profile.words(language) is None:
+        return shown
+    return [_relabelled(profile, v, language) for v in shown]
+
+
+def _relabelled(profile: DeviceProfile, shown: ShownValue, language: str | None) -> ShownValue:
+    if shown.label is None or not isinstance(shown.value, int | float):
+        return shown
+    label = profile.enum_label(shown.name, int(shown.value), language) or shown.label
+    return ShownValue(shown.name, shown.value, f"{label} ({int(shown.value)})", shown.unit, label)
 
 
 def _show(name: str, point: Point | None, value: Value, unit: str | None) -> ShownValue:

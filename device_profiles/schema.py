@@ -338,6 +338,34 @@ class AlarmRule(_Strict):
     severity: Literal["critical", "major", "minor", "warning", "info"]
 
 
+class PointWords(_Strict):
+    """A point's words in another language."""
+
+    description: str = ""
+    enum: dict[int, str] = Field(default_factory=dict, description="Labels of integer values.")
+
+
+class CommandWords(_Strict):
+    """A command's words in another language."""
+
+    description: str = ""
+    params: dict[Name, str] = Field(default_factory=dict, description="Parameters' descriptions.")
+
+
+class Translation(_Strict):
+    """A profile's words in another language (the profile itself is in English): only what
+    people read; every name must be one the profile declares."""
+
+    description: str = ""
+    points: dict[Name, PointWords] = Field(default_factory=dict)
+    commands: dict[Name, CommandWords] = Field(default_factory=dict)
+    alarms: dict[Name, str] = Field(default_factory=dict, description="Alarm descriptions.")
+
+
+#: a language a profile may be translated into: ``zh`` (Simplified Chinese), ``en-GB``, ...
+Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
+
+
 class DeviceProfile(_Strict):
     """A device type. Load one with :func:`device_profiles.load_profile`."""
 
@@ -353,6 +381,10 @@ class DeviceProfile(_Strict):
     points: dict[Name, Point] = Field(min_length=1)
     commands: dict[Name, Command] = Field(default_factory=dict)
     alarms: dict[Name, AlarmRule] = Field(default_factory=dict)
+    translations: dict[Language, Translation] = Field(
+        default_factory=dict,
+        description="The profile's descriptions and enum labels in other languages, e.g. zh.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -375,7 +407,30 @@ class DeviceProfile(_Strict):
                 raise ValueError(
                     f"alarms.{aname}.value: {rule.value!r} does not fit point '{rule.point}' ({point.type})"
                 )
+        for language, words in self.translations.items():
+            self._check_words(f"translations.{language}", words)
         return self
+
+    def _check_words(self, where: str, words: Translation) -> None:
+        for pname, point_words in words.points.items():
+            point = self.points.get(pname)
+            if point is None:
+                raise ValueError(f"{where}.points.{pname}: unknown point")
+            stray = set(point_words.enum) - set(point.enum or {})
+            if stray:
+                raise ValueError(f"{where}.points.{pname}.enum: no such values {sorted(stray)}")
+        for cname, command_words in words.commands.items():
+            command = self.commands.get(cname)
+            if command is None:
+                raise ValueError(f"{where}.commands.{cname}: unknown command")
+            stray_params = set(command_words.params) - set(command.params)
+            if stray_params:
+                raise ValueError(
+                    f"{where}.commands.{cname}.params: no such parameters {sorted(stray_params)}"
+                )
+        for aname in words.alarms:
+            if aname not in self.alarms:
+                raise ValueError(f"{where}.alarms.{aname}: unknown alarm")
 
     def _check_overlaps(self) -> None:
         # (table, register) -> (point, bit or None); bits of one register may be shared
@@ -402,6 +457,62 @@ class DeviceProfile(_Strict):
         parameters and out-of-range values are all refused.
         """
         return resolve_command(self.name, self.commands, self.points, name, params)
+
+    # -- words for people -------------------------------------------------------------------
+
+    def words(self, language: str | None) -> Translation | None:
+        """The translation for ``language`` (``zh-CN`` finds ``zh``), None for English."""
+        if not language or language.startswith("en"):
+            return None
+        return self.translations.get(language) or self.translations.get(language[:2])
+
+    def describe(self, language: str | None = None) -> str:
+        """The profile's description in ``language``, else in English."""
+        words = self.words(language)
+        return (words.description if words else "") or self.description
+
+    def describe_point(self, name: str, language: str | None = None) -> str:
+        """A point's description in ``language`` (else English, else its name)."""
+        words = self.words(language)
+        found = words.points.get(name) if words else None
+        point = self.points.get(name)
+        return (found.description if found else "") or (point.description if point else "") or name
+
+    def enum_label(self, name: str, value: int, language: str | None = None) -> str | None:
+        """The label of an enum point's value in ``language`` (else English); None if none."""
+        words = self.words(language)
+        found = words.points.get(name) if words else None
+        if found is not None and value in found.enum:
+            return found.enum[value]
+        point = self.points.get(name)
+        return point.enum.get(value) if point is not None and point.enum else None
+
+    def describe_command(
+        self, name: str, language: str | None = None, param: str | None = None
+    ) -> str:
+        """A command's description (or one of its parameters') in ``language``, else
+        English, else the name."""
+        words = self.words(language)
+        found = words.commands.get(name) if words else None
+        command = self.commands.get(name)
+        if param is None:
+            english = command.description if command else ""
+            return (found.description if found else "") or english or name
+        spec = command.params.get(param) if command else None
+        return (
+            (found.params.get(param, "") if found else "")
+            or (spec.description if spec else "")
+            or param
+        )
+
+    def describe_alarm(self, name: str, language: str | None = None) -> str:
+        words = self.words(language)
+        rule = self.alarms.get(name)
+        return (
+            (words.alarms.get(name, "") if words else "")
+            or (rule.description if rule else "")
+            or name
+        )
 
     def poll_interval(self, point_name: str) -> float:
         interval = self.points[point_name].poll_interval_s

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -142,6 +142,32 @@ class Poles:
         await asyncio.gather(self.agent, return_exceptions=True)
 
 
+def pole_agent_settings(
+    agent_id: str,
+    mqtt: MqttSettings,
+    sims: Mapping[str, SmartPoleSim],
+    data_dir: Path,
+    poll_interval_s: float = 0.5,
+    **settings: Any,
+) -> AgentSettings:
+    """An agent's settings for simulated smart poles (device id -> simulator, Modbus TCP)."""
+    return AgentSettings(
+        agent_id=agent_id,
+        mqtt=mqtt,
+        devices=[
+            DeviceConfig(
+                device_id=device_id,
+                profile="smart_pole",
+                connection=ModbusTcpSettings(host=sim.host, port=sim.port),
+                poll_interval_s=poll_interval_s,
+            )
+            for device_id, sim in sims.items()
+        ],
+        data_dir=data_dir,
+        **settings,
+    )
+
+
 @contextlib.asynccontextmanager
 async def poles_behind_an_agent(
     mqtt: MqttSettings, data_dir: Path, agent_id: str, device_ids: list[str]
@@ -153,19 +179,8 @@ async def poles_behind_an_agent(
             await stack.enter_async_context(run_smart_pole(seed=i, port=0, tick_s=None))
             for i in range(len(device_ids))
         ]
-        settings = AgentSettings(
-            agent_id=agent_id,
-            mqtt=mqtt,
-            devices=[
-                DeviceConfig(
-                    device_id=device_id,
-                    profile="smart_pole",
-                    connection=ModbusTcpSettings(host=sim.host, port=sim.port),
-                    poll_interval_s=0.5,
-                )
-                for device_id, sim in zip(device_ids, sims, strict=True)
-            ],
-            data_dir=data_dir,
+        settings = pole_agent_settings(
+            agent_id, mqtt, dict(zip(device_ids, sims, strict=True)), data_dir
         )
         poles = Poles(sims, asyncio.create_task(Agent(settings).run()))
         try:

@@ -93,7 +93,14 @@ def create_app(settings: HubSettings, hub: Hub | None = None) -> FastAPI:
     install_docs_pages(app)
     install_console(app, the_hub)  # the operators' pages, at /
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, per_path={"/api/v1/provisioning/bulk": MAX_CSV_BYTES})
+    # the bulk CSV: as the API takes it, and as the console's form uploads it (multipart framing)
+    app.add_middleware(
+        BodySizeLimit,
+        per_path={
+            "/api/v1/provisioning/bulk": MAX_CSV_BYTES,
+            "/provisioning/bulk": MAX_CSV_BYTES + 64 * 1024,
+        },
+    )
     app.include_router(router)
     app.include_router(telemetry_router)
     app.include_router(command_groups_router)

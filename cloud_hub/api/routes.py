@@ -6,11 +6,11 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.audit import audit
-from cloud_hub.api.auth import Role
+from cloud_hub.api.auth import Principal, Role, require
 from cloud_hub.api.deps import Admin, Commander, HubDep, Reader
 from cloud_hub.api.keys import create_api_key
 from cloud_hub.api.problems import problem_responses
@@ -19,6 +19,7 @@ from cloud_hub.api.schemas import (
     CommandCreate,
     CommandOut,
     DeviceOut,
+    DeviceUpdate,
     LatestTelemetry,
     PointValue,
     UtcDateTime,
@@ -34,6 +35,7 @@ from cloud_hub.api.scope import (
 from cloud_hub.coap.models import provision_coap_secret
 from cloud_hub.hub import Hub, UnknownDevice
 from cloud_hub.registry import AgentConfigRow, AgentRow, DeviceFilter
+from cloud_hub.registry.store import TAG_KEY_PATTERN
 from cloud_hub.storage import typed_value
 from device_profiles import Value
 from device_profiles.wire import ID_PATTERN
@@ -98,6 +100,10 @@ async def list_devices(
         str | None, Query(alias="status", description="online, offline or unknown.")
     ] = None,
     q: Annotated[str | None, Query(description="A part of the device id.")] = None,
+    tag: Annotated[
+        list[Annotated[str, Field(pattern=rf"^{TAG_KEY_PATTERN}=.*$")]] | None,
+        Query(description="`key=value`: only devices with this tag; repeat for several."),
+    ] = None,
 ) -> list[DeviceOut]:
     """Devices by site, pole, mount position and id, one page, filtered and paged in the
     registry; the ``X-Total-Count`` header says how many the filters select in all. A
@@ -105,8 +111,12 @@ async def list_devices(
     if caller.site is not None and site not in (None, caller.site):
         response.headers["X-Total-Count"] = "0"
         return []
+    try:
+        tags = DeviceFilter.tag_pairs(tag or [])
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     filters = DeviceFilter(
-        site=caller.site or site, profile=profile, status=device_status, search=q
+        site=caller.site or site, profile=profile, status=device_status, search=q, tags=tags
     )
     rows, total = await hub.registry.page_devices(filters, limit, offset)
     response.headers["X-Total-Count"] = str(total)
@@ -135,6 +145,63 @@ async def latest_telemetry(device_id: str, hub: HubDep, caller: Reader) -> Lates
             value=value, ts=datetime.fromtimestamp(item.ts_ms / 1000, UTC), unit=point.unit
         )
     return LatestTelemetry(device_id=device_id, profile=profile.name, points=points)
+
+
+#: technicians (of their site) and admins
+Provisioner = Annotated[Principal, Depends(require("provision"))]
+
+
+@router.patch(
+    "/devices/{device_id}",
+    tags=["devices"],
+    responses=problem_responses(
+        403,
+        422,
+        s403="The key's role may not provision, a technician's key has no site, or a "
+        "site-scoped key would move the device to another site or clear its site",
+        s422="Invalid metadata: a label empty or too long, a position out of range or lat "
+        "without lon, a bad tag key, a tag too long, too many tags",
+    ),
+)
+async def update_device(
+    device_id: str, body: DeviceUpdate, hub: HubDep, caller: Provisioner, request: Request
+) -> DeviceOut:
+    """Change a device's metadata: site, pole, mount position, position (`lat` and `lon`
+    together) and tags (the whole map at once). Only the fields given change; `null` clears
+    one. Technicians of a site and admins; a site-scoped key keeps the device in its site.
+    Audited as `device.update` with each changed field's value before and after."""
+    if caller.role != "admin" and caller.site is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"a {caller.role} key without a site may not edit devices"
+        )
+    device = await device_in_scope(hub, caller, device_id)
+    changes = body.changes()
+    if "site" in changes and caller.site is not None:
+        if changes["site"] is None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this key is limited to site '{caller.site}': it may not clear a device's site",
+            )
+        confined_site(caller, changes["site"])  # 403 for another site
+    before = {name: getattr(device, name) for name in changes}
+    changed = {name: value for name, value in changes.items() if before[name] != value}
+    if not changed:
+        return DeviceOut.model_validate(device)
+    updated = await hub.registry.update_device(device_id, changed)
+    if updated is None:
+        raise not_found(f"no device '{device_id}'")
+    await audit(
+        request,
+        "device.update",
+        f"device:{device_id}",
+        before={name: before[name] for name in changed},
+        after=changed,
+    )
+    if "site" in changed:  # who may see the device and its events has changed
+        for directory in (getattr(request.app.state, "sites", None), hub.webhooks.sites):
+            if directory is not None:
+                directory.invalidate()
+    return DeviceOut.model_validate(updated)
 
 
 class DeviceMove(BaseModel):

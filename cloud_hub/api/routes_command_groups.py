@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_hub.api.audit import audit
 from cloud_hub.api.auth import Principal
 from cloud_hub.api.deps import Commander, HubDep, Reader
 from cloud_hub.api.problems import problem_responses
-from cloud_hub.api.schemas import CommandOut
+from cloud_hub.api.schemas import CommandOut, UtcDateTime
 from cloud_hub.api.scope import (
     command_in_scope,
     confined_site,
@@ -20,10 +20,12 @@ from cloud_hub.api.scope import (
 )
 from cloud_hub.hub import Hub
 from cloud_hub.lighting.spec import SELECTOR_NOT_EMPTY
-from cloud_hub.registry import TERMINAL_STATUSES
+from cloud_hub.registry import TERMINAL_STATUSES, CommandGroupRow
 
 __all__ = ["router"]
 
+#: the furthest a list may be skipped into (the database's integers end, the lists long before)
+MAX_OFFSET = 1_000_000_000
 
 router = APIRouter(
     prefix="/api/v1",
@@ -87,6 +89,8 @@ class GroupOut(BaseModel):
     by_status: dict[str, int]
     done: bool = Field(description="Every command has a final status.")
     rejected: dict[str, str] = Field(description="Devices whose profile refused the command, why.")
+    created_by: str = Field(description="Who sent it: an API key's id, or user:<name>.")
+    created_at: UtcDateTime
 
 
 async def _group_out(hub: Hub, caller: Principal, group_id: str) -> GroupOut:
@@ -95,7 +99,10 @@ async def _group_out(hub: Hub, caller: Principal, group_id: str) -> GroupOut:
     found = await hub.registry.get_group(group_id)
     if found is None or not selector_in_scope(caller, found[0].selector):
         raise not_found(f"no command group '{group_id}'")
-    group, counts = found
+    return _progress(*found)
+
+
+def _progress(group: CommandGroupRow, counts: dict[str, int]) -> GroupOut:
     total = sum(counts.values())
     finished = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
     return GroupOut(
@@ -107,6 +114,8 @@ async def _group_out(hub: Hub, caller: Principal, group_id: str) -> GroupOut:
         by_status=counts,
         done=finished == total,
         rejected=group.rejected,
+        created_by=group.created_by,
+        created_at=group.created_at,
     )
 
 
@@ -133,6 +142,36 @@ async def create_group(
         selector=selector,
     )
     return await _group_out(hub, caller, group.group_id)
+
+
+@router.get(
+    "/command-groups",
+    responses={
+        200: {
+            "headers": {
+                "X-Total-Count": {
+                    "description": "How many groups the caller sees in all.",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            }
+        }
+    },
+)
+async def list_groups(
+    hub: HubDep,
+    caller: Reader,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200, description="Groups per page at most.")] = 50,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_OFFSET, description="Groups to skip (newest first).")
+    ] = 0,
+) -> list[GroupOut]:
+    """Command groups, newest first, one page, each with its progress; the ``X-Total-Count``
+    header says how many there are in all. A site-scoped key sees the groups confined to its
+    site only (as for one group), filtered, paged and counted in the registry."""
+    page, total = await hub.registry.page_groups(caller.site, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [_progress(group, counts) for group, counts in page]
 
 
 @router.get("/command-groups/{group_id}")

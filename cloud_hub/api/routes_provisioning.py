@@ -320,10 +320,12 @@ async def claim(
 async def revoke_agent(
     agent_id: str, principal: Admin, service: ServiceDep, hub: HubDep
 ) -> AgentRevoked | JSONResponse:
-    """Disable the agent's broker credentials and disconnect it (idempotent)."""
+    """Disable the agent's broker credentials and disconnect it (idempotent); the hub then
+    records it offline (a `status` event, the `agent_offline` alarm) and ignores the
+    broker's retained copy of its last birth message."""
     await agent_in_scope(hub, principal, agent_id)
     try:
-        cred = await service.revoke_agent(principal.key_id, agent_id)
+        cred = await hub.revoke_agent(principal.key_id, agent_id)
     except ProvisioningError as exc:
         return _problem(exc)
     assert cred.revoked_at is not None

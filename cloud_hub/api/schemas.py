@@ -6,8 +6,10 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.json_schema import WithJsonSchema
 
+from cloud_hub.registry.store import TAG_KEY_PATTERN as REGISTRY_TAG_KEY
 from device_profiles import Value
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "CommandCreate",
     "CommandOut",
     "DeviceOut",
+    "DeviceUpdate",
     "LatestTelemetry",
     "PointValue",
     "QueryTime",
@@ -65,6 +68,88 @@ class DeviceOut(BaseModel):
     lon: float | None = None
     tags: dict[str, str] | None = None
     firmware_version: str | None = None
+
+
+#: A site, pole or mount position (as provisioning takes them).
+Label = Annotated[str, Field(min_length=1, max_length=64)]
+#: A tag's key: ASCII letters, digits, ``_ . : -`` (a list's ``?tag=key=value`` filter and the
+#: console's ``key=value`` lines split on ``=``; no space, no ``;``).
+TAG_KEY_PATTERN = rf"^{REGISTRY_TAG_KEY}$"
+TagKey = Annotated[str, Field(pattern=TAG_KEY_PATTERN)]
+TagValue = Annotated[str, Field(max_length=64)]
+MAX_TAGS = 32
+#: A device's tags (the schema says what pydantic checks: no key outside the pattern).
+Tags = Annotated[
+    dict[TagKey, TagValue],
+    Field(max_length=MAX_TAGS),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_TAGS,
+            "propertyNames": {"pattern": TAG_KEY_PATTERN},
+            "additionalProperties": {"type": "string", "maxLength": 64},
+        }
+    ),
+]
+#: Where the fields of a device's position go together: both, or neither.
+_POSITION_WHOLE: dict[str, Any] = {
+    "dependentRequired": {"lat": ["lon"], "lon": ["lat"]},
+    "anyOf": [
+        {"properties": {"lat": {"type": "number"}, "lon": {"type": "number"}}},
+        {"properties": {"lat": {"type": "null"}, "lon": {"type": "null"}}},
+    ],
+}
+
+
+class DeviceUpdate(BaseModel):
+    """A device's metadata to change: only the fields given change; ``null`` clears one.
+    ``lat`` and ``lon`` go together (both numbers, or both ``null`` to clear the position);
+    ``tags`` replaces the whole tag map."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            **_POSITION_WHOLE,
+            "examples": [{"pole": "P-0112", "mount_position": "top", "lat": 24.48, "lon": 118.09}],
+        },
+    )
+
+    site: Label | None = Field(
+        default=None, description="A site-scoped key may set its own site only, never clear it."
+    )
+    pole: Label | None = None
+    mount_position: Label | None = None
+    # strict: a JSON number, never ``true`` or ``"24.5"``
+    lat: float | None = Field(
+        default=None, ge=-90, le=90, strict=True, description="Decimal degrees, with lon."
+    )
+    lon: float | None = Field(
+        default=None, ge=-180, le=180, strict=True, description="Decimal degrees, with lat."
+    )
+    tags: Tags | None = Field(default=None, description="Replaces every tag of the device.")
+
+    @model_validator(mode="after")
+    def _position_whole(self) -> DeviceUpdate:
+        given = {"lat", "lon"} & self.model_fields_set
+        if len(given) == 1:
+            (alone,) = given
+            raise ValueError(
+                f"{alone} without {'lon' if alone == 'lat' else 'lat'}: give lat and lon "
+                "together (both null to clear the position)"
+            )
+        if given and (self.lat is None) != (self.lon is None):
+            raise ValueError(
+                "lat and lon are both numbers or both null (clearing the position), not one of each"
+            )
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields given, by name, with their new values (None: cleared)."""
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name in self.model_fields_set
+        }
 
 
 class AgentOut(BaseModel):

@@ -1,12 +1,17 @@
-"""The device page: latest values (shown with the profile's units, precision and labels), live
-over a server-sent stream, the profile's commands as forms, their lifecycle, open alarms.
+"""The device page: its metadata (site → pole → mount position, position, tags), its latest
+values (shown with the profile's units, precision and labels), live over a server-sent stream,
+the profile's commands as forms, their lifecycle, open alarms, and a history chart of up to
+six numeric points.
 
 A command form is generated from the profile (a number field with its range for ``int`` and
 ``float`` parameters, a list for choices, yes/no for ``bool``); the values are checked by the
 profile again in :meth:`~cloud_hub.hub.Hub.send_command`, as for the API, and the command is
-audit-logged as the person. ``/devices/{id}/live`` streams the device's telemetry and
+audit-logged as the person. The metadata form (for those who may provision) is the API's
+``PATCH /api/v1/devices/{id}`` (:func:`~cloud_hub.api.routes.update_device`): its checks, its
+site rule and its audit entry. ``/devices/{id}/live`` streams the device's telemetry and
 command events to the page (``console.js``), with the person's cookie; without JavaScript a
-reload shows the same.
+reload shows the same. ``/devices/{id}/history.json`` gives the chart (``chart.js``) one
+series per point on shared window times, from one store query.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -26,23 +31,25 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from cloud_hub.api.routes import send_command as api_send_command
-from cloud_hub.api.schemas import CommandCreate
+from cloud_hub.api.routes import update_device as api_update_device
+from cloud_hub.api.schemas import CommandCreate, DeviceUpdate
 from cloud_hub.api.scope import device_in_scope
 from cloud_hub.console.auth import Forbidden, Person, Posted, Viewer, hub_of
 from cloud_hub.console.rendering import render
 from cloud_hub.console.texts import translator
 from cloud_hub.events.bus import HubEvent
 from cloud_hub.hub import Hub, UnknownDevice
-from cloud_hub.registry import CommandRow
+from cloud_hub.registry import CommandRow, DeviceRow
 from cloud_hub.storage import SeriesQuery, typed_value
-from device_profiles import CommandRejected, DeviceProfile
+from device_profiles import CommandRejected, DeviceProfile, format_location
 from device_profiles.commands import Command, CommandParam
 from device_profiles.display import show_values
 
-__all__ = ["router"]
+__all__ = ["COMMAND_STATES", "command_forms", "form_params", "router"]
 
 router = APIRouter(include_in_schema=False)
 #: seconds between comments that keep a quiet stream (and its proxies) open
@@ -77,7 +84,7 @@ def _field(name: str, param: CommandParam) -> dict[str, Any]:
     }
 
 
-def _forms(profile: DeviceProfile) -> list[dict[str, Any]]:
+def command_forms(profile: DeviceProfile) -> list[dict[str, Any]]:
     return [
         {
             "name": name,
@@ -88,7 +95,7 @@ def _forms(profile: DeviceProfile) -> list[dict[str, Any]]:
     ]
 
 
-def _params(command: Command, form: dict[str, str]) -> dict[str, object]:
+def form_params(command: Command, form: dict[str, str]) -> dict[str, object]:
     """The form's values typed as the profile says (CommandRejected naming a bad one)."""
     params: dict[str, object] = {}
     for name, param in command.params.items():
@@ -123,6 +130,18 @@ async def _recent_commands(hub: Hub, device_id: str) -> list[CommandRow]:
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 async def device_page(request: Request, device_id: str, person: Person) -> Response:
+    return await _page(request, person, device_id)
+
+
+async def _page(
+    request: Request,
+    person: Viewer,
+    device_id: str,
+    status_code: int = 200,
+    typed: dict[str, str] | None = None,
+    metadata_error: str | None = None,
+) -> Response:
+    """The page; after a refused metadata form, with what was ``typed`` and why."""
     hub = hub_of(request)
     try:
         device, profile = await _device(request, person, device_id)
@@ -130,28 +149,167 @@ async def device_page(request: Request, device_id: str, person: Person) -> Respo
         return render(request, "error.html", person, status_code=404, message="not_found")
     latest = await hub.store.latest(device_id, profile.name, list(profile.points))
     shown = show_values(
-        profile, {name: typed_value(profile.points[name], v.value) for name, v in latest.items()}
+        profile,
+        {name: typed_value(profile.points[name], v.value) for name, v in latest.items()},
+        language=person.language,
     )
     read_at = max((v.ts_ms for v in latest.values()), default=None)
     alarms = await hub.alarms.store.page(
         states=("active", "acknowledged"), device_id=device_id, limit=20
     )
+    t = translator(person.language)
     return render(
         request,
         "device.html",
         person,
+        status_code=status_code,
         active="devices",
         device=device,
         profile=profile,
         shown=shown,
         read_at_ms=read_at,
-        forms=_forms(profile) if person.may("command") else [],
+        forms=command_forms(profile) if person.may("command") else [],
         commands=await _recent_commands(hub, device_id),
         alarms=alarms.items,
         error=request.query_params.get("error"),
-        command_labels={s: translator(person.language)(s) for s in COMMAND_STATES},
-        chart_points=[(n, p.description or n) for n, p in profile.points.items() if p.is_numeric],
+        command_labels={s: t(s) for s in COMMAND_STATES},
+        metadata_form=(typed or _typed(device)) if person.may("provision") else None,
+        metadata_error=metadata_error,
+        saved=_saved(request.query_params.get("saved"), t),
+        chart_points=[
+            {"name": n, "label": _label(profile.describe_point(n, person.language), p.unit)}
+            for n, p in profile.points.items()
+            if p.is_numeric
+        ],
         chart_hours=HISTORY_HOURS,
+        chart_aggregates=HISTORY_AGGREGATES,
+        chart_max=MAX_CHART_POINTS,
+    )
+
+
+def _label(text: str, unit: str) -> str:
+    return f"{text} ({unit})" if unit else text
+
+
+# -- metadata -------------------------------------------------------------------------------
+
+#: the metadata the form edits, in the page's order, and the word that names each
+METADATA_LABELS = {
+    "site": "site",
+    "pole": "pole",
+    "mount_position": "mount",
+    "lat": "latitude",
+    "lon": "longitude",
+    "tags": "meta_tags",
+}
+
+
+class FormUnreadable(ValueError):
+    """A field of the metadata form that is not what it should be (the tags' lines)."""
+
+
+def _typed(device: DeviceRow) -> dict[str, str]:
+    """The device's metadata as the form shows it."""
+    return {
+        "site": device.site or "",
+        "pole": device.pole or "",
+        "mount_position": device.mount_position or "",
+        "lat": "" if device.lat is None else repr(device.lat),
+        "lon": "" if device.lon is None else repr(device.lon),
+        "tags": "\n".join(f"{k}={v}" for k, v in (device.tags or {}).items()),
+    }
+
+
+def _tags(text: str, t: Callable[[str], str]) -> dict[str, str] | None:
+    """``key=value`` lines (blank ones skipped) as tags; none: no tags."""
+    tags: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep:
+            raise FormUnreadable(t("meta_tags_line").format(line=number))
+        if key in tags:
+            raise FormUnreadable(t("meta_tag_twice").format(key=key))
+        tags[key] = value.strip()
+    return tags or None
+
+
+def _coordinate(text: str) -> float | str | None:
+    """A number, or the text itself for the model to refuse naming its field; empty: none."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _update(typed: dict[str, str], person: Viewer, t: Callable[[str], str]) -> DeviceUpdate:
+    """The form as the API's body: every field it shows (empty clears one); a site-scoped
+    person's site is not theirs to change, so it is left out."""
+    body: dict[str, Any] = {
+        "pole": typed["pole"].strip() or None,
+        "mount_position": typed["mount_position"].strip() or None,
+        "lat": _coordinate(typed["lat"]),
+        "lon": _coordinate(typed["lon"]),
+        "tags": _tags(typed["tags"], t),
+    }
+    if person.principal.site is None:
+        body["site"] = typed["site"].strip() or None
+    return DeviceUpdate.model_validate(body)
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's errors as the API says them (``field: message``)."""
+    return "; ".join(
+        f"{format_location(list(e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+        for e in exc.errors()[:5]
+    )
+
+
+def _saved(fields: str | None, t: Callable[[str], str]) -> str | None:
+    """The outcome line after a saved form: which fields changed (``?saved=pole,lat,lon``)."""
+    if fields is None:
+        return None
+    names = [t(METADATA_LABELS[f]) for f in fields.split(",") if f in METADATA_LABELS]
+    if not names:
+        return t("meta_unchanged")
+    return t("meta_saved").format(fields=t("meta_list_sep").join(names))
+
+
+@router.post("/devices/{device_id}/metadata", response_class=HTMLResponse)
+async def update_metadata(request: Request, device_id: str, person: Posted) -> Response:
+    """Save the metadata form through the API's own route; back to the page with the fields
+    that changed, or the page again with what was typed and the API's reason."""
+    if not person.may("provision"):
+        raise Forbidden
+    try:
+        before, _ = await _device(request, person, device_id)
+    except (HTTPException, UnknownDevice):
+        return render(request, "error.html", person, status_code=404, message="not_found")
+    form = await request.form()
+    typed = {
+        name: value if isinstance(value := form.get(name, ""), str) else ""
+        for name in METADATA_LABELS
+    }
+    t = translator(person.language)
+    try:
+        body = _update(typed, person, t)
+        after = await api_update_device(device_id, body, hub_of(request), person.principal, request)
+    except FormUnreadable as exc:
+        return await _page(request, person, device_id, 400, typed, str(exc))
+    except ValidationError as exc:
+        return await _page(request, person, device_id, 422, typed, _problems(exc))
+    except HTTPException as exc:
+        if exc.status_code == 404:
+            return render(request, "error.html", person, status_code=404, message="not_found")
+        return await _page(request, person, device_id, exc.status_code, typed, str(exc.detail))
+    changed = [f for f in METADATA_LABELS if getattr(before, f) != getattr(after, f)]
+    return RedirectResponse(
+        f"/devices/{device_id}?saved={','.join(changed)}#metadata", status_code=303
     )
 
 
@@ -168,16 +326,19 @@ async def send_command(request: Request, device_id: str, name: str, person: Post
         return render(request, "error.html", person, status_code=404, message="not_found")
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     try:  # the API's own route: the profile's checks, the command's life cycle, the audit
-        body = CommandCreate(name=name, params=_params(command, form))
+        body = CommandCreate(name=name, params=form_params(command, form))
         row = await api_send_command(device_id, body, hub_of(request), person.principal, request)
     except CommandRejected as exc:
         return RedirectResponse(f"/devices/{device_id}?error={quote(str(exc))}", status_code=303)
     return RedirectResponse(f"/devices/{device_id}#command-{row.command_id}", status_code=303)
 
 
-#: the ranges the history chart offers, in hours, and the points it draws per series at most
-HISTORY_HOURS = (1, 6, 24, 168)
+#: the ranges the history chart offers, in hours, and the windows it draws per series at most
+HISTORY_HOURS = (1, 6, 24, 168, 720)
 HISTORY_POINTS = 300
+HISTORY_AGGREGATES = ("mean", "min", "max")
+#: points on one chart at most
+MAX_CHART_POINTS = 6
 
 
 @router.get("/devices/{device_id}/history.json")
@@ -185,41 +346,64 @@ async def history(
     request: Request,
     device_id: str,
     person: Person,
-    point: str,
-    hours: Annotated[int, Query(ge=1, le=168)] = 24,
+    point: Annotated[list[str], Query(description="A numeric point; repeat for up to six.")],
+    hours: Annotated[int, Query(ge=1, le=max(HISTORY_HOURS))] = 24,
+    aggregate: Literal["mean", "min", "max"] = "mean",
 ) -> Response:
-    """One point's values over the last ``hours``, averaged per window (about 300 windows;
-    booleans as their maximum), for the chart: ``{"times": [s], "values": [...]}``."""
+    """Some numeric points' values over the last ``hours``, aggregated per window (about 300
+    windows), in one store query, for the chart: ``{"times": [s], "window_s": s, "series":
+    [{"point", "label", "unit", "values": [...]}]}``, each series' values on the shared
+    ``times`` (null: no reading of that point in that window)."""
     try:
         _, profile = await _device(request, person, device_id)
     except (HTTPException, UnknownDevice):
         return JSONResponse({"detail": "not found"}, status_code=404)
-    spec = profile.points.get(point)
-    if spec is None or not (spec.is_numeric or spec.type == "bool"):
-        return JSONResponse({"detail": f"no numeric point {point!r}"}, status_code=422)
+    names = list(dict.fromkeys(point))  # in the order asked, once each
+    if len(names) > MAX_CHART_POINTS:
+        return JSONResponse(
+            {"detail": f"at most {MAX_CHART_POINTS} points on a chart, got {len(names)}"},
+            status_code=422,
+        )
+    for name in names:
+        spec = profile.points.get(name)
+        if spec is None or not spec.is_numeric:
+            return JSONResponse({"detail": f"no numeric point {name!r}"}, status_code=422)
     end_ms = int(time.time() * 1000)
+    start_ms = end_ms - hours * 3_600_000
     window_ms = max(1000, hours * 3_600_000 // HISTORY_POINTS)
     query = SeriesQuery(
         profile=profile.name,
         device_ids=(device_id,),
-        points=(point,),
-        start_ms=end_ms - hours * 3_600_000,
+        points=tuple(names),
+        start_ms=start_ms,
         end_ms=end_ms,
         window_ms=window_ms,
-        aggregate="max" if spec.type == "bool" else "mean",
+        aggregate=aggregate,
         limit=HISTORY_POINTS + 2,
     )
-    series = await hub_of(request).store.query(query)
-    values = series[0].values if series else []
+    found = {s.point: dict(s.values) for s in await hub_of(request).store.query(query)}
+    times = sorted({t for values in found.values() for t in values})
+
+    def values(name: str) -> list[float | None]:
+        mine = found.get(name, {})
+        return [None if (v := mine.get(t)) is None else float(v) for t in times]
+
     return JSONResponse(
         {
-            "point": point,
-            "label": spec.description or point,
-            "unit": spec.unit,
-            "start": (end_ms - hours * 3_600_000) / 1000,
+            "start": start_ms / 1000,
             "end": end_ms / 1000,
-            "times": [t / 1000 for t, _ in values],
-            "values": [None if v is None else float(v) for _, v in values],
+            "window_s": window_ms / 1000,
+            "aggregate": aggregate,
+            "times": [t / 1000 for t in times],
+            "series": [
+                {
+                    "point": name,
+                    "label": profile.describe_point(name, person.language),
+                    "unit": profile.points[name].unit,
+                    "values": values(name),
+                }
+                for name in names
+            ],
         },
         headers={"Cache-Control": "no-store"},
     )
@@ -242,7 +426,8 @@ async def live(request: Request, device_id: str, person: Person) -> Response:
         if event.kind == "telemetry":
             values = event.data.get("values") or {}
             data["values"] = {
-                v.name: {"text": v.text, "label": v.label} for v in show_values(profile, values)
+                v.name: {"text": v.text, "label": v.label}
+                for v in show_values(profile, values, language=person.language)
             }
         else:
             data.update({k: event.data.get(k) for k in ("command_id", "name", "status", "detail")})

@@ -18,10 +18,13 @@ from sqlalchemy import select
 from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.api.scope import device_in_scope
 from cloud_hub.console.auth import Person, hub_of
+from cloud_hub.console.device import COMMAND_STATES
 from cloud_hub.console.rendering import PAGE_HEADERS, render
+from cloud_hub.console.texts import translator
 from cloud_hub.hub import UnknownDevice
 from cloud_hub.registry import DeviceRow
 from cloud_hub.storage import typed_value
+from device_profiles import DeviceProfile
 from device_profiles.display import show_values
 
 __all__ = ["SEVERITY_RANK", "router"]
@@ -38,7 +41,15 @@ def _json(body: dict[str, Any], status_code: int = 200) -> JSONResponse:
 @router.get("/map", response_class=HTMLResponse)
 async def map_page(request: Request, person: Person) -> Response:
     tiles = hub_of(request).settings.console.map_tiles_url
-    return render(request, "map.html", person, active="map", tiles_url=tiles or "")
+    t = translator(person.language)
+    return render(
+        request,
+        "map.html",
+        person,
+        active="map",
+        tiles_url=tiles or "",
+        command_labels={status: t(status) for status in COMMAND_STATES},
+    )
 
 
 @router.get("/map/devices.json")
@@ -83,7 +94,9 @@ async def panel(request: Request, device_id: str, person: Person) -> Response:
         return _json({"detail": "not found"}, 404)
     latest = await hub.store.latest(device_id, profile.name, list(profile.points))
     shown = show_values(
-        profile, {name: typed_value(profile.points[name], v.value) for name, v in latest.items()}
+        profile,
+        {name: typed_value(profile.points[name], v.value) for name, v in latest.items()},
+        language=person.language,
     )
     page = await hub.alarms.store.page(
         states=("active", "acknowledged"), device_id=device_id, limit=10
@@ -97,11 +110,36 @@ async def panel(request: Request, device_id: str, person: Person) -> Response:
             "pole": device.pole,
             "mount_position": device.mount_position,
             "values": [
-                {"name": profile.points[v.name].description or v.name, "text": v.text}
+                {"name": profile.describe_point(v.name, person.language), "text": v.text}
                 for v in shown[:12]
             ],
             "alarms": [
                 {"severity": a.severity, "message": a.message, "state": a.state} for a in page.items
             ],
+            "commands": _actions(profile, person.language) if person.may("command") else [],
         }
     )
+
+
+def _actions(profile: DeviceProfile, language: str) -> list[dict[str, Any]]:
+    """The device's commands as the panel draws them: each parameter with its kind, range,
+    choices and words in the person's language (the form posts to the device page's route)."""
+    return [
+        {
+            "name": name,
+            "label": profile.describe_command(name, language),
+            "params": [
+                {
+                    "name": pname,
+                    "label": profile.describe_command(name, language, pname),
+                    "type": param.type,
+                    "unit": param.unit,
+                    "min": param.min,
+                    "max": param.max,
+                    "choices": param.choices,
+                }
+                for pname, param in command.params.items()
+            ],
+        }
+        for name, command in profile.commands.items()
+    ]

@@ -1,31 +1,36 @@
 """The overview's figures: agents and devices online, active alarms, today's lighting, and the
 collection and online rates per site beside the county plan's targets.
 
-Collection rate: the share of a site's devices with a reading in the last
-:data:`REPORTING_WINDOW` (the county plan's 数据采集率, target ≥ 70 %). Online rate: the share
-whose status is ``online`` (its 监控率, target ≥ 90 %). Both are read from the registry
-(``last_seen``, ``status``), scoped to the person's site.
+Collection rate (the county plan's 数据采集率, target ≥ 70 %): readings stored against readings
+the poll plan expects, over the last complete collection window
+(:data:`~cloud_hub.registry.models.COLLECTION_WINDOW_MS`, 15 min) and the current one so far.
+Each device's agent states its plan in its birth message (``reading_interval_s``: at least one
+reading this often); the hub counts each device's stored readings per window of edge read time
+(so readings that arrive late from an agent's store-and-forward count where they belong). A
+device counts at most what it was expected to send (reporting on change more often does not
+make up for a silent neighbour); a device without a stated plan, or registered during that
+period, is not counted yet. Online rate (its 监控率, target ≥ 90 %): the share of devices whose
+status is ``online``. Both are counted in the registry (GROUP BY), scoped to the person's site.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 
 from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.api.auth import Principal
-from cloud_hub.hub import Hub
+from cloud_hub.api.routes_alarms import SEVERITIES
 from cloud_hub.lighting.models import LightingFiringRow
-from cloud_hub.registry import AgentRow, DeviceRow
+from cloud_hub.registry import COLLECTION_WINDOW_MS, AgentRow, DeviceRow, Registry
 
 __all__ = [
     "COLLECTION_TARGET",
     "ONLINE_TARGET",
-    "REPORTING_WINDOW",
     "Overview",
     "SiteFigures",
     "overview",
@@ -33,8 +38,6 @@ __all__ = [
 
 COLLECTION_TARGET = 0.70
 ONLINE_TARGET = 0.90
-REPORTING_WINDOW = timedelta(minutes=15)
-SEVERITY_ORDER = ("critical", "major", "minor", "warning", "info")
 
 
 @dataclass
@@ -42,11 +45,15 @@ class SiteFigures:
     site: str | None
     devices: int = 0
     online: int = 0
-    reporting: int = 0
+    #: readings stored and expected over the collection period (devices with a poll plan)
+    collected: float = 0.0
+    expected: float = 0.0
+    #: devices whose poll plan is counted
+    planned: int = 0
 
     @property
     def collection_rate(self) -> float | None:
-        return self.reporting / self.devices if self.devices else None
+        return min(1.0, self.collected / self.expected) if self.expected > 0 else None
 
     @property
     def online_rate(self) -> float | None:
@@ -62,7 +69,27 @@ class Overview:
     sites: list[SiteFigures] = field(default_factory=list)
 
 
-async def overview(hub: Hub, caller: Principal, timezone: str = "Asia/Shanghai") -> Overview:
+def collection_terms(now: datetime) -> tuple[ColumnElement[float], ColumnElement[float]]:
+    """Per device, readings stored (at most the expected number) and readings expected over
+    the previous complete collection window and the current one so far."""
+    now_ms = int(now.timestamp() * 1000)
+    current = now_ms // COLLECTION_WINDOW_MS
+    since = datetime.fromtimestamp((current - 1) * COLLECTION_WINDOW_MS / 1000, UTC)
+    span_s = (now_ms - (current - 1) * COLLECTION_WINDOW_MS) / 1000
+    stored = case(
+        (DeviceRow.collect_window == current, DeviceRow.collect_count + DeviceRow.collect_previous),
+        (DeviceRow.collect_window == current - 1, DeviceRow.collect_count),
+        else_=0,
+    )
+    planned = and_(DeviceRow.reading_interval_s > 0, DeviceRow.created_at <= since)
+    expected = case((planned, literal(span_s) / DeviceRow.reading_interval_s), else_=0.0)
+    counted = case((and_(planned, stored >= expected), expected), (planned, stored), else_=0.0)
+    return counted, expected
+
+
+async def overview(
+    registry: Registry, caller: Principal, timezone: str = "Asia/Shanghai"
+) -> Overview:
     """The figures ``caller`` may see (a site-scoped person: their site's only), counted in
     the database (GROUP BY), never by loading the rows."""
     now = datetime.now(UTC)
@@ -70,9 +97,16 @@ async def overview(hub: Hub, caller: Principal, timezone: str = "Asia/Shanghai")
     scope = caller.site
     in_site = DeviceRow.site == scope if scope is not None else None
     online = case((DeviceRow.status == "online", 1), else_=0)
-    reporting = case((DeviceRow.last_seen >= now - REPORTING_WINDOW, 1), else_=0)
+    counted, expected = collection_terms(now)
+    planned = case((expected > 0, 1), else_=0)
     per_site = select(
-        DeviceRow.site, DeviceRow.status, func.count(), func.sum(online), func.sum(reporting)
+        DeviceRow.site,
+        DeviceRow.status,
+        func.count(),
+        func.sum(online),
+        func.sum(counted),
+        func.sum(expected),
+        func.sum(planned),
     ).group_by(DeviceRow.site, DeviceRow.status)
     agents = select(AgentRow.state, func.count()).group_by(AgentRow.state)
     alarms = (
@@ -92,7 +126,7 @@ async def overview(hub: Hub, caller: Principal, timezone: str = "Asia/Shanghai")
             )
         )
     midnight = datetime.now(ZoneInfo(timezone)).replace(hour=0, minute=0, second=0, microsecond=0)
-    async with hub.registry.session() as db:
+    async with registry.session() as db:
         site_rows = (await db.execute(per_site)).all()
         out.agents = Counter(dict((await db.execute(agents)).all()))
         counts = dict((await db.execute(alarms)).all())
@@ -104,13 +138,15 @@ async def overview(hub: Hub, caller: Principal, timezone: str = "Asia/Shanghai")
             )
         ).all()
     figures: dict[str | None, SiteFigures] = {}
-    for site, status, n, n_online, n_reporting in site_rows:
+    for site, status, n, n_online, n_counted, n_expected, n_planned in site_rows:
         out.devices[status] += n
         f = figures.setdefault(site, SiteFigures(site))
         f.devices += n
         f.online += int(n_online or 0)
-        f.reporting += int(n_reporting or 0)
-    out.alarms = {severity: counts.get(severity, 0) for severity in SEVERITY_ORDER}
+        f.collected += float(n_counted or 0)
+        f.expected += float(n_expected or 0)
+        f.planned += int(n_planned or 0)
+    out.alarms = {severity: counts.get(severity, 0) for severity in SEVERITIES}
     out.sites = sorted(figures.values(), key=lambda f: (f.site is None, f.site or ""))
     if caller.site is None:  # strategies span sites: their firings are shown unscoped only
         out.lighting_today = Counter(dict(firings))

@@ -9,8 +9,9 @@ pages work without JavaScript; ``console.js`` only adds live updates.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request
@@ -21,7 +22,7 @@ from sqlalchemy import select
 from cloud_hub.alarms.models import ALARM_STATES
 from cloud_hub.api.audit import audit
 from cloud_hub.api.event_stream import EventStream
-from cloud_hub.api.routes_alarms import AlarmAck, acknowledge_alarm, list_alarms
+from cloud_hub.api.routes_alarms import SEVERITIES, AlarmAck, acknowledge_alarm, list_alarms
 from cloud_hub.console.accounts import (
     LANGUAGES,
     ROLES,
@@ -42,6 +43,7 @@ from cloud_hub.console.auth import (
 )
 from cloud_hub.console.device import router as device_router
 from cloud_hub.console.fleet import router as fleet_router
+from cloud_hub.console.groups import router as groups_router
 from cloud_hub.console.lighting import router as lighting_router
 from cloud_hub.console.map import router as map_router
 from cloud_hub.console.overview import (
@@ -50,6 +52,7 @@ from cloud_hub.console.overview import (
     overview,
 )
 from cloud_hub.console.rendering import STATIC_DIR, render
+from cloud_hub.console.texts import TEXTS, translator
 from cloud_hub.hub import Hub
 from cloud_hub.registry import DeviceFilter, DeviceRow
 
@@ -142,9 +145,8 @@ async def logout(request: Request, person: Posted) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 async def overview_page(request: Request, person: Person) -> Response:
-    figures = await overview(
-        hub_of(request), person.principal, hub_of(request).settings.console.timezone
-    )
+    hub = hub_of(request)
+    figures = await overview(hub.registry, person.principal, hub.settings.console.timezone)
     return render(
         request,
         "overview.html",
@@ -166,12 +168,20 @@ async def devices_page(
     profile: str | None = None,
     status: str | None = None,
     q: str | None = None,
+    tag: str | None = None,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
     """Devices, filtered and paged in the registry (never all rows in Python)."""
     scope = person.principal.site
     registry = hub_of(request).registry
-    filters = DeviceFilter(site=scope or site or None, profile=profile, status=status, search=q)
+    error = None
+    try:
+        tags = DeviceFilter.tag_pairs([tag]) if tag and tag.strip() else {}
+    except ValueError as exc:
+        tags, error = {}, str(exc)
+    filters = DeviceFilter(
+        site=scope or site or None, profile=profile, status=status, search=q, tags=tags
+    )
     rows, total = await registry.page_devices(filters, PAGE_SIZE, offset)
     async with registry.session() as db:
         sites_query = select(DeviceRow.site).distinct()
@@ -181,11 +191,18 @@ async def devices_page(
             profiles_query = profiles_query.where(DeviceRow.site == scope)
         sites = sorted(s for s in (await db.scalars(sites_query)).all() if s)
         profiles = sorted((await db.scalars(profiles_query)).all())
+    ingest = hub_of(request).ingest
+    kinds = {
+        d.device_id: kind.describe(person.language)
+        for d in rows
+        if (kind := ingest.profile_of(d.device_id)) is not None
+    }
     return render(
         request,
         "devices.html",
         person,
         devices=rows,
+        kinds=kinds,
         total=total or 0,
         offset=offset,
         page_size=PAGE_SIZE,
@@ -196,7 +213,10 @@ async def devices_page(
             "profile": profile or "",
             "status": status or "",
             "q": q or "",
+            "tag": tag or "",
         },
+        error=error,
+        status_code=400 if error else 200,
     )
 
 
@@ -205,22 +225,55 @@ async def devices_page(
 
 @router.get("/alarms", response_class=HTMLResponse)
 async def alarms_page(
-    request: Request, person: Person, state: str = "active", cursor: str | None = None
+    request: Request,
+    person: Person,
+    state: str = "active",
+    severity: str | None = None,
+    device: str | None = None,
+    cursor: str | None = None,
 ) -> Response:
-    """The alarms of one state, newest first: the API's own list (and its site scope)."""
+    """The alarms of one state (and severity, device), newest first: the API's own list (and
+    its site scope)."""
     hub = hub_of(request)
     chosen = state if state in ALARM_STATES else None
+    severity = severity if severity in SEVERITIES else None
+    device = (device or "").strip() or None
+
+    async def listed(after: str | None) -> Any:
+        return await list_alarms(
+            hub.alarms, hub, person.principal, chosen, severity, device, PAGE_SIZE, after
+        )
+
     try:
-        page = await list_alarms(
-            hub.alarms, hub, person.principal, chosen, None, None, PAGE_SIZE, cursor
-        )
+        page = await listed(cursor)
     except HTTPException:  # a cursor that is no cursor: the first page
-        page = await list_alarms(
-            hub.alarms, hub, person.principal, chosen, None, None, PAGE_SIZE, None
-        )
+        page = await listed(None)
     return render(
-        request, "alarms.html", person, alarms=page.items, next_cursor=page.next_cursor, state=state
+        request,
+        "alarms.html",
+        person,
+        alarms=page.items,
+        titles=_alarm_titles(hub, page.items, person.language),
+        next_cursor=page.next_cursor,
+        state=state,
+        severities=SEVERITIES,
+        filters={"severity": severity or "", "device": device or ""},
     )
+
+
+def _alarm_titles(hub: Hub, alarms: Sequence[Any], language: str) -> dict[str, str]:
+    """Each alarm's rule in the person's language: a profile rule's description as its profile
+    words it, the hub's own rules (offline, flooding, claims) from the console's texts. The
+    message stays as it was composed when the alarm was raised."""
+    t = translator(language)
+    titles: dict[str, str] = {}
+    for alarm in alarms:
+        profile = hub.ingest.profile_of(alarm.device_id) if alarm.device_id else None
+        if profile is not None and alarm.rule in profile.alarms:
+            titles[alarm.alarm_id] = profile.describe_alarm(alarm.rule, language)
+        elif (key := f"rule_{alarm.rule}") in TEXTS:
+            titles[alarm.alarm_id] = t(key)
+    return titles
 
 
 @router.get("/alarms/live")
@@ -361,6 +414,7 @@ def install_console(app: FastAPI, hub: Hub) -> None:
     app.include_router(device_router)
     app.include_router(map_router)
     app.include_router(lighting_router)
+    app.include_router(groups_router)
     app.include_router(fleet_router)
 
     @app.exception_handler(SignInRequired)

@@ -67,12 +67,23 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f} %"
 
 
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _ago(value: datetime | None) -> str:
     if value is None:
         return "-"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    seconds = int((datetime.now(UTC) - value).total_seconds())
+    return _span(int((datetime.now(UTC) - _aware(value)).total_seconds()))
+
+
+def _lasted(start: datetime, end: datetime | None = None) -> str:
+    """How long from ``start`` to ``end`` (None: now): an alarm's duration."""
+    end = _aware(end) if end is not None else datetime.now(UTC)
+    return _span(max(0, int((end - _aware(start)).total_seconds())))
+
+
+def _span(seconds: int) -> str:
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -84,3 +95,4 @@ def _ago(value: datetime | None) -> str:
 
 templates.env.filters["percent"] = _percent
 templates.env.filters["ago"] = _ago
+templates.env.filters["lasted"] = _lasted

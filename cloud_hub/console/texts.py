@@ -44,8 +44,13 @@ TEXTS: dict[str, tuple[str, str]] = {
     "online_rate": ("在线率（监控率）", "Online (monitoring) rate"),
     "target": ("目标", "target"),
     "collection_help": (
-        "最近 15 分钟内有数据上报的设备占比；县规划目标 ≥ 70 %。",
-        "Share of devices with a reading in the last 15 min; the county plan's target is ≥ 70 %.",
+        "采集率：最近一个完整 15 分钟窗口及当前窗口内，入库读数与各设备采集计划应有读数之比"
+        "（每台设备最多计其应有数；注册未满一个窗口或未声明计划的设备暂不计入）；"
+        "县规划目标 ≥ 70 %。",
+        "Collection rate: readings stored against the readings each device's poll plan "
+        "expects, over the last complete 15-minute window and the current one (a device counts "
+        "at most what it owes; one registered less than a window ago or without a stated plan "
+        "is not counted yet); the county plan's target is ≥ 70 %.",
     ),
     "online_help": (
         "在线设备占比；县规划监控率目标 ≥ 90 %。",
@@ -166,9 +171,224 @@ TEXTS: dict[str, tuple[str, str]] = {
         "The map needs JavaScript; the device list does not:",
     ),
     # -- device page: metadata and charts --
+    "chart_time": ("时间", "Time"),
+    "meta_title": ("设备资料", "Metadata"),
+    "meta_place": ("安装位置", "Installed at"),
+    "meta_position": ("坐标", "Position"),
+    "meta_tags": ("标签", "Tags"),
+    "meta_edit": ("编辑设备资料", "Edit metadata"),
+    "meta_tags_help": ("每行一个 键=值", "one key=value a line"),
+    "meta_own_site": ("您的站点，不可更改", "your site: fixed"),
+    "meta_saved": ("已保存：{fields}", "Saved: {fields}"),
+    "meta_unchanged": ("没有改动。", "Nothing changed."),
+    "meta_list_sep": ("、", ", "),
+    "meta_tags_line": ("标签第 {line} 行应为 键=值。", "Tags, line {line}: expected key=value."),
+    "meta_tag_twice": ("标签 {key} 出现了两次。", "Tag {key} is given twice."),
+    "chart_with": ("同图对比", "Compare with"),
+    "chart_up_to": ("最多 {n} 个", "up to {n}"),
+    "chart_agg": ("统计方式", "Aggregate"),
+    "chart_agg_mean": ("平均值", "mean"),
+    "chart_agg_min": ("最小值", "min"),
+    "chart_agg_max": ("最大值", "max"),
+    "chart_range_1": ("1 小时", "1 h"),
+    "chart_range_6": ("6 小时", "6 h"),
+    "chart_range_24": ("24 小时", "24 h"),
+    "chart_range_168": ("7 天", "7 d"),
+    "chart_range_720": ("30 天", "30 d"),
     # -- lighting: edit, disable, delete; command groups --
+    "group_finished": ("已结束", "finished"),
+    "lighting_tags": ("标签（键=值，逗号分隔）", "Tags (key=value, comma-separated)"),
+    "lighting_weekdays": ("执行日", "Days"),
+    "lighting_all": ("全部照明策略", "All strategies"),
+    "lighting_edit": ("编辑", "Edit"),
+    "lighting_enable": ("启用", "Enable"),
+    "lighting_delete": ("删除", "Delete"),
+    "lighting_really_delete": (
+        "确认删除此策略及其执行记录（不可恢复）",
+        "Really delete this strategy and its firing history (cannot be undone)",
+    ),
+    "lighting_confirm_first": ("请先勾选确认框再删除。", "Tick the box to confirm first."),
+    "lighting_deleted": ("策略已删除。", "Strategy deleted."),
+    "lighting_saved": ("策略已保存。", "Strategy saved."),
+    "lighting_enabled_now": ("策略已启用。", "Strategy enabled."),
+    "lighting_disabled_now": ("策略已停用。", "Strategy disabled."),
+    "lighting_disabled_note": ("已停用：不会执行任何步骤。", "Disabled: no step will fire."),
+    "lighting_not_editable": (
+        "此策略的步骤含有表单无法显示的参数，请通过 API 修改。",
+        "This strategy's steps carry parameters the form cannot show: edit it through the API.",
+    ),
+    "lighting_history": ("执行记录", "Firing history"),
+    "lighting_all_firings": ("全部记录", "all of it"),
+    "lighting_fired_at": ("执行时间", "Fired"),
+    "lighting_step": ("步骤", "Step"),
+    "lighting_trigger": ("触发", "Trigger"),
+    "lighting_outcome": ("结果", "Outcome"),
+    "lighting_group": ("批量命令", "Group command"),
+    "lighting_progress": ("进度", "progress"),
+    "lighting_outcome_sending": ("发送中", "sending"),
+    "lighting_outcome_sent": ("已发送", "sent"),
+    "lighting_outcome_rejected": ("被拒绝", "rejected"),
+    "lighting_outcome_failed": ("失败", "failed"),
+    "lighting_outcome_missed": ("错过", "missed"),
+    "group_commands": ("批量命令", "Group commands"),
+    "group_new": ("发送批量命令", "Send a group command"),
+    "group_choose": ("选择", "Choose"),
+    "group_tag": ("标签 键=值", "Tag key=value"),
+    "group_hint": (
+        "发送给该设备类型中符合以上全部条件的每台设备。",
+        "Sent to every device of this profile that matches all of the above.",
+    ),
+    "group_recent": ("最近的批量命令", "Recent group commands"),
+    "group_sent_at": ("发送时间（UTC）", "Sent (UTC)"),
+    "group_sent_by": ("发送人", "sent by"),
+    "group_progress": ("进度", "Progress"),
+    "group_cancel": ("取消未完成的命令", "Cancel the unfinished commands"),
+    "group_cancelled_n": ("已取消 {n} 条命令。", "{n} commands cancelled."),
+    "group_reload": ("刷新页面查看最新进度。", "Reload the page to see the progress."),
+    "group_refused": ("拒绝的设备", "Devices that refused it"),
+    "group_detail": ("详情", "Detail"),
+    "group_updated": ("更新", "Updated"),
+    "group_timed_out": ("超时", "timed out"),
+    "group_crit_site": ("站点", "site"),
+    "group_crit_profile": ("设备类型", "profile"),
+    "group_crit_tags": ("标签", "tags"),
+    "group_crit_device_ids": ("设备", "devices"),
     # -- agents: detail, remote configuration, revoke; bulk provisioning --
+    "agent_since": ("自 %s 起（%s）", "since %s (%s)"),
+    "agent_all": ("全部代理", "All agents"),
+    "agent_reported": ("报告于 %s 前", "reported %s ago"),
+    "agent_no_health": (
+        "尚未收到此代理的运行状况报告（代理按其 health_interval_s 定期上报）。",
+        "No health report from this agent yet (it sends one every health_interval_s).",
+    ),
+    "agent_uptime": ("运行时间", "Uptime"),
+    "agent_cpu": ("CPU 占用（单核）", "CPU (of one core)"),
+    "agent_cpu_over": ("最近 %s 秒", "over the last %s s"),
+    "agent_cpu_mean": ("自启动以来平均", "mean since start"),
+    "agent_cpu_time": ("CPU 时间", "CPU time"),
+    "agent_memory": ("内存（常驻）", "Memory (resident)"),
+    "agent_buffer": ("缓存（待发送）", "Buffer (waiting to be sent)"),
+    "agent_readings": ("条读数", "readings"),
+    "agent_dropped": ("已丢弃读数", "Readings dropped"),
+    "agent_unconfirmed": ("待中心确认的批次", "Batches awaiting the hub's confirmation"),
+    "agent_resent": ("重发的批次", "Batches sent again"),
+    "agent_connects": ("上行连接次数", "Uplink connections"),
+    "agent_devices": ("下挂设备", "Devices behind it"),
+    "agent_device_online": ("轮询在线", "Polled online"),
+    "agent_polls": ("成功轮询", "Polls"),
+    "agent_errors": ("失败轮询", "Errors"),
+    "agent_error_rate": ("错误率", "Error rate"),
+    "agent_latency": ("最近延迟", "Last latency"),
+    "agent_yes": ("是", "yes"),
+    "agent_no": ("否", "no"),
+    "agent_all_alarms": ("告警页面", "The alarms page"),
+    "agent_config_version": ("版本 %s", "version %s"),
+    "agent_config_pushed": ("下发于 %s", "pushed %s"),
+    "agent_config_reported": ("代理于 %s 报告", "the agent reported %s"),
+    "agent_config_none": (
+        "尚未下发远程配置：代理运行其配置文件中的设备。",
+        "No remote configuration pushed yet: the agent runs the devices of its file.",
+    ),
+    "agent_config_edit": ("修改远程配置", "Edit the remote configuration"),
+    "agent_config_help": (
+        '一个 JSON 对象 {"devices": [...]}：每个设备的写法与代理配置文件中 devices 相同'
+        "（device_id、profile、connection、poll_interval_s 等）。未列出的设备将停止轮询。"
+        "代理校验后应用（applied）或拒绝（rejected，附原因），无需重启。",
+        'A JSON object {"devices": [...]}, each device written as in the agent\'s '
+        "configuration file (device_id, profile, connection, poll_interval_s, ...). A device "
+        "not listed stops being polled. The agent checks it, then applies it or rejects it "
+        "with the reason, without a restart.",
+    ),
+    "agent_config_push": ("下发新版本", "Push as a new version"),
+    "agent_config_json": (
+        "不是有效的 JSON：第 %d 行第 %d 列：%s",
+        "Not valid JSON: line %d, column %d: %s",
+    ),
+    "agent_config_refused": ("配置被拒绝：%s", "Configuration refused: %s"),
+    "applied": ("已应用", "applied"),
+    "agent_credentials": ("MQTT 凭据", "Broker credentials"),
+    "agent_no_credentials": (
+        "此代理没有自己的 MQTT 凭据（未经接入流程），无可吊销。",
+        "This agent has no broker credentials of its own (it was not provisioned): nothing "
+        "to revoke.",
+    ),
+    "agent_credentials_active": ("有效（用户 %s）", "active (user %s)"),
+    "agent_revoked_at": ("已于 %s 吊销", "revoked at %s"),
+    "agent_revoke_help": (
+        "吊销将停用代理的 MQTT 凭据并立即断开它；它无法再连接，需用新的接入令牌重新接入。",
+        "Revoking disables the agent's broker credentials and disconnects it now; it cannot "
+        "connect again until it is provisioned anew with a new token.",
+    ),
+    "agent_revoke_understood": (
+        "我知道代理将被断开",
+        "I understand the agent will be disconnected",
+    ),
+    "agent_revoke_confirm": ("请先勾选确认框。", "Tick the box to confirm first."),
+    "agent_revoke": ("吊销代理", "Revoke the agent"),
+    "bulk_title": ("批量接入（CSV）", "Bulk provisioning (CSV)"),
+    "bulk_help": (
+        "上传 CSV（UTF-8，首行为表头，每行一台设备）。每个代理得到一个只能使用一次、绑定该代理"
+        "并携带其设备清单的接入令牌；代理接入前不登记任何设备。任一行有误则整个文件被拒绝，"
+        "并列出每个错误所在的行。",
+        "Upload a CSV (UTF-8, a header row first, one row per device). Each agent gets one "
+        "single-use token bound to it and carrying its devices; nothing is registered until "
+        "the agent claims. If any row is wrong the whole file is refused, every problem listed "
+        "with its line.",
+    ),
+    "bulk_column": ("列", "Column"),
+    "bulk_meaning": ("含义", "Meaning"),
+    "bulk_required": ("必填", "required"),
+    "bulk_optional": ("可选", "optional"),
+    "bulk_agent_id": (
+        "设备所连接的边缘代理（机箱）",
+        "the agent (edge box) the device sits behind",
+    ),
+    "bulk_device_id": ("现场设备编号", "the field device"),
+    "bulk_profile": ("内置设备类型名，例如 smart_pole", "a built-in profile name, e.g. smart_pole"),
+    "bulk_site": (
+        "默认为您的站点；每个代理只能属于一个站点",
+        "defaults to your site; one site per agent",
+    ),
+    "bulk_pole": ("灯杆编号", "the pole"),
+    "bulk_mount": ("挂载位", "the mount position"),
+    "bulk_latlon": ("十进制度", "decimal degrees"),
+    "bulk_tags": ("键=值;键=值", "key=value;key=value"),
+    "bulk_example": ("示例", "Example"),
+    "bulk_file": ("CSV 文件", "CSV file"),
+    "bulk_lifetime": ("有效期（小时，可选）", "Lifetime (hours, optional)"),
+    "bulk_upload": ("上传并签发令牌", "Upload and issue tokens"),
+    "bulk_issued": ("已签发 %d 个接入令牌", "%d tokens issued"),
+    "bulk_once": (
+        "令牌只显示这一次，之后不会再显示：请立即复制并交给各代理的现场技术员。",
+        "The tokens are shown this once and never again: copy them now for each agent's "
+        "field crew.",
+    ),
+    "bulk_secret": ("令牌", "Token secret"),
+    "bulk_refused": ("文件被拒绝：", "The file was refused:"),
     # -- overview: collection plan, live figures --
+    "rule_agent_offline": ("边缘代理离线", "Agent offline"),
+    "rule_device_offline": ("设备离线", "Device offline"),
+    "rule_device_claim_refused": (
+        "设备被其他代理冒领（已拒绝）",
+        "Device claimed by another agent (refused)",
+    ),
+    "rule_agent_flooding": ("边缘代理流量超限", "Agent over its message limits"),
+    "group_everywhere": (
+        "确认：未限定站点、标签或设备时，发送到全县该类型的所有设备",
+        "Confirm: without a site, tag or device ids, this goes to every such device in the county",
+    ),
+    "group_everywhere_unconfirmed": (
+        "未限定站点、标签或设备：将发送到全县该类型的所有设备。请勾选确认后再发送。",
+        "No site, tag or device ids: this would go to every such device in the county. Tick the "
+        "confirmation to send it.",
+    ),
+    "command_sent": ("命令已发送：", "Command sent:"),
+    "alarm_lasted": ("持续时间", "Lasted"),
+    "collected_of_expected": (
+        "已入库 %d / 应采 %d 条读数（%d 台设备有采集计划）",
+        "%d of %d expected readings stored (%d devices with a poll plan)",
+    ),
+    "tag_filter": ("标签 键=值", "tag key=value"),
 }
 
 

@@ -21,8 +21,8 @@ import structlog
 
 from cloud_hub.dead_letters.store import DeadLetterStore
 from cloud_hub.events.bus import EventBus, HubEvent
-from cloud_hub.provisioning.models import AuditRow
-from cloud_hub.registry import Registry, utcnow
+from cloud_hub.provisioning.models import AgentCredentialRow, AuditRow
+from cloud_hub.registry import COLLECTION_WINDOW_MS, Registry, utcnow
 from cloud_hub.storage import StoredReading
 from device_profiles import DeviceProfile, Point, ProfileError, Value, resolve_profile
 from device_profiles.wire import (
@@ -150,6 +150,8 @@ class Ingest:
     #: the latest health report of each agent
     health: dict[str, AgentHealth] = field(default_factory=dict)
     _last_seen: dict[str, int] = field(default_factory=dict)
+    #: readings stored since the last flush: device -> collection window -> count
+    _collected: dict[str, dict[int, int]] = field(default_factory=dict)
     #: edge time of each agent's latest birth message (names its Last Will in the event log)
     _online_ts: dict[str, int] = field(default_factory=dict)
 
@@ -268,6 +270,9 @@ class Ingest:
         for r in readings:
             if r.ts_ms > self._last_seen.get(r.device_id, 0):
                 self._last_seen[r.device_id] = r.ts_ms
+            windows = self._collected.setdefault(r.device_id, {})
+            window = r.ts_ms // COLLECTION_WINDOW_MS
+            windows[window] = windows.get(window, 0) + 1
             self.events.publish(telemetry_event(r))
 
     def rejected(self, readings: Sequence[StoredReading], reason: str) -> None:
@@ -286,16 +291,24 @@ class Ingest:
                         watcher.reasons.append(reason)
 
     async def flush_last_seen(self) -> None:
-        """Write the newest read time of each device to the registry (called periodically)."""
+        """Write the newest read time of each device, and its readings per collection window,
+        to the registry (called periodically)."""
         seen, self._last_seen = self._last_seen, {}
-        if seen:
-            await self.registry.touch_devices(seen)
+        collected, self._collected = self._collected, {}
+        if seen or collected:
+            await self.registry.touch_devices(seen, collected)
 
     async def _state(self, agent_id: str, state: AgentState) -> None:
         if state.agent_id != agent_id:
             raise WireError(
                 f"state of agent {state.agent_id!r} published in {agent_id!r}'s namespace"
             )
+        if state.state == "online" and await self._revoked(agent_id):
+            # a revoked agent cannot connect: this is the broker's retained copy of a birth
+            # from before, which would bring it back online (its Last Will never came)
+            self.stats["revoked_births"] += 1
+            log.warning("birth of a revoked agent ignored", agent_id=agent_id)
+            return
         refused = await self.registry.agent_state(
             agent_id, state.state, state.software_version, state.devices, state.report_interval_s
         )
@@ -320,6 +333,29 @@ class Ingest:
                 agent_id=agent_id,
                 data={"scope": "agent", "state": state.state},
                 key=key,
+            )
+        )
+
+    async def _revoked(self, agent_id: str) -> bool:
+        async with self.registry.session() as db:
+            row = await db.get(AgentCredentialRow, agent_id)
+        return row is not None and row.revoked_at is not None
+
+    async def cut_off(self, agent_id: str, reason: str) -> None:
+        """The hub disconnected an agent for good (its credentials revoked): the broker drops
+        it without its Last Will, so the hub records it offline itself, with a ``status``
+        event like the Last Will's (the alarm engine raises ``agent_offline`` from it)."""
+        ts_ms = _now_ms()
+        await self.registry.agent_state(agent_id, "offline", None, None)
+        self._online_ts.pop(agent_id, None)
+        log.warning("agent cut off: offline", agent_id=agent_id, reason=reason)
+        self.events.publish(
+            HubEvent(
+                kind="status",
+                ts_ms=ts_ms,
+                agent_id=agent_id,
+                data={"scope": "agent", "state": "offline", "reason": reason},
+                key=f"status:agent:{agent_id}:-:offline:{reason}-{ts_ms}",
             )
         )
 

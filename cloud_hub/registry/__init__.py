@@ -1,6 +1,7 @@
 """The hub's registry of agents, devices and commands (SQLite by default, PostgreSQL too)."""
 
 from cloud_hub.registry.models import (
+    COLLECTION_WINDOW_MS,
     AgentConfigRow,
     AgentRow,
     ApiKeyRow,
@@ -17,6 +18,7 @@ from cloud_hub.registry.store import (
 )
 
 __all__ = [
+    "COLLECTION_WINDOW_MS",
     "TERMINAL_STATUSES",
     "AgentConfigRow",
     "AgentRow",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -36,6 +36,10 @@ class AgentRow(Base):
     report_interval_s: Mapped[float | None] = mapped_column(Float)
 
 
+#: the collection rate's window: readings are counted per 15 minutes of edge read time
+COLLECTION_WINDOW_MS = 15 * 60 * 1000
+
+
 class DeviceRow(Base):
     __tablename__ = "devices"
 
@@ -52,6 +56,13 @@ class DeviceRow(Base):
     firmware_version: Mapped[str | None] = mapped_column(String(64))
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the poll plan: at least one reading this often (its agent's birth states it)
+    reading_interval_s: Mapped[float | None] = mapped_column(Float)
+    #: readings stored per collection window (COLLECTION_WINDOW_MS, by edge read time): the
+    #: newest window seen, its count so far, and the window before it
+    collect_window: Mapped[int | None] = mapped_column(BigInteger)
+    collect_count: Mapped[int] = mapped_column(Integer, default=0)
+    collect_previous: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class CommandRow(Base):

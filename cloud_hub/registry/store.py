@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,13 +28,23 @@ from cloud_hub.registry.models import (
 )
 from device_profiles.wire import TERMINAL_COMMAND_STATUSES, DeviceInfo
 
-__all__ = ["TERMINAL_STATUSES", "DeviceFilter", "Registry", "RegistryError", "utcnow"]
+__all__ = [
+    "TAG_KEY_PATTERN",
+    "TERMINAL_STATUSES",
+    "DeviceFilter",
+    "Registry",
+    "RegistryError",
+    "utcnow",
+]
 
 #: Command statuses after which nothing changes any more (the wire contract's).
 TERMINAL_STATUSES = TERMINAL_COMMAND_STATUSES
 #: The order of the non-terminal statuses; a late report never moves a command backwards.
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2}
 RESULT_GRACE_MS = 60_000
+#: what a tag's key may hold: ASCII letters, digits, ``_ . : -`` (it goes into a JSON path)
+TAG_KEY_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+TAG_KEY = re.compile(TAG_KEY_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,23 @@ class DeviceFilter:
     profile: str | None = None
     status: str | None = None
     search: str | None = None
+    #: tags the devices must all carry with these values
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def tag_pairs(values: Sequence[str]) -> dict[str, str]:
+        """``["road=G205", "kind=lamp"]`` as tags; ValueError naming one without ``=``."""
+        tags: dict[str, str] = {}
+        for value in values:
+            key, sep, wanted = value.partition("=")
+            key = key.strip()
+            if not sep or not TAG_KEY.fullmatch(key):
+                raise ValueError(
+                    f"tag filter {value!r} is not key=value with a key of letters, digits, "
+                    "'_', '.', ':' or '-' (at most 64)"
+                )
+            tags[key] = wanted.strip()
+        return tags
 
 
 class RegistryError(RuntimeError):
@@ -53,6 +81,30 @@ class RegistryError(RuntimeError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _tagged(tags: Mapping[str, str]) -> list[ColumnElement[bool]]:
+    """SQL conditions: the device's tag ``key`` is ``value``, for each of ``tags`` (a JSON
+    path, on SQLite and PostgreSQL alike). A key outside :data:`TAG_KEY` cannot be put in a
+    JSON path safely: it selects nothing."""
+    return [
+        DeviceRow.tags[key].as_string() == value if TAG_KEY.fullmatch(key) else false()
+        for key, value in tags.items()
+    ]
+
+
+def _count_collected(device: DeviceRow, window: int, count: int) -> None:
+    """Add ``count`` readings of collection window ``window`` to the device's two windows
+    (the newest and the one before it); an older window's readings are no longer counted."""
+    newest = device.collect_window
+    if newest is None or window > newest:
+        before = (device.collect_count or 0) if newest == window - 1 else 0
+        device.collect_window, device.collect_previous, device.collect_count = window, before, 0
+        newest = window
+    if window == newest:
+        device.collect_count = (device.collect_count or 0) + count
+    elif window == newest - 1:
+        device.collect_previous = (device.collect_previous or 0) + count
 
 
 def _aware(value: datetime) -> datetime:
@@ -146,6 +198,8 @@ class Registry:
                     continue
                 device.agent_id = agent_id
                 device.profile = info.profile
+                if info.reading_interval_s is not None:
+                    device.reading_interval_s = info.reading_interval_s
         return refused
 
     async def move_device(self, device_id: str, agent_id: str) -> DeviceRow | None:
@@ -155,6 +209,23 @@ class Registry:
             if device is None:
                 return None
             device.agent_id = agent_id
+        return device
+
+    #: the columns :meth:`update_device` changes: a device's metadata, nothing the hub keeps
+    DEVICE_METADATA = frozenset({"site", "pole", "mount_position", "lat", "lon", "tags"})
+
+    async def update_device(self, device_id: str, changes: dict[str, Any]) -> DeviceRow | None:
+        """Set some of a device's metadata (:data:`DEVICE_METADATA`, by column; None clears
+        one); None if the device is unknown. ValueError for any other column."""
+        unknown = set(changes) - self.DEVICE_METADATA
+        if unknown:
+            raise ValueError(f"not device metadata: {', '.join(sorted(unknown))}")
+        async with self.session.begin() as db:
+            device = await db.get(DeviceRow, device_id)
+            if device is None:
+                return None
+            for column, value in changes.items():
+                setattr(device, column, value)
         return device
 
     async def device_status(self, device_id: str, status: str) -> None:
@@ -193,6 +264,7 @@ class Registry:
             query = query.where(DeviceRow.status == filters.status)
         if filters.search:
             query = query.where(DeviceRow.device_id.contains(filters.search, autoescape=True))
+        query = query.where(*_tagged(filters.tags))
         async with self.session() as db:
             total = await db.scalar(select(func.count()).select_from(query.subquery()))
             rows = await db.scalars(
@@ -224,14 +296,23 @@ class Registry:
     async def devices_by_id(self) -> dict[str, DeviceRow]:
         return {d.device_id: d for d in await self.list_devices()}
 
-    async def touch_devices(self, last_seen_ms: dict[str, int]) -> None:
-        """Record when each device was last read (edge time), never moving backwards."""
+    async def touch_devices(
+        self, last_seen_ms: dict[str, int], collected: dict[str, dict[int, int]] | None = None
+    ) -> None:
+        """Record when each device was last read (edge time), never moving backwards, and
+        how many of its readings were stored per collection window (``collected``: device ->
+        window index (edge time // :data:`~cloud_hub.registry.models.COLLECTION_WINDOW_MS`) -> readings)."""
+        ids = set(last_seen_ms) | set(collected or ())
         async with self.session.begin() as db:
-            query = select(DeviceRow).where(DeviceRow.device_id.in_(list(last_seen_ms)))
+            query = select(DeviceRow).where(DeviceRow.device_id.in_(list(ids)))
             for device in await db.scalars(query):
-                seen = datetime.fromtimestamp(last_seen_ms[device.device_id] / 1000, UTC)
-                if device.last_seen is None or _aware(device.last_seen) < seen:
-                    device.last_seen = seen
+                seen_ms = last_seen_ms.get(device.device_id)
+                if seen_ms is not None:
+                    seen = datetime.fromtimestamp(seen_ms / 1000, UTC)
+                    if device.last_seen is None or _aware(device.last_seen) < seen:
+                        device.last_seen = seen
+                for window, count in sorted((collected or {}).get(device.device_id, {}).items()):
+                    _count_collected(device, window, count)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -289,10 +370,9 @@ class Registry:
             query = query.where(DeviceRow.site == site)
         if profile is not None:
             query = query.where(DeviceRow.profile == profile)
+        query = query.where(*_tagged(tags or {}))
         async with self.session() as db:
-            rows = list((await db.scalars(query)).all())
-        wanted = (tags or {}).items()
-        return [r for r in rows if all((r.tags or {}).get(k) == v for k, v in wanted)]
+            return list((await db.scalars(query)).all())
 
     async def add_group(self, group: CommandGroupRow, commands: Sequence[CommandRow]) -> None:
         async with self.session.begin() as db:
@@ -311,6 +391,41 @@ class Registry:
                 .group_by(CommandRow.status)
             )
             return group, {status: count for status, count in counts}  # noqa: C416 - Rows
+
+    async def page_groups(
+        self, site: str | None, limit: int, offset: int = 0
+    ) -> tuple[list[tuple[CommandGroupRow, dict[str, int]]], int]:
+        """One page of the command groups, newest first (with ``site``: those whose selector
+        is confined to that site), each with the count of its commands by status, and how
+        many there are in all. Three queries whatever the page: the total, the page, and one
+        GROUP BY over the commands of the page's groups."""
+        query = select(CommandGroupRow)
+        if site is not None:
+            query = query.where(CommandGroupRow.selector["site"].as_string() == site)
+        async with self.session() as db:
+            total = await db.scalar(select(func.count()).select_from(query.subquery()))
+            groups = list(
+                (
+                    await db.scalars(
+                        query.order_by(
+                            CommandGroupRow.created_at.desc(), CommandGroupRow.group_id.desc()
+                        )
+                        .offset(offset)
+                        .limit(limit)
+                    )
+                ).all()
+            )
+            counts: dict[str, dict[str, int]] = {g.group_id: {} for g in groups}
+            if groups:
+                rows = await db.execute(
+                    select(CommandRow.group_id, CommandRow.status, func.count())
+                    .where(CommandRow.group_id.in_(list(counts)))
+                    .group_by(CommandRow.group_id, CommandRow.status)
+                )
+                for group_id, status, count in rows:
+                    if group_id is not None:  # (the query says so; the column is nullable)
+                        counts[group_id][status] = count
+            return [(g, counts[g.group_id]) for g in groups], total or 0
 
     async def pending_commands(self) -> list[CommandRow]:
         async with self.session() as db:

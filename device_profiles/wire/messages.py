@@ -106,6 +106,14 @@ class DeviceInfo(BaseModel):
 
     device_id: WireId
     profile: str
+    reading_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=86400,
+        description="The longest the device's poll plan lets pass between two readings it "
+        "reports (its shortest poll interval, or max_silent_s when it reports on change): the "
+        "hub's collection rate expects at least one reading this often.",
+    )
 
 
 class AgentState(_Message):

@@ -52,7 +52,28 @@ class DeviceRuntime:
 
     @property
     def info(self) -> DeviceInfo:
-        return DeviceInfo(device_id=self.device_id, profile=self.profile.name)
+        return DeviceInfo(
+            device_id=self.device_id,
+            profile=self.profile.name,
+            reading_interval_s=self.reading_interval_s,
+        )
+
+    def poll_intervals(self) -> dict[str, float]:
+        """Each point's poll interval: the profile's, unless the config overrides them all."""
+        override = self.config.poll_interval_s
+        return {
+            name: override if override is not None else self.profile.poll_interval(name)
+            for name in self.profile.points
+        }
+
+    @property
+    def reading_interval_s(self) -> float:
+        """The poll plan's promise: a reading at least this often (the shortest poll interval;
+        on change, at the latest after ``max_silent_s``)."""
+        shortest = min(self.poll_intervals().values(), default=self.profile.default_poll_interval_s)
+        if self.config.report_on_change:
+            return max(shortest, self.config.max_silent_s)
+        return shortest
 
     async def read_values(self, names: list[str]) -> dict[str, Value]:
         """Engineering values of ``names`` (scale and offset applied here, not in drivers)."""

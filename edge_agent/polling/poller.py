@@ -52,13 +52,8 @@ class DevicePoller:
         #: points whose value was NaN or infinite (not reported), and how many such values
         self.non_finite: set[str] = set()
         self.non_finite_values = 0
-        profile = device.profile
         self.changes = device.changes
-        override = device.config.poll_interval_s
-        self.intervals = {
-            name: override if override is not None else profile.poll_interval(name)
-            for name in profile.points
-        }
+        self.intervals = device.poll_intervals()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

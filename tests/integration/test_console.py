@@ -12,6 +12,7 @@ Screenshots go to ``$CONSOLE_SCREENSHOTS`` (default: the test's temporary direct
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,7 @@ from sqlalchemy import update
 
 from cloud_hub.alarms.models import AlarmRow
 from cloud_hub.registry import AgentRow, DeviceRow, Registry, utcnow
-from drivers import ModbusTcpSettings
 from edge_agent.agent import Agent
-from edge_agent.settings import AgentSettings, DeviceConfig
 from firmware_sim import run_smart_pole
 from iot_runtime.mqtt import MqttSettings, make_client
 from tests.harness.browser import PASSWORD, browser_context, create_people, sign_in
@@ -32,6 +31,7 @@ from tests.helpers import (
     devices_registered,
     eventually,
     hub_settings,
+    pole_agent_settings,
     poles_behind_an_agent,
     running_hub,
 )
@@ -63,6 +63,12 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
                         .where(DeviceRow.device_id == device_id)
                         .values(site=site, pole=f"P-{site}-01", mount_position="top")
                     )
+                # north's pole has been in service for a while: its poll plan is counted
+                await db.execute(
+                    update(DeviceRow)
+                    .where(DeviceRow.device_id == pole_n)
+                    .values(created_at=utcnow() - timedelta(hours=1))
+                )
             base = str(hub.api.base_url)
 
             async def reporting() -> bool | None:  # the hub has noted their readings
@@ -70,6 +76,13 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
                 return True if all(d["last_seen"] for d in devices) else None
 
             await eventually(reporting)
+
+            async def collected() -> DeviceRow | None:  # the hub counted north's readings
+                row = (await registry.devices_by_id())[pole_n]
+                return row if row.collect_count > 0 else None
+
+            counted = await eventually(collected)
+            assert counted.reading_interval_s == 60  # the agent's birth: on change, max_silent_s
 
             # -- the operator, in Chinese (the browser's language) --------------------------
             ops = await browser_context(browser, base, foreign, "zh-CN")
@@ -86,7 +99,14 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
             text = await page.inner_text("main")
             assert "总览" in text and "数据采集率" in text and "north" in text and "south" in text
             rates = await page.locator("table.rates tbody tr").all_inner_texts()
-            assert len(rates) == 2 and all(r.count("100.0 %") == 2 for r in rates), rates
+            assert len(rates) == 2 and all(r.count("100.0 %") >= 1 for r in rates), rates
+            north_rate = page.locator("table.rates tbody tr").first.locator("td").nth(2)
+            assert float(await north_rate.get_attribute("data-collected") or 0) > 0
+            assert float(await north_rate.get_attribute("data-expected") or 0) > 0
+            assert "%" in await north_rate.inner_text()
+            south_rate = page.locator("table.rates tbody tr").nth(1).locator("td").nth(2)
+            # registered just now: not counted yet
+            assert (await south_rate.inner_text()).strip() == "-"
             await page.screenshot(path=shots / "overview.png", full_page=True)
 
             await page.goto("/devices")
@@ -109,7 +129,20 @@ async def test_the_console_signs_in_shows_scopes_and_acknowledges_as_the_person(
 
             row = await eventually(alarm_row, timeout=30)
             assert "agent_offline" in await row.inner_text()
+            assert await row.locator(".rule-title").inner_text() == "边缘代理离线"
+            assert (await row.locator("td.duration").inner_text()).endswith(("s", "min"))
             await page.screenshot(path=shots / "alarms.png", full_page=True)
+            # filters: by severity (agent_offline is major) and by device
+            await page.select_option("select[name=severity]", "critical")
+            await page.click(".filters button[type=submit]")
+            assert "severity=critical" in page.url
+            assert await page.locator("#alarms tbody tr[data-alarm]").count() == 0
+            await page.goto("/alarms?severity=major")
+            assert await page.locator("#alarms tbody tr[data-alarm]").count() == 1
+            await page.goto(f"/alarms?device={pole_n}")  # an agent's alarm names no device
+            assert await page.locator("#alarms tbody tr[data-alarm]").count() == 0
+            await page.goto("/alarms")
+            row = page.locator("#alarms tbody tr[data-alarm]").first
             alarm_id = await row.get_attribute("data-alarm")
             await row.locator("input[name=note]").fill("crew sent")
             await row.locator("button[type=submit]").click()
@@ -210,18 +243,8 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
         running_hub(settings) as hub,
     ):
         agent = Agent(
-            AgentSettings(
-                agent_id=f"agent-{unique_id}",
-                mqtt=mqtt,
-                devices=[
-                    DeviceConfig(
-                        device_id=device_id,
-                        profile="smart_pole",
-                        connection=ModbusTcpSettings(host=sim.host, port=sim.port),
-                        poll_interval_s=0.3,
-                    )
-                ],
-                data_dir=tmp_path / "agent",
+            pole_agent_settings(
+                f"agent-{unique_id}", mqtt, {device_id: sim}, tmp_path / "agent", 0.3
             )
         )
         task = asyncio.create_task(agent.run())
@@ -287,6 +310,7 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             row = alarms_page.locator("#alarms tr[data-alarm]").filter(has_text="one_key_alarm")
             await row.wait_for(timeout=20_000)
             await alarms_page.locator("#alarm-banner .alert-critical").wait_for()
+            assert await row.locator(".rule-title").inner_text() == "一键报警"  # the profile's zh
             await alarms_page.screenshot(path=shots / "alarms-live-critical.png", full_page=True)
             await row.locator("input[name=note]").fill("on my way")
             await row.locator("button[type=submit]").click()
@@ -466,7 +490,28 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
         await page.mouse.click(far["x"], far["y"])
         await page.locator("#map-panel[data-device=far-pole]").wait_for()
         assert "one-key alarm pressed" in await page.inner_text("#map-panel")
+        # the panel's actions: a command sent from the map, through the device page's route
+        dim = page.locator("#map-panel form[data-command=set_dimming]")
+        await dim.locator("input[name=level]").fill("40")
+        await dim.locator("button[type=submit]").click()
+        status = page.locator("#map-panel .map-command-status[data-outcome]")
+        await status.wait_for()
+        assert await status.get_attribute("data-outcome") == "sent"
+        sent = (await hub.api.get("/api/v1/audit", params={"action": "command.send"})).json()
+        assert [(e["actor"], e["target"]) for e in sent["items"]] == [
+            ("user:ops", "device:far-pole")
+        ]
         await page.screenshot(path=shots / "map.png")
+        await dim.locator("input[name=level]").evaluate(
+            "e => { e.removeAttribute('max'); e.value = '140'; }"
+        )
+        await dim.locator("button[type=submit]").click()
+
+        async def refused() -> str | None:
+            text = await page.inner_text("#map-panel .map-command-status")
+            return text if "maximum 100" in text else None
+
+        await eventually(refused)
         crowd = await page.evaluate("hubMap.positionOf('lamp-01000')")
         await page.mouse.click(crowd["x"], crowd["y"])  # a cluster: zooms in on it
         assert await page.evaluate("hubMap.state.zoom") > await page.evaluate("0") + 1
@@ -474,6 +519,60 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
         await page.screenshot(path=shots / "map-zoomed.png")
         await page.click("#zoom-fit")
         assert errors == []
+
+        # on a phone, two fingers pinch the map in and out (real touches through the browser)
+        phone = await browser_context(
+            browser,
+            base,
+            foreign,
+            "zh-CN",
+            viewport={"width": 390, "height": 844},
+            has_touch=True,
+            is_mobile=True,
+        )
+        ppage = await phone.new_page()
+        await sign_in(ppage, "ops")
+        await ppage.wait_for_url(f"{base}/")
+        await ppage.goto("/map")
+        await _map_ready(ppage)
+        box = await ppage.locator("#map").bounding_box()
+        assert box is not None
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        touch = await phone.new_cdp_session(ppage)
+
+        async def fingers(kind: str, spread: float) -> None:
+            points = [{"x": cx - spread, "y": cy, "id": 1}, {"x": cx + spread, "y": cy, "id": 2}]
+            await touch.send(
+                "Input.dispatchTouchEvent",
+                {"type": kind, "touchPoints": [] if kind == "touchEnd" else points},
+            )
+
+        before = await ppage.evaluate("hubMap.state.zoom")
+        await fingers("touchStart", 20)
+        for spread in range(30, 170, 10):  # fingers apart: about three doublings
+            await fingers("touchMove", spread)
+        await fingers("touchEnd", 0)
+        pinched = await ppage.evaluate("hubMap.state.zoom")
+        assert pinched >= before + 2, (before, pinched)
+        await fingers("touchStart", 160)
+        for spread in range(150, 30, -10):  # and together again
+            await fingers("touchMove", spread)
+        await fingers("touchEnd", 0)
+        assert await ppage.evaluate("hubMap.state.zoom") < pinched
+        await ppage.screenshot(path=shots / "map-phone.png")
+        await phone.close()
+
+        # a viewer's panel has no actions
+        viewer = await browser_context(browser, base, foreign, "en")
+        vpage = await viewer.new_page()
+        await sign_in(vpage, "eve")
+        await vpage.wait_for_url(f"{base}/")
+        await vpage.goto("/map")
+        await _map_ready(vpage)
+        await vpage.evaluate("hubMap.show('far-pole')")
+        await vpage.locator("#map-panel[data-device=far-pole]").wait_for()
+        assert await vpage.locator("#map-panel form").count() == 0
+        await viewer.close()
 
         # a site-scoped person's map holds their site's devices only
         nctx = await browser_context(browser, base, foreign, "zh-CN")

@@ -506,6 +506,9 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("POST", "/api/v1/devices/{device_id}/move"): (
         lambda rig: hidden(rig, "POST", south_device("/move"), json={"agent_id": AGENT[SOUTH]})
     ),
+    ("PATCH", "/api/v1/devices/{device_id}"): (
+        lambda rig: hidden(rig, "PATCH", south_device(), json={"pole": "P-south-02"})
+    ),
     ("GET", "/api/v1/commands/{command_id}"): _command,
     ("POST", "/api/v1/commands/{command_id}/cancel"): _cancel,
     ("GET", "/api/v1/telemetry"): _telemetry,
@@ -574,6 +577,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/devices/{device_id}/live"): "console: device_in_scope (test_console.py)",
     ("GET", "/devices/{device_id}/history.json"): "console: device_in_scope (test_console.py)",
     ("POST", "/devices/{device_id}/commands/{name}"): "console: device_in_scope (test_console.py)",
+    ("POST", "/devices/{device_id}/metadata"): "console: the API's update_device (its scope)",
     ("GET", "/alarms/live"): "console: the API's EventStream, filtered by the person's site",
     ("GET", "/users"): "console: the accounts API's scope (test_console.py)",
     ("POST", "/users"): "console: confined to the person's site (test_console.py)",
@@ -582,6 +586,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("POST", "/lighting/{strategy_id}/apply-now"): "console: the API's apply-now route's scope",
     ("POST", "/lighting/strategies"): "console: the API's create route confines the selector",
     ("GET", "/agents"): "console: Registry.page_agents with the person's site (test_console.py)",
+    ("GET", "/agents/{agent_id}"): "console: the API's get_agent (test_console_agents.py)",
+    ("POST", "/agents/{agent_id}/config"): "console: the API's push_config route's scope",
+    ("POST", "/agents/{agent_id}/revoke"): "console: the API's revoke_agent route's scope",
+    ("POST", "/provisioning/bulk"): "console: the API's bulk route, the person's site",
     ("GET", "/provisioning"): "console: the provisioning service with the person's site",
     ("POST", "/provisioning/tokens"): "console: confined to the person's site (test_console.py)",
     ("POST", "/provisioning/tokens/{token_id}/revoke"): "console: the service's site check",
@@ -590,6 +598,30 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/map"): "console map page: its markers come from /map/devices.json",
     ("GET", "/map/devices.json"): "console: scoped in the query (test_console.py)",
     ("GET", "/map/devices/{device_id}.json"): "console: device_in_scope (test_console.py)",
+}
+
+
+# -- the list of command groups; the console's lighting edits and group commands pages ------
+
+
+async def _groups(rig: Rig) -> None:
+    north, south = await rig.group(NORTH), await rig.group(SOUTH)
+    await listed(rig, "/api/v1/command-groups?limit=200", each("group_id"), north, south)
+    scoped = await rig.api.get("/api/v1/command-groups?limit=200", headers=rig.scoped)
+    assert scoped.headers["X-Total-Count"] == str(len(scoped.json())), "counted in the site"
+
+
+CHECKS[("GET", "/api/v1/command-groups")] = _groups
+EXEMPT |= {
+    ("GET", "/lighting/{strategy_id}"): "console: the API's get_strategy's scope",
+    ("POST", "/lighting/{strategy_id}/edit"): "console: the API's replace route's scope",
+    ("POST", "/lighting/{strategy_id}/enabled"): "console: the API's replace route's scope",
+    ("POST", "/lighting/{strategy_id}/delete"): "console: the API's delete route's scope",
+    ("GET", "/commands"): "console: the API's list_groups, scoped in SQL",
+    ("POST", "/commands"): "console: the API's create_group confines the selector",
+    ("GET", "/commands/{group_id}"): "console: the API's get_group's scope",
+    ("GET", "/commands/{group_id}/progress.json"): "console: the API's get_group's scope",
+    ("POST", "/commands/{group_id}/cancel"): "console: get_group, then the API's cancel route",
 }
 #: documentation: the schema, its pages and their assets
 DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc", "/static")

@@ -11,7 +11,8 @@ import pytest
 from cloud_hub.dead_letters.store import DeadLetterStore
 from cloud_hub.events.bus import EventBus
 from cloud_hub.ingest.messages import Accepted, Ingest
-from cloud_hub.registry import Registry
+from cloud_hub.provisioning.models import AgentCredentialRow
+from cloud_hub.registry import Registry, utcnow
 from cloud_hub.storage import SqliteStore
 from cloud_hub.storage.settings import SqliteStoreSettings
 from device_profiles.wire import AgentState, Channel, DeviceInfo, encode, topic
@@ -162,3 +163,32 @@ async def test_read_times_outside_the_window_are_refused_one_by_one(ingest: Inge
     assert len(refusals.reasons) == 2
     assert "before 2000-01-01" in refusals.reasons[0]
     assert "ahead of the hub's clock" in refusals.reasons[1]
+
+
+async def test_a_revoked_agent_is_cut_off_and_its_retained_birth_ignored(ingest: Ingest) -> None:
+    """Revocation: the broker drops the agent without its Last Will, so the hub records it
+    offline itself (a status event the alarm engine raises ``agent_offline`` from); the
+    broker's retained copy of its last birth, read again at a hub restart, changes nothing."""
+    subscription = ingest.events.subscribe(lambda e: e.kind == "status")
+    async with ingest.registry.session.begin() as db:
+        db.add(
+            AgentCredentialRow(
+                agent_id="a1", username="agent-a1", created_at=utcnow(), revoked_at=utcnow()
+            )
+        )
+    await ingest.cut_off("a1", "revoked")
+    agent = await ingest.registry.get_agent("a1")
+    assert agent is not None and agent.state == "offline"
+    event = subscription.queue.get_nowait()
+    assert (event.agent_id, event.data.get("state"), event.data.get("reason")) == (
+        "a1",
+        "offline",
+        "revoked",
+    )
+    birth = AgentState(
+        agent_id="a1", state="online", devices=[DeviceInfo(device_id="p1", profile="smart_pole")]
+    )
+    await ingest.handle(topic("a1", Channel.STATE), encode(birth))
+    agent = await ingest.registry.get_agent("a1")
+    assert agent is not None and agent.state == "offline"
+    assert ingest.stats["revoked_births"] == 1 and subscription.queue.empty()

@@ -73,3 +73,27 @@
     cell.setAttribute("data-status", data.status);
   });
 })();
+
+(function () {
+  "use strict";
+  // Live figures: an element with data-refresh="<seconds>" (and an id) is fetched again from
+  // the same page that often while the page is visible, and swapped in place.
+  var parts = document.querySelectorAll("[data-refresh][id]");
+  Array.prototype.forEach.call(parts, function (part) {
+    var every = Math.max(5, Number(part.getAttribute("data-refresh")) || 30) * 1000;
+    function refresh() {
+      if (document.hidden) return;
+      fetch(window.location.href, { credentials: "same-origin" })
+        .then(function (r) { if (!r.ok) throw new Error(String(r.status)); return r.text(); })
+        .then(function (html) {
+          var fresh = new DOMParser().parseFromString(html, "text/html").getElementById(part.id);
+          if (!fresh) return;
+          part.innerHTML = fresh.innerHTML;
+          part.setAttribute("data-refreshed", String(Date.now()));
+        })
+        .catch(function () { part.setAttribute("data-stale", "1"); });
+    }
+    window.setInterval(refresh, every);
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
+  });
+})();

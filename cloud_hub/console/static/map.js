@@ -183,25 +183,112 @@
         });
         panel.appendChild(table);
         (d.alarms || []).forEach(function (a) { panel.appendChild(text("p", a.severity + ": " + a.message, "sev-row")); });
+        actions(d);
         var link = text("a", panel.getAttribute("data-open")); link.href = "/devices/" + encodeURIComponent(d.device_id);
         panel.appendChild(link);
       });
   }
 
-  var drag = null;
-  canvas.addEventListener("pointerdown", function (e) { drag = { x: e.clientX, y: e.clientY, moved: false }; canvas.setPointerCapture(e.pointerId); });
+  // the panel's actions (for those who may command): each command a small form posted to the
+  // device page's own route; its state then follows the device's live stream
+  var live = null;
+  function actions(d) {
+    if (live) { live.close(); live = null; }
+    var csrf = panel.getAttribute("data-csrf");
+    if (!csrf || !(d.commands || []).length) return;
+    var labels = JSON.parse(panel.getAttribute("data-labels") || "{}");
+    var status = text("p", "", "muted map-command-status");
+    status.setAttribute("role", "status");
+    d.commands.forEach(function (c) {
+      var form = document.createElement("form");
+      form.className = "map-command"; form.setAttribute("data-command", c.name);
+      form.appendChild(text("b", c.label));
+      c.params.forEach(function (p) {
+        var label = document.createElement("label"), input;
+        label.appendChild(document.createTextNode(p.label + (p.unit ? " (" + p.unit + ")" : "") + " "));
+        if (p.choices) {
+          input = document.createElement("select");
+          p.choices.forEach(function (v) { var o = document.createElement("option"); o.value = String(v); o.textContent = String(v); input.appendChild(o); });
+        } else if (p.type === "bool") {
+          input = document.createElement("input"); input.type = "checkbox"; input.value = "true";
+        } else {
+          input = document.createElement("input");
+          input.type = p.type === "string" ? "text" : "number"; input.required = true;
+          if (p.type === "int") input.step = "1"; else if (p.type === "float") input.step = "any";
+          if (p.min != null) input.min = String(p.min);
+          if (p.max != null) input.max = String(p.max);
+        }
+        input.name = p.name; label.appendChild(input); form.appendChild(label);
+      });
+      var button = text("button", panel.getAttribute("data-send")); button.type = "submit";
+      form.appendChild(button);
+      form.addEventListener("submit", function (e) {
+        e.preventDefault();
+        var body = new URLSearchParams(new FormData(form)); body.set("csrf_token", csrf);
+        status.textContent = "…";
+        fetch("/devices/" + encodeURIComponent(d.device_id) + "/commands/" + encodeURIComponent(c.name), {
+          method: "POST", credentials: "same-origin", body: body,
+        }).then(function (r) {
+          var refused = new URL(r.url).searchParams.get("error");
+          status.textContent = refused || (r.ok ? panel.getAttribute("data-sent") + " " + c.label : String(r.status));
+          status.setAttribute("data-outcome", refused ? "refused" : r.ok ? "sent" : "error");
+        });
+      });
+      panel.appendChild(form);
+    });
+    panel.appendChild(status);
+    if (!window.EventSource) return;
+    live = new EventSource("/devices/" + encodeURIComponent(d.device_id) + "/live");
+    live.addEventListener("command", function (message) {
+      var data = JSON.parse(message.data);
+      status.textContent = data.name + ": " + (labels[data.status] || data.status);
+      status.setAttribute("data-status", data.status);
+    });
+  }
+
+  // one pointer drags (or clicks); two pointers pinch: every doubling of their distance is a
+  // zoom level in, every halving one out, about their midpoint
+  var drag = null, pointers = {}, pinch = null;
+  function local(e) { var r = canvas.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; }
+  function twoPointers() {
+    var ids = Object.keys(pointers);
+    if (ids.length !== 2) return null;
+    var a = pointers[ids[0]], b = pointers[ids[1]];
+    return { d: Math.max(1, Math.hypot(a[0] - b[0], a[1] - b[1])), x: (a[0] + b[0]) / 2, y: (a[1] + b[1]) / 2 };
+  }
+  canvas.addEventListener("pointerdown", function (e) {
+    pointers[e.pointerId] = local(e);
+    try { canvas.setPointerCapture(e.pointerId); } catch (err) { /* not an active pointer */ }
+    var two = twoPointers();
+    if (two) { pinch = two; drag = null; return; }
+    drag = { x: e.clientX, y: e.clientY, moved: false };
+  });
   canvas.addEventListener("pointermove", function (e) {
+    if (pointers[e.pointerId]) pointers[e.pointerId] = local(e);
+    if (pinch) {
+      var two = twoPointers();
+      if (!two) return;
+      var steps = Math.log2(two.d / pinch.d);
+      if (Math.abs(steps) >= 0.5) { zoomAt(two.x, two.y, steps > 0 ? 1 : -1); pinch = two; }
+      return;
+    }
     if (!drag) return;
     var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
     if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
     state.cx -= dx; state.cy -= dy; drag.x = e.clientX; drag.y = e.clientY;
     if (drag.moved) draw();
   });
+  function lift(e) {
+    delete pointers[e.pointerId];
+    if (pinch) { if (!Object.keys(pointers).length) pinch = null; drag = null; return true; }
+    return false;
+  }
+  canvas.addEventListener("pointercancel", function (e) { lift(e); drag = null; });
   canvas.addEventListener("pointerup", function (e) {
+    if (lift(e)) return;
     var wasDrag = drag && drag.moved; drag = null;
     if (wasDrag) return;
-    var r = canvas.getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top;
-    var c = at(x, y);
+    var p = local(e), c = at(p[0], p[1]);
     if (!c) return;
     if (c.members.length > 1) zoomAt(c.x, c.y, 2); else show(c.members[0][0]);
   });
