@@ -538,6 +538,7 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
         box = await ppage.locator("#map").bounding_box()
         assert box is not None
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        await ppage.screenshot(path=shots / "map-phone.png")
         touch = await phone.new_cdp_session(ppage)
 
         async def fingers(kind: str, spread: float) -> None:
@@ -559,7 +560,6 @@ async def test_the_map_draws_every_positioned_device_clusters_and_opens_a_panel(
             await fingers("touchMove", spread)
         await fingers("touchEnd", 0)
         assert await ppage.evaluate("hubMap.state.zoom") < pinched
-        await ppage.screenshot(path=shots / "map-phone.png")
         await phone.close()
 
         # a viewer's panel has no actions
