@@ -1,15 +1,19 @@
-"""People's console accounts, managed by administrators: list, create, disable, reset a password.
+"""People's console accounts, managed by administrators: list, create, change (role, site,
+language), disable, reset a password.
 
 A site-scoped admin key sees and manages only the accounts of its site, and creates accounts
-of its site only. Passwords are never returned; every change is audited as the caller.
+of its site only (and moves none elsewhere). An administrator signed in as a person cannot take
+their own admin role or change their own site (they would lock themselves out). Passwords are
+never returned; every change is audited as the caller.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from cloud_hub.api.deps import Admin
 from cloud_hub.api.keys import Role
@@ -17,6 +21,7 @@ from cloud_hub.api.problems import problem_responses
 from cloud_hub.api.schemas import UtcDateTime
 from cloud_hub.api.scope import confined_site, not_found
 from cloud_hub.console.accounts import (
+    UNCHANGED,
     USERNAME_PATTERN,
     AccountError,
     UserExists,
@@ -25,7 +30,7 @@ from cloud_hub.console.accounts import (
 from cloud_hub.console.auth import accounts_of
 from cloud_hub.console.models import UserRow
 
-__all__ = ["PasswordReset", "UserCreate", "UserOut", "router"]
+__all__ = ["PasswordReset", "UserCreate", "UserOut", "UserUpdate", "router"]
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -41,6 +46,36 @@ class UserCreate(BaseModel):
     role: Role
     site: str | None = Field(default=None, max_length=64)
     language: Literal["zh", "en"] = "zh"
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+class UserUpdate(BaseModel):
+    """What to change of an account: only the fields given change (``site: null``: every
+    site; ``role`` and ``language`` are never null)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"role": "operator", "site": "north"}]}
+    )
+
+    role: Role | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    site: str | None = Field(
+        default=None,
+        max_length=64,
+        description="null: every site. A site-scoped key may set its own site only.",
+    )
+    language: Literal["zh", "en"] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
+
+    @field_validator("role", "language")
+    @classmethod
+    def _given_not_null(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("may be left out, not null")
+        return value
 
 
 class PasswordReset(BaseModel):
@@ -91,6 +126,48 @@ async def create_user(request: Request, body: UserCreate, caller: Admin) -> User
     except (WeakPassword, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return UserOut.model_validate(row)
+
+
+@router.patch(
+    "/{username}",
+    responses=problem_responses(
+        401,
+        403,
+        404,
+        422,
+        s403="Not an admin key, a site other than the key's own, or the caller's own admin role"
+        " or site (you would lock yourself out)",
+    ),
+)
+async def update_user(request: Request, username: str, body: UserUpdate, caller: Admin) -> UserOut:
+    """Change an account's role, site or language (only the fields given). A new role or site
+    ends every session of the account (the person signs in again); a new language does not."""
+    row = await _visible(request, caller, username)
+    given = body.model_fields_set
+    site = row.site
+    if "site" in given:
+        if caller.site is not None and body.site is None:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this key is limited to site '{caller.site}'"
+            )
+        site = confined_site(caller, body.site)
+    if caller.key_id == f"user:{username}" and (
+        ("role" in given and body.role != "admin") or site != row.site
+    ):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "you would lock yourself out")
+    try:
+        updated = await accounts_of(request).update_user(
+            caller.key_id,
+            username,
+            role=body.role if body.role is not None else UNCHANGED,
+            site=site if "site" in given else UNCHANGED,
+            language=body.language if body.language is not None else UNCHANGED,
+        )
+    except LookupError as exc:  # disappeared meanwhile
+        raise not_found(f"no user '{username}'") from exc
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return UserOut.model_validate(updated)
 
 
 @router.post("/{username}/disable", responses=problem_responses(401, 403, 404))

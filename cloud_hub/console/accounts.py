@@ -2,7 +2,9 @@
 
 A session is a random 256-bit secret in an HTTP-only cookie; the registry keeps only its
 SHA-256 (a stolen database yields no session), with the session's CSRF token and its expiry.
-Signing out deletes it; changing the password ends every other session of the person.
+Signing out deletes it; changing the password ends every other session of the person, and
+an administrator changing a person's role or site ends all of theirs (they sign in again with
+the new permissions).
 Failed sign-ins are limited per client address and username (and per address alone, at
 ``address_factor`` times that) before the password is even checked.
 
@@ -17,12 +19,13 @@ Errors::
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import get_args
+from typing import Any, Final, Literal, get_args
 
 import structlog
 from argon2 import PasswordHasher
@@ -39,12 +42,14 @@ __all__ = [
     "LANGUAGES",
     "MIN_PASSWORD",
     "ROLES",
+    "UNCHANGED",
     "USERNAME_PATTERN",
     "AccountError",
     "Accounts",
     "BadCredentials",
     "SignIn",
     "SignInLimited",
+    "Unchanged",
     "UserExists",
     "WeakPassword",
 ]
@@ -58,6 +63,17 @@ LANGUAGES = ("zh", "en")
 ROLES: tuple[str, ...] = get_args(Role)
 #: verified against when the user is unknown, so that a probe cannot time the difference
 _DUMMY_HASH = PasswordHasher().hash("not a password of anybody")
+
+
+class Unchanged(enum.Enum):
+    """The value of an :meth:`Accounts.update_user` argument left as it is."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED: Final = Unchanged.UNCHANGED
+#: changing one of these ends the person's sessions (what they may do changed)
+_PERMISSION_FIELDS = frozenset({"role", "site"})
 
 
 class AccountError(Exception):
@@ -171,6 +187,53 @@ class Accounts:
                 )
             )
         log.info("user created", username=username, role=role, site=site, actor=actor)
+        return row
+
+    async def update_user(
+        self,
+        actor: str,
+        username: str,
+        *,
+        role: str | Literal[Unchanged.UNCHANGED] = UNCHANGED,
+        site: str | Literal[Unchanged.UNCHANGED] | None = UNCHANGED,
+        language: str | Literal[Unchanged.UNCHANGED] = UNCHANGED,
+    ) -> UserRow:
+        """Change a person's role, site (None: every site) and language, checked as
+        :meth:`create_user` checks them; what is given and differs changes, audited as
+        ``user.update`` with its before and after. A new role or site ends every session of
+        the person (they sign in again with the new permissions); a new language alone does
+        not. LookupError if there is no such user."""
+        if role is not UNCHANGED and role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if language is not UNCHANGED and language not in LANGUAGES:
+            raise ValueError(f"language must be one of {', '.join(LANGUAGES)}")
+        wanted: dict[str, Any] = {
+            name: value
+            for name, value in (("role", role), ("site", site), ("language", language))
+            if value is not UNCHANGED
+        }
+        async with self.registry.session.begin() as db:
+            row = await db.get(UserRow, username, with_for_update=True)
+            if row is None:
+                raise LookupError(f"no user {username!r}")
+            before = {n: getattr(row, n) for n, v in wanted.items() if getattr(row, n) != v}
+            if not before:
+                return row
+            after = {name: wanted[name] for name in before}
+            for name, value in after.items():
+                setattr(row, name, value)
+            if _PERMISSION_FIELDS & after.keys():
+                await db.execute(delete(UserSessionRow).where(UserSessionRow.username == username))
+            db.add(
+                AuditRow(
+                    at=_now(),
+                    actor=actor,
+                    action="user.update",
+                    target=f"user:{username}",
+                    detail={"before": before, "after": after},
+                )
+            )
+        log.info("user updated", username=username, actor=actor, **after)
         return row
 
     async def reset_password(self, actor: str, username: str, password: str) -> None:
