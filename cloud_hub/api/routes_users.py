@@ -65,6 +65,7 @@ class UserUpdate(BaseModel):
         default=None,
         max_length=64,
         description="null: every site. A site-scoped key may set its own site only.",
+        json_schema_extra=_no_default,
     )
     language: Literal["zh", "en"] | SkipJsonSchema[None] = Field(
         default=None, json_schema_extra=_no_default
