@@ -140,8 +140,10 @@ async def _page(
     status_code: int = 200,
     typed: dict[str, str] | None = None,
     metadata_error: str | None = None,
+    was: dict[str, str] | None = None,
 ) -> Response:
-    """The page; after a refused metadata form, with what was ``typed`` and why."""
+    """The page; after a refused metadata form, with what was ``typed`` and why (and what
+    the form showed when it was opened, ``was``)."""
     hub = hub_of(request)
     try:
         device, profile = await _device(request, person, device_id)
@@ -174,6 +176,7 @@ async def _page(
         error=request.query_params.get("error"),
         command_labels={s: t(s) for s in COMMAND_STATES},
         metadata_form=(typed or _typed(device)) if person.may("provision") else None,
+        metadata_was=was or _typed(device),
         metadata_error=metadata_error,
         saved=_saved(request.query_params.get("saved"), t),
         chart_points=[
@@ -247,17 +250,29 @@ def _coordinate(text: str) -> float | str | None:
         return text
 
 
-def _update(typed: dict[str, str], person: Viewer, t: Callable[[str], str]) -> DeviceUpdate:
-    """The form as the API's body: every field it shows (empty clears one); a site-scoped
-    person's site is not theirs to change, so it is left out."""
-    body: dict[str, Any] = {
-        "pole": typed["pole"].strip() or None,
-        "mount_position": typed["mount_position"].strip() or None,
-        "lat": _coordinate(typed["lat"]),
-        "lon": _coordinate(typed["lon"]),
-        "tags": _tags(typed["tags"], t),
-    }
-    if person.principal.site is None:
+def _update(
+    typed: dict[str, str],
+    was: dict[str, str] | None,
+    person: Viewer,
+    t: Callable[[str], str],
+) -> DeviceUpdate:
+    """The form as the API's body: the fields the person changed from what the form showed
+    when it was opened (``was``; none: every field), so two people editing different fields
+    of one device at once do not undo each other; empty clears one. A position changes as a
+    pair; a site-scoped person's site is not theirs to change, so it is left out."""
+
+    def changed(*names: str) -> bool:
+        return was is None or any(typed[n].strip() != was.get(n, "").strip() for n in names)
+
+    body: dict[str, Any] = {}
+    for name in ("pole", "mount_position"):
+        if changed(name):
+            body[name] = typed[name].strip() or None
+    if changed("lat", "lon"):
+        body["lat"], body["lon"] = _coordinate(typed["lat"]), _coordinate(typed["lon"])
+    if changed("tags"):
+        body["tags"] = _tags(typed["tags"], t)
+    if person.principal.site is None and changed("site"):
         body["site"] = typed["site"].strip() or None
     return DeviceUpdate.model_validate(body)
 
@@ -295,18 +310,24 @@ async def update_metadata(request: Request, device_id: str, person: Posted) -> R
         name: value if isinstance(value := form.get(name, ""), str) else ""
         for name in METADATA_LABELS
     }
+    shown = {name: form.get(f"was_{name}") for name in METADATA_LABELS}
+    was = (
+        {name: value for name, value in shown.items() if isinstance(value, str)}
+        if all(isinstance(value, str) for value in shown.values())
+        else None
+    )
     t = translator(person.language)
     try:
-        body = _update(typed, person, t)
+        body = _update(typed, was, person, t)
         after = await api_update_device(device_id, body, hub_of(request), person.principal, request)
     except FormUnreadable as exc:
-        return await _page(request, person, device_id, 400, typed, str(exc))
+        return await _page(request, person, device_id, 400, typed, str(exc), was)
     except ValidationError as exc:
-        return await _page(request, person, device_id, 422, typed, _problems(exc))
+        return await _page(request, person, device_id, 422, typed, _problems(exc), was)
     except HTTPException as exc:
         if exc.status_code == 404:
             return render(request, "error.html", person, status_code=404, message="not_found")
-        return await _page(request, person, device_id, exc.status_code, typed, str(exc.detail))
+        return await _page(request, person, device_id, exc.status_code, typed, str(exc.detail), was)
     changed = [f for f in METADATA_LABELS if getattr(before, f) != getattr(after, f)]
     return RedirectResponse(
         f"/devices/{device_id}?saved={','.join(changed)}#metadata", status_code=303

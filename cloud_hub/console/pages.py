@@ -17,12 +17,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from cloud_hub.alarms.models import ALARM_STATES
 from cloud_hub.api.audit import audit
 from cloud_hub.api.event_stream import EventStream
 from cloud_hub.api.routes_alarms import SEVERITIES, AlarmAck, acknowledge_alarm, list_alarms
+from cloud_hub.api.routes_users import UserUpdate
+from cloud_hub.api.routes_users import update_user as update_user_route
 from cloud_hub.console.accounts import (
     LANGUAGES,
     ROLES,
@@ -316,11 +319,13 @@ async def acknowledge(
 
 
 @router.get("/users", response_class=HTMLResponse)
-async def users_page(request: Request, person: Person) -> Response:
+async def users_page(request: Request, person: Person, saved: str | None = None) -> Response:
     if not person.may("admin"):
         raise Forbidden
     users = await accounts_of(request).list_users(person.principal.site)
-    return render(request, "users.html", person, active="users", users=users, roles=ROLES)
+    return render(
+        request, "users.html", person, active="users", users=users, roles=ROLES, saved=saved
+    )
 
 
 @router.post("/users", response_class=HTMLResponse)
@@ -364,6 +369,40 @@ async def disable_user(request: Request, username: str, person: Posted) -> Respo
         return render(request, "error.html", person, status_code=404, message="not_found")
     await accounts.disable_user(person.principal.key_id, username)
     return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/users/{username}", response_class=HTMLResponse)
+async def update_user(
+    request: Request,
+    username: str,
+    person: Posted,
+    role: Annotated[str, Form()],
+    language: Annotated[str, Form()],
+    site: Annotated[str, Form()] = "",
+) -> Response:
+    """A person's role, site and language, through the API's update route (its scope, its
+    lock-out check, its audit); a refusal shows the API's reason."""
+    if not person.may("admin"):
+        raise Forbidden
+    try:
+        body = UserUpdate(role=role, site=site.strip() or None, language=language)
+        await update_user_route(request, username, body, person.principal)
+    except (ValidationError, HTTPException) as exc:
+        if isinstance(exc, HTTPException) and exc.status_code == 404:
+            return render(request, "error.html", person, status_code=404, message="not_found")
+        users = await accounts_of(request).list_users(person.principal.site)
+        return render(
+            request, "users.html", person, active="users", users=users, roles=ROLES,
+            status_code=exc.status_code if isinstance(exc, HTTPException) else 400,
+            error=f"{username}: {_refusal(exc)}",
+        )  # fmt: skip
+    return RedirectResponse(f"/users?saved={quote(username)}#user-{quote(username)}", 303)
+
+
+def _refusal(exc: ValidationError | HTTPException) -> str:
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 # -- account ------------------------------------------------------------------------------

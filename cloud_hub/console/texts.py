@@ -366,6 +366,12 @@ TEXTS: dict[str, tuple[str, str]] = {
     "bulk_secret": ("令牌", "Token secret"),
     "bulk_refused": ("文件被拒绝：", "The file was refused:"),
     # -- overview: collection plan, live figures --
+    "user_saved": ("已保存：%s", "Saved: %s"),
+    "user_edit_note": (
+        "修改角色或站点后，该用户的所有会话将结束，需要重新登录；只修改语言则不会。",
+        "Changing a role or site ends all of the person's sessions (they sign in again); "
+        "changing only the language does not.",
+    ),
     "rule_agent_offline": ("边缘代理离线", "Agent offline"),
     "rule_device_offline": ("设备离线", "Device offline"),
     "rule_device_claim_refused": (

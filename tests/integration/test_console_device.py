@@ -188,6 +188,19 @@ async def test_a_technician_edits_metadata_and_the_chart_draws_several_points(
             assert "just a word" in await form.locator("textarea[name=tags]").input_value()
             assert (await registry.devices_by_id())[pole_n].pole == "P-north-07"
 
+            # two people at once: the form saves only the fields this one changed
+            await page.goto(f"/devices/{pole_n}")
+            await meta.locator("summary").click()
+            patched = await hub.api.patch(
+                f"/api/v1/devices/{pole_n}", json={"mount_position": "arm-9"}
+            )
+            assert patched.status_code == 200, patched.text
+            await form.locator("textarea[name=tags]").fill("road=G205\ncircuit=C4")
+            await form.locator("button[type=submit]").click()
+            await page.wait_for_url(f"**/devices/{pole_n}?saved=tags*")
+            row = (await registry.devices_by_id())[pole_n]
+            assert (row.mount_position, row.tags) == ("arm-9", {"road": "G205", "circuit": "C4"})
+
             # another site's pole does not exist for them; a forged site moves nothing
             response = await page.goto(f"/devices/{pole_s}")
             assert response is not None and response.status == 404
