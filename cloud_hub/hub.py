@@ -497,6 +497,13 @@ class Hub:
             self._command_event(row)
         return row, cancelled
 
+    async def cancel_group(self, group_id: str) -> list[CommandRow]:
+        """Cancel every unfinished command of a group at once (as :meth:`cancel_command`)."""
+        rows = await self.registry.cancel_group(group_id, "cancelled by an operator")
+        for row in rows:
+            self._command_event(row)
+        return rows
+
     # -- remote configuration ---------------------------------------------------------------
 
     async def push_config(self, agent_id: str, config: dict[str, Any]) -> AgentConfigRow:

@@ -180,6 +180,31 @@ async def get_group(group_id: str, hub: HubDep, caller: Reader) -> GroupOut:
     return await _group_out(hub, caller, group_id)
 
 
+class GroupCancelled(BaseModel):
+    """What cancelling a group did."""
+
+    group_id: str
+    cancelled: int = Field(description="Commands cancelled now (those finished stay as they are).")
+    progress: GroupOut
+
+
+@router.post("/command-groups/{group_id}/cancel", responses=problem_responses(404))
+async def cancel_group(
+    group_id: str, hub: HubDep, caller: Commander, request: Request
+) -> GroupCancelled:
+    """Cancel every command of the group without a final status yet, in one step (a
+    site-scoped key: groups confined to its site). Audited as `command_group.cancel`."""
+    await _group_out(hub, caller, group_id)
+    rows = await hub.cancel_group(group_id)
+    if rows:
+        await audit(
+            request, "command_group.cancel", f"command_group:{group_id}", cancelled=len(rows)
+        )
+    return GroupCancelled(
+        group_id=group_id, cancelled=len(rows), progress=await _group_out(hub, caller, group_id)
+    )
+
+
 @router.post(
     "/commands/{command_id}/cancel",
     responses=problem_responses(409, s409="The command already has a final status"),

@@ -9,7 +9,7 @@ commands (paged, each linking its device), and "cancel" for the unfinished ones.
 
 Every figure and action is the API's own route function (one set of rules, one scope check,
 one audit): :func:`~cloud_hub.api.routes_command_groups.create_group`, ``list_groups``,
-``get_group`` and ``cancel_command``. A group selecting beyond the person's site does not
+``get_group`` and ``cancel_group``. A group selecting beyond the person's site does not
 exist for them (404). ``groups.js`` follows a running group over ``progress.json`` (every
 1.5 s until every command has a final status); without it a reload shows the same.
 """
@@ -28,7 +28,7 @@ from cloud_hub.api.routes_command_groups import (
     GroupCreate,
     GroupOut,
     Selector,
-    cancel_command,
+    cancel_group,
     create_group,
     get_group,
     list_groups,
@@ -289,25 +289,13 @@ async def group_progress(
 
 @router.post("/commands/{group_id}/cancel")
 async def cancel(request: Request, group_id: str, person: Posted) -> Response:
-    """Cancel every command of the group without a final status yet, one by one through the
-    API's cancel route (its scope check and audit each); one that finished meanwhile stays."""
+    """Cancel every command of the group without a final status yet: the API's group cancel
+    (its scope check, one statement, one audit entry); one that finished meanwhile stays."""
     if not person.may("command"):
         raise Forbidden
-    if await _group(request, person, group_id) is None:
+    try:
+        done = await cancel_group(group_id, hub_of(request), person.principal, request)
+    except HTTPException:  # none such, or beyond the person's site
         return render(request, "error.html", person, status_code=404, message="not_found")
-    hub = hub_of(request)
-    async with hub.registry.session() as db:
-        unfinished = await db.scalars(
-            select(CommandRow.command_id).where(
-                CommandRow.group_id == group_id, CommandRow.status.not_in(TERMINAL_STATUSES)
-            )
-        )
-        ids = list(unfinished.all())
-    cancelled = 0
-    for command_id in ids:
-        try:
-            await cancel_command(command_id, hub, person.principal, request)
-        except HTTPException:  # finished in the meantime (409)
-            continue
-        cancelled += 1
+    cancelled = done.cancelled
     return RedirectResponse(f"/commands/{group_id}?cancelled={cancelled}", status_code=303)

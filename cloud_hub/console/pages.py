@@ -323,6 +323,8 @@ async def users_page(request: Request, person: Person, saved: str | None = None)
     if not person.may("admin"):
         raise Forbidden
     users = await accounts_of(request).list_users(person.principal.site)
+    if saved not in {u.username for u in users}:  # an outcome line for a listed person only
+        saved = None
     return render(
         request, "users.html", person, active="users", users=users, roles=ROLES, saved=saved
     )

@@ -341,6 +341,25 @@ class Registry:
         """Cancel a command that has no final status yet: (the command or None, cancelled now)."""
         return await self._move(command_id, list(_PROGRESS), "cancelled", detail)
 
+    async def cancel_group(self, group_id: str, detail: str) -> list[CommandRow]:
+        """Cancel every command of a group that has no final status yet, in one statement;
+        the commands cancelled now (one that finished meanwhile keeps its status)."""
+        now = utcnow()
+        async with self.session.begin() as db:
+            await db.execute(
+                update(CommandRow)
+                .where(CommandRow.group_id == group_id, CommandRow.status.in_(list(_PROGRESS)))
+                .values(status="cancelled", detail=detail, updated_at=now)
+            )
+            rows = await db.scalars(
+                select(CommandRow).where(
+                    CommandRow.group_id == group_id,
+                    CommandRow.status == "cancelled",
+                    CommandRow.updated_at == now,
+                )
+            )
+            return list(rows.all())
+
     async def _move(
         self, command_id: str, allowed: Sequence[str], status: str, detail: str
     ) -> tuple[CommandRow | None, bool]:

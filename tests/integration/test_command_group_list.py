@@ -99,6 +99,20 @@ async def test_the_list_is_paged_newest_first_with_counts_and_confined_to_a_site
             assert second["by_status"] == {"cancelled": 1} and second["done"] is True
             assert all(not g["done"] for g in listed if g["group_id"] != sent[1])
 
+            # a whole group cancelled in one step, once (audited once, a second time nothing)
+            first = next(g for g in listed if g["group_id"] == sent[0])
+            whole = await api.post(f"/api/v1/command-groups/{sent[0]}/cancel")
+            assert whole.status_code == 200, whole.text
+            assert whole.json()["cancelled"] == first["total"] > 0
+            assert whole.json()["progress"]["by_status"] == {"cancelled": first["total"]}
+            again = (await api.post(f"/api/v1/command-groups/{sent[0]}/cancel")).json()
+            assert again["cancelled"] == 0
+            audit = (
+                await api.get("/api/v1/audit", params={"action": "command_group.cancel"})
+            ).json()["items"]
+            assert [e["target"] for e in audit] == [f"command_group:{sent[0]}"]
+            listed = (await api.get("/api/v1/command-groups")).json()
+
             # pages
             pages: list[str] = []
             for offset in (0, 2, 4):

@@ -616,7 +616,39 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
         await form.locator("input[name=site]").fill("south")
         await form.locator("button[type=submit]").click()
         await page.locator("#users tr[data-user=south-tech]").wait_for()
+
+        # root makes eve (a viewer) an operator: her session ends; signed in again, she is one
+        eve = await browser_context(browser, base, foreign, "en-GB")
+        epage = await eve.new_page()
+        await sign_in(epage, "eve")
+        await epage.wait_for_url(f"{base}/")
+        assert "eve · viewer" in await epage.inner_text("header .who")
+        erow = page.locator("#users tr[data-user=eve]")
+        await erow.locator("select[name=role]").select_option("operator")
+        await erow.locator("button[name=save]").click()
+        assert "eve" in await page.inner_text("#saved")
+        assert await erow.locator("select[name=role]").input_value() == "operator"
         await page.screenshot(path=shots / "users.png", full_page=True)
+        await epage.goto("/devices")
+        assert "/login" in epage.url  # her old session ended
+        await sign_in(epage, "eve")
+        await epage.wait_for_url(f"{base}/")
+        assert "eve · operator" in await epage.inner_text("header .who")
+        # her language alone: her session goes on (the page in Chinese now)
+        await erow.locator("select[name=language]").select_option("zh")
+        await erow.locator("button[name=save]").click()
+        await page.locator("#saved").wait_for()
+        await epage.goto("/devices")
+        assert "/login" not in epage.url and await epage.get_attribute("html", "lang") == "zh-CN"
+        # root cannot take his own admin role
+        rrow = page.locator("#users tr[data-user=root]")
+        await rrow.locator("select[name=role]").select_option("operator")
+        async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+            await rrow.locator("button[name=save]").click()
+        assert (await posted.value).status == 403
+        assert "you would lock yourself out" in await page.inner_text("main [role=alert]")
+        await page.goto("/users")
+        assert "root · admin" in await page.inner_text("header .who")
 
         # the new person signs in; once disabled, they are signed out and refused
         tech = await browser_context(browser, base, foreign, "zh-CN")
@@ -624,7 +656,7 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
         await sign_in(tpage, "south-tech", "a long new password")
         await tpage.wait_for_url(f"{base}/")
         assert await tpage.locator("nav a[href='/users']").count() == 0  # not an admin
-        await page.locator("#users tr[data-user=south-tech] button").click()
+        await page.locator("#users tr[data-user=south-tech] button[name=disable]").click()
         await page.locator("#users tr[data-user=south-tech] .bad").wait_for()
         await tpage.goto("/devices")
         assert "/login" in tpage.url
@@ -652,6 +684,15 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
             assert other.status_code == 403
             hidden = await raw.post("/users/south-tech/disable", data={"csrf_token": csrf})
             assert hidden.status_code == 404
+            # another site's person (eve: of every site) cannot be changed; north's cannot
+            # be moved to south (the form's site is fixed to north), but otherwise can
+            change = {"csrf_token": csrf, "role": "viewer", "language": "en", "site": "north"}
+            assert (await raw.post("/users/eve", data=change)).status_code == 404
+            moved = await raw.post("/users/north-ops", data=change | {"site": "south"})
+            assert moved.status_code == 403 and "limited to site" in moved.text
+            assert (await raw.post("/users/north-ops", data=change)).status_code == 303
+        fixed = npage.locator("#users tr[data-user=north-ops] input[name=site]")
+        assert await fixed.get_attribute("type") == "hidden"
         # provisioning tokens: created with a site, the secret shown once, revoked
         await page.goto("/provisioning")
         tform = page.locator("form[action='/provisioning/tokens']")
@@ -721,6 +762,14 @@ async def test_admins_manage_accounts_in_the_console_within_their_site(
         assert ("user:root", "user:south-tech") in {
             (e["actor"], e["target"]) for e in audit["items"]
         }
-        for context in (root, tech, north):
+        updates = (await hub.api.get("/api/v1/audit", params={"action": "user.update"})).json()
+        assert [(e["actor"], e["target"], e["detail"]) for e in updates["items"]] == [
+            ("user:north-admin", "user:north-ops",
+             {"before": {"role": "operator", "language": "zh"},
+              "after": {"role": "viewer", "language": "en"}}),
+            ("user:root", "user:eve", {"before": {"language": "en"}, "after": {"language": "zh"}}),
+            ("user:root", "user:eve", {"before": {"role": "viewer"}, "after": {"role": "operator"}}),
+        ]  # fmt: skip
+        for context in (root, tech, north, eve):
             await context.close()
     assert foreign == []

@@ -291,6 +291,10 @@ async def _command(rig: Rig) -> None:
     await hidden(rig, "GET", f"/api/v1/commands/{await rig.command(SOUTH)}")
 
 
+async def _cancel_group(rig: Rig) -> None:
+    await hidden(rig, "POST", f"/api/v1/command-groups/{await rig.group(SOUTH)}/cancel")
+
+
 async def _cancel(rig: Rig) -> None:
     await hidden(rig, "POST", f"/api/v1/commands/{await rig.command(SOUTH)}/cancel")
 
@@ -464,6 +468,11 @@ async def _reset_password(rig: Rig) -> None:
     await hidden(rig, "POST", path, json={"password": "another long one"})
 
 
+async def _update_user(rig: Rig) -> None:
+    await hidden(rig, "PATCH", f"/api/v1/users/{await rig.user(SOUTH)}", json={"language": "en"})
+    await refused(rig, "PATCH", f"/api/v1/users/{await rig.user(NORTH)}", json={"site": SOUTH})
+
+
 async def _metrics(rig: Rig) -> None:
     """The whole hub's counters: not for a site-scoped key."""
     scoped = await rig.api.get("/metrics", headers=rig.scoped)
@@ -514,6 +523,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("GET", "/api/v1/telemetry"): _telemetry,
     ("POST", "/api/v1/command-groups"): _create_group,
     ("GET", "/api/v1/command-groups/{group_id}"): _group,
+    ("POST", "/api/v1/command-groups/{group_id}/cancel"): _cancel_group,
     ("GET", "/api/v1/alarms"): _alarms,
     ("GET", "/api/v1/alarms/{alarm_id}"): _alarm,
     ("POST", "/api/v1/alarms/{alarm_id}/acknowledge"): _acknowledge,
@@ -554,6 +564,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("POST", "/api/v1/users"): _create_user,
     ("POST", "/api/v1/users/{username}/disable"): _disable_user,
     ("POST", "/api/v1/users/{username}/password"): _reset_password,
+    ("PATCH", "/api/v1/users/{username}"): _update_user,
 }
 
 #: routes with no object of a site, and why
@@ -582,6 +593,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("GET", "/users"): "console: the accounts API's scope (test_console.py)",
     ("POST", "/users"): "console: confined to the person's site (test_console.py)",
     ("POST", "/users/{username}/disable"): "console: the person's site's only (test_console.py)",
+    ("POST", "/users/{username}"): "console: the API's update_user route's scope",
     ("GET", "/lighting"): "console: the API's lighting routes with the person (test_console.py)",
     ("POST", "/lighting/{strategy_id}/apply-now"): "console: the API's apply-now route's scope",
     ("POST", "/lighting/strategies"): "console: the API's create route confines the selector",
@@ -621,7 +633,7 @@ EXEMPT |= {
     ("POST", "/commands"): "console: the API's create_group confines the selector",
     ("GET", "/commands/{group_id}"): "console: the API's get_group's scope",
     ("GET", "/commands/{group_id}/progress.json"): "console: the API's get_group's scope",
-    ("POST", "/commands/{group_id}/cancel"): "console: get_group, then the API's cancel route",
+    ("POST", "/commands/{group_id}/cancel"): "console: the API's group cancel route",
 }
 #: documentation: the schema, its pages and their assets
 DOCS_PREFIXES = ("/openapi.json", "/docs", "/redoc", "/static")
