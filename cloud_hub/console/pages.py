@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -58,6 +59,7 @@ from cloud_hub.console.rendering import STATIC_DIR, render
 from cloud_hub.console.texts import TEXTS, translator
 from cloud_hub.hub import Hub
 from cloud_hub.registry import DeviceFilter, DeviceRow
+from device_profiles.display import format_value
 
 __all__ = ["install_console", "router"]
 
@@ -256,7 +258,7 @@ async def alarms_page(
         "alarms.html",
         person,
         alarms=page.items,
-        titles=_alarm_titles(hub, page.items, person.language),
+        words=_alarm_words(hub, page.items, person.language),
         next_cursor=page.next_cursor,
         state=state,
         severities=SEVERITIES,
@@ -264,19 +266,39 @@ async def alarms_page(
     )
 
 
-def _alarm_titles(hub: Hub, alarms: Sequence[Any], language: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class AlarmWords:
+    """An alarm as the person reads it: its rule and, for a profile's rule, what holds."""
+
+    title: str
+    message: str | None = None
+
+
+def _alarm_words(hub: Hub, alarms: Sequence[Any], language: str) -> dict[str, AlarmWords]:
     """Each alarm's rule in the person's language: a profile rule's description as its profile
-    words it, the hub's own rules (offline, flooding, claims) from the console's texts. The
-    message stays as it was composed when the alarm was raised."""
+    words it, with the condition that raised it (the point, its value as the profile shows it,
+    the threshold); the hub's own rules (offline, flooding, claims) from the console's texts,
+    their message as it was composed when the alarm was raised."""
     t = translator(language)
-    titles: dict[str, str] = {}
+    words: dict[str, AlarmWords] = {}
     for alarm in alarms:
         profile = hub.ingest.profile_of(alarm.device_id) if alarm.device_id else None
-        if profile is not None and alarm.rule in profile.alarms:
-            titles[alarm.alarm_id] = profile.describe_alarm(alarm.rule, language)
+        rule = profile.alarms.get(alarm.rule) if profile is not None else None
+        if profile is not None and rule is not None:
+            point = profile.points.get(rule.point)
+            message = None
+            if point is not None and alarm.value is not None:
+                shown = format_value(point, alarm.value)
+                limit = format_value(point, rule.value)
+                message = (
+                    f"{profile.describe_point(rule.point, language)} = {shown} ({rule.op} {limit})"
+                )
+            words[alarm.alarm_id] = AlarmWords(
+                profile.describe_alarm(alarm.rule, language), message
+            )
         elif (key := f"rule_{alarm.rule}") in TEXTS:
-            titles[alarm.alarm_id] = t(key)
-    return titles
+            words[alarm.alarm_id] = AlarmWords(t(key))
+    return words
 
 
 @router.get("/alarms/live")

@@ -311,6 +311,8 @@ async def test_the_device_page_shows_live_values_and_runs_a_command_to_succeeded
             await row.wait_for(timeout=20_000)
             await alarms_page.locator("#alarm-banner .alert-critical").wait_for()
             assert await row.locator(".rule-title").inner_text() == "一键报警"  # the profile's zh
+            message = await row.locator(".alarm-message").inner_text()
+            assert message == "一键报警按下 = true (== true)", message
             await alarms_page.screenshot(path=shots / "alarms-live-critical.png", full_page=True)
             await row.locator("input[name=note]").fill("on my way")
             await row.locator("button[type=submit]").click()
