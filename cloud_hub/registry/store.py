@@ -115,7 +115,12 @@ def _aware(value: datetime) -> datetime:
 class Registry:
     def __init__(self, url: str, *, auto_migrate: bool = True) -> None:
         self.auto_migrate = auto_migrate
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        # SQLite: a writer waits for the others' locks up to 30 s (sqlite3's default, 5 s, is
+        # exceeded on a loaded 2-core machine by a commit waiting for readers to finish)
+        connect_args = {"timeout": 30.0} if url.startswith("sqlite") else {}
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_pre_ping=True, connect_args=connect_args
+        )
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
         )
