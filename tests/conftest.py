@@ -26,6 +26,8 @@ from tests.harness import (
     sigterm_as_keyboard_interrupt,
 )
 from tests.harness.browser import CHROMIUM
+from tests.harness.process import kill_leftovers
+from tests.harness.threads import exit_past_stuck_threads
 
 S = TypeVar("S", MosquittoServer, InfluxdbServer, PostgresServer)
 
@@ -49,6 +51,19 @@ def _started(make: Callable[[], S]) -> S:
 
 def pytest_configure(config: pytest.Config) -> None:
     sigterm_as_keyboard_interrupt()  # a cancelled CI job still tears servers down
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # After the summary: a leaked non-daemon thread must not hold the process (and CI) open.
+    exit_past_stuck_threads(config.stash.get(EXIT_STATUS, 0), before_exit=kill_leftovers)
 
 
 # -- MQTT ---------------------------------------------------------------------------

@@ -89,7 +89,7 @@ _live: set[ManagedProcess] = set()  # started and not yet reaped
 
 
 @atexit.register
-def _kill_leftovers() -> None:  # pragma: no cover - last-resort safety net
+def kill_leftovers() -> None:  # pragma: no cover - last-resort safety net
     for proc in list(_live):
         with contextlib.suppress(Exception):
             proc.kill()
