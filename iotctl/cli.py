@@ -14,6 +14,7 @@ from iot_runtime import configure_logging
 from iotctl.demo import DemoOptions, run_demo_until_done
 from iotctl.hj212_cli import app as hj212_app
 from iotctl.hub_cli import app as hub_app
+from iotctl.language import set_language
 from iotctl.port_check import PortTaken
 
 app = typer.Typer(help="City IoT: demo, device profiles and tools.", no_args_is_help=True)
@@ -25,6 +26,24 @@ app.add_typer(hj212_app, name="hj212", help="HJ 212-2017 frames: decode and enco
 app.add_typer(hub_app, name="hub", help="The hub's API: devices, commands, alarms, commissioning.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
+
+
+@app.callback()
+def main(
+    lang: Annotated[
+        str | None,
+        typer.Option(
+            "--lang",
+            envvar="IOTCTL_LANG",
+            help="Language of what is printed: en or zh (default: from the locale).",
+        ),
+    ] = None,
+) -> None:
+    """City IoT: demo, device profiles and field tools."""
+    try:
+        set_language(lang)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--lang") from None
 
 
 @app.command()
