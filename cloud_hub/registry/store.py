@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, false, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, event, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -107,6 +107,18 @@ def _count_collected(device: DeviceRow, window: int, count: int) -> None:
         device.collect_previous = (device.collect_previous or 0) + count
 
 
+def _sqlite_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+    """SQLite in WAL mode: readers no longer hold writers' commits back (in the default
+    rollback-journal mode a commit waits for every open read to end, which under load ran
+    into the busy timeout), and a writer blocks no reader. Persistent in the file; an
+    in-memory database keeps its own journal ("memory")."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
 def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes for timezone-aware columns
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -121,6 +133,8 @@ class Registry:
         self.engine: AsyncEngine = create_async_engine(
             url, pool_pre_ping=True, connect_args=connect_args
         )
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_write_ahead_log)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
         )

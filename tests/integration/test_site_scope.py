@@ -223,8 +223,8 @@ async def running(broker: Any, tmp_path: Path, unique_id: str) -> AsyncIterator[
 
 
 @pytest.fixture
-async def rig(mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIterator[Rig]:
-    async with running(mosquitto, tmp_path, unique_id) as rig:
+async def rig(private_mosquitto: Any, tmp_path: Path, unique_id: str) -> AsyncIterator[Rig]:
+    async with running(private_mosquitto, tmp_path, unique_id) as rig:
         yield rig
 
 
