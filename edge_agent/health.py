@@ -1,4 +1,5 @@
-"""The agent's periodic health report: CPU, memory, buffer, per-device polling statistics."""
+"""The agent's periodic health report: CPU, memory, buffer, per-device polling statistics,
+and an NB-IoT agent's modem figures (its uplink's ``modem_health``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import asyncio
 import resource
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from device_profiles.wire import AgentHealth, Channel, DeviceHealth
+from device_profiles.wire import AgentHealth, Channel, DeviceHealth, ModemHealth
 from edge_agent.cancellation import raise_if_cancelling
 from edge_agent.outbox.memory import OutboxLike
 from edge_agent.polling.poller import DevicePoller
@@ -18,6 +19,13 @@ __all__ = ["HealthReporter", "rss_bytes"]
 
 class _Uplink(Protocol):
     connects: int
+
+
+@runtime_checkable
+class _ModemUplink(Protocol):
+    """An uplink through a modem (NB-IoT): what the modem said when last asked."""
+
+    modem_health: ModemHealth | None
 
 
 def rss_bytes() -> int:
@@ -69,6 +77,7 @@ class HealthReporter:
                 )
                 for p in self.pollers
             },
+            modem=self.uplink.modem_health if isinstance(self.uplink, _ModemUplink) else None,
         )
 
     async def run(self) -> None:

@@ -5,8 +5,9 @@ The simulator holds the pty master (raw mode, ``loop.add_reader``, no threads); 
 current pty slave, so a client reopens "the same port" after :meth:`~NbIotModemSim.replug`.
 
 It answers ``AT``, ``ATE0/1``, ``ATI``, ``AT+CMEE``, ``AT+CGSN=1``, ``AT+CSQ``, ``AT+CEREG?``,
-``AT+CEREG=<n>``, ``AT+CGATT?``, ``AT+CGDCONT``, ``AT+NRB``, ``AT+NSOCR``, ``AT+NSOST``,
-``AT+NSORF``, ``AT+NSOCL`` the way a BC95 does (no space after the colon unless
+``AT+CEREG=<n>`` (mode 4 adds the granted PSM timers), ``AT+CGATT?``, ``AT+CGDCONT``,
+``AT+NCCID``, ``AT+CIMI``, ``AT+NBAND``, ``AT+NUESTATS``, ``AT+CPSMS``, ``AT+NRB``,
+``AT+NSOCR``, ``AT+NSOST``, ``AT+NSORF``, ``AT+NSOCL`` the way a BC95 does (no space after the colon unless
 ``space_after_colon``; plain ``ERROR`` until ``AT+CMEE=1``, then ``+CME ERROR:<n>``).
 ``AT+NSOCR`` binds a real UDP socket on ``bind_host``; ``AT+NSOST`` sends a real datagram from
 it; datagrams arriving there are announced with ``+NSONMI:<s>,<len>`` and read with
@@ -19,6 +20,15 @@ it; datagrams arriving there are announced with ``+NSONMI:<s>,<len>`` and read w
         sim.sent_datagrams       # what AT+NSOST sent
         sim.faults.no_answer("AT+CSQ")
         sim.unplug(); sim.replug(); sim.reboot()
+        sim.remove_sim(); sim.insert_sim()      # no SIM: +CME ERROR:10, not searching
+        sim.set_registration(2); sim.set_registration(3)   # searching; denied
+        sim.set_signal(3)                        # CSQ 3 (-107 dBm)
+
+What a technician's check reads (``iotctl modem check``): IMEI, ICCID (``AT+NCCID``), model and
+firmware (``ATI``), bands, signal (CSQ and ``AT+NUESTATS``, derived from ``csq``),
+registration, attach, and the PSM timers: requested (``AT+CPSMS?``) and granted
+(``AT+CEREG=4``), as 3GPP 8-bit strings (``psm_tau``, ``psm_active``, ``granted_tau``,
+``granted_active``; ``"111xxxxx"`` is deactivated).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from firmware_sim.serial_link import PtyLink
 __all__ = [
     "CME_INCORRECT_PARAMETERS",
     "CME_OPERATION_NOT_ALLOWED",
+    "CME_SIM_NOT_INSERTED",
     "FaultRule",
     "NbIotModemSim",
     "SentDatagram",
@@ -51,6 +62,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 CME_OPERATION_NOT_ALLOWED = 3
+CME_SIM_NOT_INSERTED = 10
 CME_INCORRECT_PARAMETERS = 50
 MAX_SOCKETS = 7  # BC95: sockets 0-6
 MAX_DATAGRAM = 512
@@ -179,6 +191,8 @@ class NbIotModemSim:
         roaming: bool = False,
         bind_host: str = "127.0.0.1",
         space_after_colon: bool = False,
+        iccid: str = "89860425102180012345",
+        sim_inserted: bool = True,
     ) -> None:
         self.link = link
         self.default_echo = echo
@@ -189,6 +203,18 @@ class NbIotModemSim:
         self.roaming = roaming
         self.bind_host = bind_host
         self.space = space_after_colon
+        self.iccid = iccid
+        self.sim_inserted = sim_inserted
+        self.model = "BC95HB-02-STD_900"
+        self.firmware = "BC95HBR01A01"
+        self.bands: tuple[int, ...] = (8,)
+        #: AT+CPSMS: mode and the requested timers (T3412 extended, T3324; 3GPP 8-bit strings)
+        self.psm_mode = 1
+        self.psm_tau = "00111000"  # 24 h
+        self.psm_active = "00100010"  # 2 min
+        #: what the network granted, shown by AT+CEREG? in mode 4 while registered
+        self.granted_tau = "00100110"  # 6 h
+        self.granted_active = "00100001"  # 1 min
         self.faults = SimFaults()
         self.sent_datagrams: list[SentDatagram] = []
         #: The last 10,000 commands received and lines sent: ``("<", "AT+CSQ")``, ``(">", "OK")``.
@@ -221,6 +247,8 @@ class NbIotModemSim:
         """The registration state ``AT+CEREG?`` reports now: 2 (searching) until it has been
         polled ``register_after_polls`` times, then 1 (home) or 5 (roaming); or what
         :meth:`set_registration` forced."""
+        if not self.sim_inserted:
+            return 0  # no SIM: not registered, not searching
         if self.forced_stat is not None:
             return self.forced_stat
         if self.cereg_polls < self.register_after_polls:
@@ -238,6 +266,31 @@ class NbIotModemSim:
         self.forced_stat = stat
         if self.cereg_urc_mode and self.stat != before:
             self._send_lines([self._info("+CEREG", self.stat).encode()])
+
+    def remove_sim(self) -> None:
+        """Take the SIM out: ICCID and IMSI queries answer ``+CME ERROR:10``, the modem stops
+        searching (``<stat>`` 0), the signal is not known (CSQ 99)."""
+        before = self.stat
+        self.sim_inserted = False
+        if self.cereg_urc_mode and self.stat != before:
+            self._send_lines([self._info("+CEREG", self.stat).encode()])
+
+    def insert_sim(self, iccid: str | None = None) -> None:
+        """Put a SIM (back) in."""
+        before = self.stat
+        self.sim_inserted = True
+        if iccid is not None:
+            self.iccid = iccid
+        if self.cereg_urc_mode and self.stat != before:
+            self._send_lines([self._info("+CEREG", self.stat).encode()])
+
+    def set_signal(self, csq: int, ber: int | None = None) -> None:
+        """The signal ``AT+CSQ`` reports from now on (0-31, 99 unknown)."""
+        if not (0 <= csq <= 31 or csq == 99):
+            raise ValueError(f"CSQ {csq} is outside 0-31 and not 99")
+        self.csq = csq
+        if ber is not None:
+            self.ber = ber
 
     @property
     def port_path(self) -> str:
@@ -397,7 +450,7 @@ class NbIotModemSim:
                 self.echo = upper == "ATE1"
                 return ["OK"]
             if upper == "ATI":
-                return ["Quectel", "BC95HB-02-STD_900", "Revision:BC95HBR01A01", "OK"]
+                return ["Quectel", self.model, f"Revision:{self.firmware}", "OK"]
             if upper == "AT+NRB":
                 loop = self._loop
                 assert loop is not None
@@ -424,14 +477,21 @@ class NbIotModemSim:
         return [self._info("+CGSN", self.imei)]
 
     def _csq(self, name: str, args: str, raw: str) -> list[str]:
+        if not self.sim_inserted:
+            return [self._info("+CSQ", "99,99")]
         return [self._info("+CSQ", f"{self.csq},{self.ber}")]
 
     def _cereg(self, name: str, args: str, raw: str) -> list[str]:
         if name.endswith("?"):
             stat = self.stat
             self.cereg_polls += 1
-            return [self._info("+CEREG", f"{self.cereg_urc_mode},{stat}")]
-        if args not in ("0", "1", "2"):
+            value = f"{self.cereg_urc_mode},{stat}"
+            if self.cereg_urc_mode >= 4 and stat in (1, 5):
+                value += f',"1A2B","0C3D4E5F",9,,,"{self.granted_active}","{self.granted_tau}"'
+            elif self.cereg_urc_mode >= 2 and stat in (1, 5):
+                value += ',"1A2B","0C3D4E5F",9'
+            return [self._info("+CEREG", value)]
+        if args not in ("0", "1", "2", "3", "4", "5"):
             raise _CommandError(CME_INCORRECT_PARAMETERS)
         self.cereg_urc_mode = int(args)
         return []
@@ -441,6 +501,57 @@ class NbIotModemSim:
             return [self._info("+CGATT", int(self.registered))]
         if args not in ("0", "1"):
             raise _CommandError(CME_INCORRECT_PARAMETERS)
+        if not self.sim_inserted:
+            raise _CommandError(CME_SIM_NOT_INSERTED)
+        return []
+
+    def _sim_id(self, name: str, args: str, raw: str) -> list[str]:
+        if not self.sim_inserted:
+            raise _CommandError(CME_SIM_NOT_INSERTED)
+        if name == "AT+CIMI":
+            return ["460041234567890"]
+        return [self._info("+NCCID", self.iccid)]
+
+    def _nband(self, name: str, args: str, raw: str) -> list[str]:
+        if name.endswith("?"):
+            return [self._info("+NBAND", ",".join(str(b) for b in self.bands))]
+        try:
+            bands = tuple(int(b) for b in args.split(","))
+        except ValueError:
+            raise _CommandError(CME_INCORRECT_PARAMETERS) from None
+        self.bands = bands
+        return []
+
+    def _nuestats(self, name: str, args: str, raw: str) -> list[str]:
+        """BC95's radio statistics (centibels); -32768 while not camped on a cell."""
+        camped = self.sim_inserted and self.registered and self.csq != 99
+        rsrp = (-113 + 2 * self.csq - 22) * 10 - 3 if camped else -32768
+        snr = (self.csq - 12) * 10 + 4 if camped else -32768
+        return [
+            f"Signal power:{rsrp}",
+            f"Total power:{rsrp + 100 if camped else -32768}",
+            "TX power:-32768",
+            "TX time:0",
+            "RX time:7916",
+            f"Cell ID:{'21450498' if camped else '-1'}",
+            "ECL:0",
+            f"SNR:{snr}",
+            "EARFCN:2506",
+            "PCI:301",
+            "RSRQ:-108",
+        ]
+
+    def _cpsms(self, name: str, args: str, raw: str) -> list[str]:
+        if name.endswith("?"):
+            return [self._info("+CPSMS", f"{self.psm_mode},,,{self.psm_tau},{self.psm_active}")]
+        fields = [f.strip().strip('"') for f in raw.split(",")]
+        if not fields or fields[0] not in ("0", "1", "2"):
+            raise _CommandError(CME_INCORRECT_PARAMETERS)
+        self.psm_mode = 1 if fields[0] == "1" else 0
+        if len(fields) > 3 and fields[3]:
+            self.psm_tau = fields[3]
+        if len(fields) > 4 and fields[4]:
+            self.psm_active = fields[4]
         return []
 
     def _cgdcont(self, name: str, args: str, raw: str) -> list[str]:
@@ -561,6 +672,11 @@ _HANDLERS = {
     "AT+CEREG": NbIotModemSim._cereg,
     "AT+CGATT": NbIotModemSim._cgatt,
     "AT+CGDCONT": NbIotModemSim._cgdcont,
+    "AT+NCCID": NbIotModemSim._sim_id,
+    "AT+CIMI": NbIotModemSim._sim_id,
+    "AT+NBAND": NbIotModemSim._nband,
+    "AT+NUESTATS": NbIotModemSim._nuestats,
+    "AT+CPSMS": NbIotModemSim._cpsms,
     "AT+NSOCR": NbIotModemSim._nsocr,
     "AT+NSOST": NbIotModemSim._nsost,
     "AT+NSORF": NbIotModemSim._nsorf,
@@ -580,6 +696,8 @@ async def run_nbiot_modem(
     roaming: bool = False,
     bind_host: str = "127.0.0.1",
     space_after_colon: bool = False,
+    iccid: str = "89860425102180012345",
+    sim_inserted: bool = True,
 ) -> AsyncIterator[NbIotModemSim]:
     """Run a simulated modem until the block exits; ``sim.port_path`` is the stable port.
 
@@ -597,6 +715,8 @@ async def run_nbiot_modem(
         roaming=roaming,
         bind_host=bind_host,
         space_after_colon=space_after_colon,
+        iccid=iccid,
+        sim_inserted=sim_inserted,
     )
     try:
         await sim.start()

@@ -15,6 +15,7 @@ from iotctl.demo import DemoOptions, run_demo_until_done
 from iotctl.hj212_cli import app as hj212_app
 from iotctl.hub_cli import app as hub_app
 from iotctl.language import set_language
+from iotctl.modem_cli import app as modem_app
 from iotctl.port_check import PortTaken
 
 app = typer.Typer(help="City IoT: demo, device profiles and tools.", no_args_is_help=True)
@@ -24,6 +25,7 @@ profiles_app = typer.Typer(
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(hj212_app, name="hj212", help="HJ 212-2017 frames: decode and encode.")
 app.add_typer(hub_app, name="hub", help="The hub's API: devices, commands, alarms, commissioning.")
+app.add_typer(modem_app, name="modem", help="NB-IoT modems: check a sensor's modem on site.")
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 

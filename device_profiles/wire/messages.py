@@ -41,6 +41,10 @@ __all__ = [
     "DeviceEvent",
     "DeviceHealth",
     "DeviceInfo",
+    "ModemHealth",
+    "ModemPsm",
+    "ModemQuality",
+    "ModemRegistration",
     "Reading",
     "ReportedConfig",
     "StoredAck",
@@ -155,6 +159,61 @@ class DeviceHealth(BaseModel):
     last_latency_ms: float = 0.0
 
 
+#: Signal quality words of a modem (from its ``AT+CSQ`` dBm; see drivers/nbiot/modem_report.py).
+ModemQuality = Literal["excellent", "good", "fair", "poor", "no_signal"]
+#: Registration states of a modem (3GPP TS 27.007 ``+CEREG`` ``<stat>`` 0-5; 6-10 and anything
+#: else: ``other``).
+ModemRegistration = Literal[
+    "not_searching",  # 0: not registered, not searching
+    "registered_home",  # 1
+    "searching",  # 2: not registered, searching
+    "denied",  # 3: registration denied
+    "unknown",  # 4: e.g. out of coverage
+    "registered_roaming",  # 5
+    "other",  # 6-10: SMS only, emergency, CSFB not preferred
+]
+
+
+class ModemPsm(BaseModel):
+    """The modem's power saving timers (3GPP TS 24.008 GPRS Timer 3 / Timer 2), in seconds."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    enabled: bool = Field(description="PSM requested (AT+CPSMS mode 1).")
+    periodic_tau_s: int | None = Field(
+        default=None, ge=0, description="T3412 periodic TAU; None: deactivated."
+    )
+    active_time_s: int | None = Field(
+        default=None, ge=0, description="T3324 active time; None: deactivated."
+    )
+    source: Literal["network", "requested"] = Field(
+        description="network: the values the network granted (AT+CEREG=4); requested: the "
+        "ones the modem asks for (AT+CPSMS?), when it does not tell the granted ones."
+    )
+
+
+class ModemHealth(BaseModel):
+    """What an NB-IoT agent's modem said when last asked (``iotctl modem check`` shows the
+    same, decoded by drivers/nbiot/modem_report.py)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    imei: str
+    iccid: str | None = Field(default=None, description="None: no SIM, or not readable.")
+    firmware: str | None = None
+    bands: list[int] = Field(default_factory=list, description="Bands set (AT+NBAND?).")
+    csq: int | None = Field(default=None, ge=0, le=99)
+    rssi_dbm: int | None = Field(default=None, description="From CSQ; None: not known (99).")
+    rsrp_dbm: float | None = Field(default=None, description="From AT+NUESTATS, if given.")
+    snr_db: float | None = Field(default=None, description="From AT+NUESTATS, if given.")
+    quality: ModemQuality
+    registration: ModemRegistration
+    attached: bool | None = Field(default=None, description="AT+CGATT?; None: not known.")
+    psm: ModemPsm | None = Field(default=None, description="None: not known.")
+    verdict: str = Field(description="Stable code of the modem check's verdict (ok, no_sim, ...).")
+    checked_at: EpochMs
+
+
 class AgentHealth(_Message):
     """Periodic statistics of an agent."""
 
@@ -174,6 +233,9 @@ class AgentHealth(_Message):
         default=0, description="Telemetry batches sent again (no stored acknowledgement in time)."
     )
     devices: dict[WireId, DeviceHealth] = Field(default_factory=dict)
+    modem: ModemHealth | None = Field(
+        default=None, description="An NB-IoT agent's modem figures; omitted by other agents."
+    )
 
 
 class CommandRequest(_Message):

@@ -92,6 +92,13 @@ class NbIotUplinkSettings(BaseModel):
     local_port: int = Field(
         default=0, ge=0, le=65535, description="Local UDP port on the modem (0: any)."
     )
+    modem_check_interval_s: float = Field(
+        default=900.0,
+        ge=0,
+        le=86400,
+        description="How often a wake also reads the modem's figures (identity, signal, "
+        "registration, PSM timers) for the agent's health report; 0: every wake.",
+    )
 
     @model_validator(mode="after")
     def _fits_modem(self) -> Self:

@@ -65,6 +65,7 @@ from device_profiles.wire import (
     CommandRequest,
     DesiredConfig,
     DeviceInfo,
+    ModemHealth,
     TelemetryBatch,
 )
 from device_profiles.wire.coap import (
@@ -78,6 +79,8 @@ from device_profiles.wire.coap import (
 )
 from drivers import DriverError
 from drivers.nbiot import NbIotModem, UdpSocket
+from drivers.nbiot.modem_probe import read_report
+from drivers.nbiot.modem_report import to_health
 from edge_agent.nbiot.coap import (
     PATHS,
     POLL_PATH,
@@ -184,6 +187,10 @@ class NbIotUplink:
         self.oversized_messages = 0
         self.bad_responses = 0
         self.commands_received = 0
+        #: What the modem said when last asked (every ``modem_check_interval_s``, in a wake);
+        #: the health report carries it. None until the first wake reached the network.
+        self.modem_health: ModemHealth | None = None
+        self._modem_checked_at = 0.0  # monotonic
         self._configs_started: set[int] = set()
         self._key = derive_key(settings.secret.get_secret_value())
         self._host = str(settings.hub_host)
@@ -239,6 +246,7 @@ class NbIotUplink:
         self.wake.clear()
         status = await modem.wait_registered(s.register_timeout_s)
         log.debug("nbiot awake", rssi_dbm=status.rssi_dbm, roaming=status.roaming)
+        await self._check_modem(modem)
         async with await modem.open_udp(s.local_port) as sock:
             self._more = False
             need_poll = True
@@ -260,6 +268,22 @@ class NbIotUplink:
                 await self._post(sock, POLL_PATH, b"", None)
                 need_poll = self._more
         self._mark_connected()
+
+    async def _check_modem(self, modem: NbIotModem) -> None:
+        """Read the modem's figures for the health report, if due; a failure is logged and
+        costs only the figures (the cycle goes on, or fails on its own)."""
+        now = time.monotonic()
+        due = self._modem_checked_at + self.settings.modem_check_interval_s
+        if self.modem_health is not None and now < due:
+            return
+        try:
+            report = await read_report(modem)
+        except DriverError as exc:
+            log.warning("nbiot modem figures not read", error=f"{type(exc).__name__}: {exc}")
+            return
+        self.modem_health = to_health(report)
+        self._modem_checked_at = now
+        log.debug("nbiot modem figures", verdict=self.modem_health.verdict, csq=report.csq)
 
     def _mark_connected(self) -> None:
         if not self.connected.is_set():
