@@ -205,6 +205,44 @@ def clear(
     _console.print(_ask({"op": "clear", "sim": sim}, control))
 
 
+@app.command("set")
+def set_points(
+    sim: Annotated[str, typer.Argument(help="Name of the sim in the scenario.")],
+    assignments: Annotated[
+        list[str],
+        typer.Argument(metavar="POINT=VALUE...", help="e.g. door_open=true pm25=180 tilt=12.5"),
+    ],
+    device: Annotated[
+        str | None, typer.Option(help="The device of a sim with several (a gateway bus).")
+    ] = None,
+    control: ControlOpt = DEFAULT_CONTROL,
+) -> None:
+    """Make a simulated device report these values (a door opened, a one-key alarm, a tilt,
+    a PM2.5 peak) until `firmware-sim release`: to trigger alarms without code.
+
+    Values are read by the point's type in the device's profile: true/false (also on/off,
+    open/closed) for switches, numbers within the point's range, or an enum's label.
+    """
+    message = {"op": "set", "sim": sim, "device": device, "points": assignments}
+    _console.print(_ask(message, control))
+
+
+@app.command()
+def release(
+    sim: Annotated[str, typer.Argument(help="Name of the sim in the scenario.")],
+    points: Annotated[
+        list[str] | None, typer.Argument(metavar="[POINT...]", help="Default: every set point.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="The device of a sim with several (a gateway bus).")
+    ] = None,
+    control: ControlOpt = DEFAULT_CONTROL,
+) -> None:
+    """Let the simulator's physics drive points set by `firmware-sim set` again."""
+    message = {"op": "release", "sim": sim, "device": device, "points": points or []}
+    _console.print(_ask(message, control))
+
+
 @app.command()
 def status(control: ControlOpt = DEFAULT_CONTROL) -> None:
     """Show each simulator's endpoint, faults and recent traffic counts."""

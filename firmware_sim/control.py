@@ -18,6 +18,11 @@ pollution_analyser                 ``bad_crc bad_length garbage split no_answer`
 One rule for every simulator: a fault lasts until cleared (``clear``), unless ``count`` N
 (>= 1) is given, when it hits the next N requests (frames, commands, answers) and ends.
 
+The Modbus sims (pole and gateway bus) also take ``set`` and ``release``: a point pinned to a
+value (``door_open=true``, ``pm25=180``, ``state=fault`` by its enum label; parsed and checked by
+the device's profile in :mod:`firmware_sim.point_values`) is served until released, so that a
+technician or a test triggers an alarm without code (``firmware-sim set pole-1 door_open=true``).
+
 The endpoint (:class:`ControlServer`) listens on a UNIX socket path or on a TCP port of
 127.0.0.1; a client sends one JSON line and reads one JSON line back (:func:`request`)::
 
@@ -26,6 +31,8 @@ The endpoint (:class:`ControlServer`) listens on a UNIX socket path or on a TCP 
     {"op": "fault", "sim": "pole-1", "fault": "no_reply"}
     {"ok": true, "result": "no_reply on pole-1: every request until cleared"}
     {"op": "status"}   {"op": "clear", "sim": "pole-1"}
+    {"op": "set", "sim": "gw-1", "device": "gw-1-barrier_gate", "points": ["state=fault"]}
+    {"op": "release", "sim": "gw-1", "device": "gw-1-barrier_gate", "points": []}
 
 The pieces: :mod:`firmware_sim.sim_handles` (:class:`RunningSim` and its kinds, the faults),
 :mod:`firmware_sim.sim_starters` (the ``start_*`` context managers),

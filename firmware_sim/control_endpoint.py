@@ -115,7 +115,20 @@ class ControlServer:
             done = sim.inject(req)
             log.info("fault injected", sim=sim.name, fault=req.fault, result=done)
             return done
-        raise ControlError(f"unknown op {op!r} (have: fault, clear, status)")
+        if op in ("set", "release"):
+            device = message.pop("device", None)
+            points = message.pop("points", None)
+            if device is not None and not isinstance(device, str):
+                raise ControlError("device is a string")
+            if not isinstance(points, list) or not all(isinstance(p, str) for p in points):
+                raise ControlError("points is a list of strings")
+            if op == "set":
+                done = sim.set_points(device, points)
+            else:
+                done = sim.release_points(device, points)
+            log.info("points " + op, sim=sim.name, device=device, result=done)
+            return done
+        raise ControlError(f"unknown op {op!r} (have: fault, clear, set, release, status)")
 
     def _sim(self, name: object) -> RunningSim:
         if not isinstance(name, str) or name not in self.sims:

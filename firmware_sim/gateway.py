@@ -81,6 +81,8 @@ class DeviceModel:
         name = image.profile.name
         self.rng = random.Random(None if seed is None else f"{seed}/{name}")  # noqa: S311
         self._last = clock()
+        #: Points pinned to a value by :meth:`force`.
+        self.forced: dict[str, Value] = {}
 
     def step(self) -> None:
         """Advance to ``clock()`` and write the points into the image."""
@@ -88,6 +90,19 @@ class DeviceModel:
         elapsed = min(_MAX_STEP_S, max(0.0, now - self._last))
         self._last = max(self._last, now)
         self.advance(elapsed, (now / 3600.0) % 24.0)
+        for name, value in self.forced.items():
+            self.image.set(name, value)
+
+    def force(self, name: str, value: Value) -> None:
+        """Pin point ``name`` to an engineering value now and at every step."""
+        if name not in self.image.profile.points:
+            raise KeyError(f"{self.image.profile.name} has no point '{name}'")
+        self.forced[name] = value
+        self.image.set(name, value)
+
+    def release(self, name: str) -> None:
+        """Let the physics drive point ``name`` again (from its next step)."""
+        self.forced.pop(name, None)
 
     def advance(self, elapsed_s: float, hour: float) -> None:
         """The physics of ``elapsed_s`` seconds, ending at ``hour`` (UTC, 0-24)."""
@@ -99,7 +114,9 @@ class DeviceModel:
     def put(self, name: str, value: Value) -> None:
         """Write an engineering value, clamped to the point's declared range."""
         point = self.image.profile.points[name]
-        if isinstance(value, float):
+        if name in self.forced:
+            value = self.forced[name]
+        elif isinstance(value, float):
             if point.min is not None:
                 value = max(point.min, value)
             if point.max is not None:

@@ -15,13 +15,15 @@ The modem's ``reboot`` is an action, done once at once; its ``unplug`` lasts unt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast, get_args
+from typing import Any, Protocol, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from device_profiles import DeviceProfile, Value
 from firmware_sim.coap_sensor import CoapFault, ManholeSensorSim
 from firmware_sim.faults import Fault, FaultInjector, TrafficLog
 from firmware_sim.nbiot_modem import NbIotModemSim
+from firmware_sim.point_values import PointValueError, parse_assignment, parse_point_value
 from firmware_sim.pollution_analyser import Fault as AnalyserFault
 from firmware_sim.pollution_analyser import PollutionAnalyser
 
@@ -38,6 +40,16 @@ __all__ = [
 
 class ControlError(ValueError):
     """A control request cannot be done (unknown sim or fault, bad option, no endpoint)."""
+
+
+class ForcedPoints(Protocol):
+    """A device model whose points can be pinned to a value (``firmware-sim set``)."""
+
+    forced: dict[str, Value]
+
+    def force(self, name: str, value: Value) -> None: ...
+
+    def release(self, name: str) -> None: ...
 
 
 class FaultRequest(BaseModel):
@@ -100,6 +112,52 @@ class RunningSim:
         """The edge-agent ``devices`` entries that reach this simulator."""
         return []
 
+    def models(self) -> dict[str, tuple[DeviceProfile, ForcedPoints]]:
+        """The devices whose points can be set, by device id."""
+        return {}
+
+    def set_points(self, device: str | None, assignments: list[str]) -> str:
+        """Pin points (``POINT=VALUE``) of one of its devices; they hold until released."""
+        profile, model = self._model(device)
+        values = {}
+        try:
+            for text in assignments:
+                name, raw = parse_assignment(text)
+                values[name] = parse_point_value(profile, name, raw)
+        except PointValueError as exc:
+            raise ControlError(str(exc)) from None
+        if not values:
+            raise ControlError("give at least one POINT=VALUE")
+        for name, value in values.items():
+            model.force(name, value)
+        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        return f"{shown} on {self.name}: held until released (firmware-sim release)"
+
+    def release_points(self, device: str | None, names: list[str]) -> str:
+        """Let the physics drive the named points again (none named: every set point)."""
+        profile, model = self._model(device)
+        unknown = [n for n in names if n not in profile.points]
+        if unknown:
+            raise ControlError(f"{profile.name} has no point {unknown[0]!r}")
+        chosen = names or list(model.forced)
+        for name in chosen:
+            model.release(name)
+        return f"released {', '.join(chosen) or 'nothing (no point was set)'} on {self.name}"
+
+    def _model(self, device: str | None) -> tuple[DeviceProfile, ForcedPoints]:
+        models = self.models()
+        if not models:
+            raise ControlError(f"{self.kind} sim {self.name!r} has no points to set")
+        if device is None:
+            if len(models) > 1:
+                raise ControlError(
+                    f"{self.name} has several devices: give --device (one of {', '.join(models)})"
+                )
+            return next(iter(models.values()))
+        if device not in models:
+            raise ControlError(f"{self.name} has no device {device!r} (have: {', '.join(models)})")
+        return models[device]
+
     def status(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -123,6 +181,11 @@ class ModbusSim(RunningSim):
     log: TrafficLog
     devices: list[dict[str, Any]] = field(default_factory=list)
     faults: tuple[str, ...] = tuple(Fault)
+    #: device id -> (profile, model) of the devices whose points ``set`` pins
+    settable: dict[str, tuple[DeviceProfile, ForcedPoints]] = field(default_factory=dict)
+
+    def models(self) -> dict[str, tuple[DeviceProfile, ForcedPoints]]:
+        return self.settable
 
     def inject(self, req: FaultRequest) -> str:
         if req.fault not in self.faults:
@@ -146,7 +209,13 @@ class ModbusSim(RunningSim):
         self.injector.clear()
 
     def pending(self) -> list[str]:
-        return [f"{r.fault} ({_describe(r.remaining, r.unit_id)})" for r in self.injector.rules]
+        faults = [f"{r.fault} ({_describe(r.remaining, r.unit_id)})" for r in self.injector.rules]
+        held = [
+            f"set {device}: {name}={value}"
+            for device, (_, model) in self.settable.items()
+            for name, value in model.forced.items()
+        ]
+        return faults + held
 
     def traffic(self) -> dict[str, int]:
         records = self.log.records

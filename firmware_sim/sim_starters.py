@@ -61,6 +61,7 @@ async def start_smart_pole_tcp(
             injector=sim.server.faults,
             log=sim.server.traffic,
             devices=[{"device_id": name, "profile": "smart_pole", "connection": connection}],
+            settable={name: (sim.model.image.profile, sim.model)},
         )
 
 
@@ -96,6 +97,7 @@ async def start_smart_pole_rtu(
             injector=sim.faults,
             log=sim.traffic,
             devices=[{"device_id": name, "profile": "smart_pole", "connection": connection}],
+            settable={name: (sim.model.image.profile, sim.model)},
         )
 
 
@@ -133,6 +135,10 @@ async def start_gateway_bus(
             injector=bus.faults,
             log=bus.traffic,
             devices=devices,
+            settable={
+                f"{name}-{profile}": (model.image.profile, model)
+                for profile, model in bus.models.items()
+            },
         )
 
 

@@ -286,3 +286,53 @@ async def test_fault_help_states_the_one_rule_for_every_simulator() -> None:
     assert "Invalid value for '--count': Input should be greater than or equal to 1" in " ".join(
         err.replace("│", " ").split()
     )
+
+
+async def test_set_holds_a_point_until_released(site: Site) -> None:
+    """``firmware-sim set`` makes a pole report a door opened and a PM2.5 peak over Modbus (what
+    an agent would read), a gateway's barrier a fault state by its enum label; bad values and
+    devices are refused with the reason; ``release`` gives the points back to the physics."""
+    settings = load_settings(AgentSettings, site.agent_yaml)
+    pole = next(d for d in settings.devices if d.device_id == "pole-1").connection
+    assert isinstance(pole, ModbusTcpSettings)
+    control = ("--control", site.control)
+    async with ModbusTcpDriver(load_builtin_profile("smart_pole"), pole) as driver:
+        rc, out, err = await _cli("set", "pole-1", "door_open=true", "pm25=180", *control)
+        assert (rc, err) == (0, "")
+        assert "door_open=True, pm25=180 on pole-1: held until released" in out
+        for _ in range(3):  # held across the model's ticks
+            values = await driver.read(["door_open", "pm25"])
+            assert (values["door_open"], values["pm25"]) == (True, 180)
+            await asyncio.sleep(0.4)
+
+        rc, out, _ = await _cli("status", *control)
+        (row,) = [line for line in out.splitlines() if " pole-1 " in line]
+        assert "door_open=True" in row
+
+        for args, reason in [
+            (("pole-1", "pm25=5000"), "pm25: "),
+            (("pole-1", "door_open=maybe"), "door_open: expects true or false, got 'maybe'"),
+            (("pole-1", "flux=3"), "smart_pole has no point 'flux'"),
+            (("pole-1", "door_open"), "write POINT=VALUE"),
+            (("gw-1", "state=fault"), "gw-1 has several devices: give --device"),
+            (("manhole-1", "tilt=3"), "has no points to set"),
+        ]:
+            rc, out, err = await _cli("set", *args, *control)
+            assert rc == 1, (args, out, err)
+            assert reason in err, (args, err)
+
+        rc, out, err = await _cli(
+            "set", "gw-1", "state=fault", "--device", "gw-1-barrier_gate", *control
+        )
+        assert (rc, err) == (0, "")
+        assert "state=4 on gw-1" in out
+
+        rc, out, _ = await _cli("release", "pole-1", *control)
+        assert rc == 0
+        assert "released door_open, pm25 on pole-1" in out
+        # the physics drives them again: the door is shut, PM2.5 back to its own level
+        values = await driver.read(["door_open", "pm25"])
+        await asyncio.sleep(0.6)
+        values = await driver.read(["door_open", "pm25"])
+        assert values["door_open"] is False
+        assert values["pm25"] != 180
